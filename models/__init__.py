@@ -1,0 +1,13 @@
+"""PyTorch models and optimizers for Nested Learning ablations.
+
+`MODEL_KINDS` maps the `model.kind` of a trial config to its config dataclass and module.
+This package never imports ray, mlflow or yaml.
+"""
+
+from models.nested_lstm import NestedLSTM, NestedLSTMConfig
+
+MODEL_KINDS = {
+    "nested_lstm": (NestedLSTMConfig, NestedLSTM),
+}
+
+__all__ = ["MODEL_KINDS", "NestedLSTM", "NestedLSTMConfig"]

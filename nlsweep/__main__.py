@@ -1,0 +1,5 @@
+import sys
+
+from nlsweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""`nlsweep` command line: `run` a sweep, `validate` a spec.
+
+Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
+setup (tracking store, storage, resources), reported as one line before anything starts;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="YAML sweep spec, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set base.train.steps=50 (repeatable)")  # fmt: skip
+    p.add_argument("--smoke", action="store_true",
+                   help="CI size: at most 20 steps, two evaluations of two batches")  # fmt: skip
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the spec)")
+    p.add_argument("--storage", help="Ray experiment storage path or URI (overrides the spec)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nlsweep", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a sweep (Ray Tune + MLflow)")
+    _spec_args(run)
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the expanded trials and the resource plan; start nothing")  # fmt: skip
+    val = sub.add_parser("validate", help="check a spec and exit (0 valid, 2 invalid)")
+    _spec_args(val)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from nlsweep.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec, overrides=args.set, smoke=args.smoke,
+                         tracking_uri=args.tracking_uri, storage=args.storage)  # fmt: skip
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"{args.spec}: ok ({spec.plan.trials} trials, {spec.plan.algorithm} search)")
+        return 0
+    from nlsweep import sweep
+    from nlsweep.tracking import TrackingError
+
+    if args.dry_run:
+        sweep.dry_run(spec)
+        return 0
+    try:
+        return sweep.run_sweep(spec)
+    except (SpecError, TrackingError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

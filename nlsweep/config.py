@@ -1,0 +1,132 @@
+"""Typed config dataclasses from plain dicts: unknown keys rejected, types checked.
+
+Each section's dataclass lives next to its owner (`models.*Config`, `nlsweep.data.DataConfig`,
+`nlsweep.train.TrainConfig`); this module only knows how to build any of them from the
+parsed YAML and how to turn them back into flat `section.field` parameters.
+Errors are `ConfigError(dotted.key, expected)`; the spec loader adds the file and line.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+from models.common import ConfigError
+
+
+def _describe(tp) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in get_args(tp))
+    if origin is dict:
+        return "a mapping"
+    if tp is float:
+        return "a number"
+    if tp is int:
+        return "an integer"
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(tp, value: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value in get_args(tp) and not isinstance(value, bool):
+            return value
+    elif origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            if arg is not type(None):
+                try:
+                    return coerce(arg, value, key)
+                except ConfigError:
+                    pass
+    elif origin is dict:
+        key_tp, val_tp = get_args(tp)
+        if isinstance(value, dict):
+            return {coerce(key_tp, k, key): coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return build(tp, value, key)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a config annotation this builder does not know
+        raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+    raise ConfigError(key, f"expected {_describe(tp)}, got {value!r}")
+
+
+def build(cls, data: Any, prefix: str = ""):
+    """Instantiate dataclass `cls` from a dict, with dotted-key errors for every problem."""
+    where = prefix.rstrip(".") or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in data:
+        if k not in names:
+            raise ConfigError(f"{prefix}{k}", f"unknown key; expected one of {', '.join(names)}")
+    kwargs = {k: coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e.key}", e.expected) from None
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def set_path(d: dict, path: str, value: Any) -> dict:
+    """A deep copy of nested dict `d` with the dotted `path` set to `value`."""
+    out = copy.deepcopy(d)
+    node = out
+    parts = path.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(path, f"{p} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+    return out
+
+
+def get_path(d: dict, path: str) -> Any:
+    node = d
+    for p in path.split("."):
+        node = node[p]
+    return node

@@ -1,0 +1,289 @@
+"""Character-level corpora, held-out splits and contiguous-stream batching.
+
+Corpora (`data.corpus`):
+    pydoc            the documentation topics bundled with CPython (`pydoc_data.topics`):
+                     needs no download; the quickstart's corpus
+    tinyshakespeare  input.txt; first (1 - val_fraction) trains, the rest is held out
+    wikitext2        valid.txt trains and test.txt is held out (the word-tokenised WikiText-2
+                     splits used as a second text domain, not the WikiText-2 benchmark)
+    text             any UTF-8 file given by data.path, split like tinyshakespeare
+Files resolve from `data.path`, then `$NLSWEEP_DATA/<folder>/`, then the user cache
+(`$XDG_CACHE_HOME/nlsweep/<folder>/`; folder = tinyshakespeare or wikitext-2), and are otherwise downloaded there and sha256-checked.
+
+Batches are B contiguous streams: the training tokens are cut into B rows and batch k is
+columns [kT, (k+1)T) of every row, so row b continues where it stopped (persistent recurrent
+state depends on this). The vocabulary comes from the training split alone; id 0 is <unk>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from models.common import ConfigError, require
+
+DEFAULT_VAL_FRACTION = 0.1
+SHINGLE = 32
+
+# Folder names under $NLSWEEP_DATA and the cache (the shared data layout's spelling).
+FOLDERS = {"tinyshakespeare": "tinyshakespeare", "wikitext2": "wikitext-2"}
+# name -> files, their sha256, and where to fetch them (url, member inside a zip or None)
+REMOTE = {
+    "tinyshakespeare": {
+        "input.txt": (
+            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+            None,
+        ),
+    },
+    "wikitext2": {
+        "valid.txt": (
+            "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+            "https://wikitext.smerity.com/wikitext-2-v1.zip",
+            "wikitext-2/wiki.valid.tokens",
+        ),
+        "test.txt": (
+            "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+            "https://wikitext.smerity.com/wikitext-2-v1.zip",
+            "wikitext-2/wiki.test.tokens",
+        ),
+    },
+}
+
+
+class DataError(RuntimeError):
+    """A corpus cannot be found, fetched or used; the message is one line."""
+
+
+@dataclass
+class DataConfig:
+    """`data:` section."""
+
+    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text"] = "pydoc"
+    path: str = ""
+    """Folder holding the corpus files (a file for `text`); empty = NLSWEEP_DATA / cache."""
+    seq_len: int = 64
+    """Tokens per row per batch (the truncated-BPTT window)."""
+    batch_size: int = 16
+    """Number of contiguous streams B."""
+    val_fraction: float | None = None
+    """Held-out tail of single-file corpora (default 0.1); not allowed for wikitext2."""
+
+    def __post_init__(self):
+        require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
+        require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
+        if self.val_fraction is not None:
+            require(
+                0 < self.val_fraction < 1,
+                "val_fraction",
+                f"a fraction in (0, 1), got {self.val_fraction}",
+            )
+            require(
+                self.corpus != "wikitext2",
+                "val_fraction",
+                "unset for wikitext2 (its held-out split is test.txt)",
+            )
+        require(self.corpus != "text" or self.path, "path", "a text file path for corpus: text")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "nlsweep"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _download(name: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    blobs: dict[str, bytes] = {}
+    for fname, (sha, url, member) in REMOTE[name].items():
+        try:
+            if url not in blobs:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    blobs[url] = r.read()
+        except OSError as e:
+            files = ", ".join(REMOTE[name])
+            raise DataError(
+                f"corpus {name}: not found locally and the download from {url} failed ({e}); "
+                f"put {files} in $NLSWEEP_DATA/{FOLDERS[name]}/, {folder}/ or data.path"
+            ) from None
+        data = blobs[url]
+        if member is not None:
+            data = zipfile.ZipFile(io.BytesIO(data)).read(member)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise DataError(f"corpus {name}: downloaded {fname} does not match sha256 {sha}")
+        tmp = folder / f".{fname}.part"
+        tmp.write_bytes(data)
+        tmp.replace(folder / fname)  # atomic: a half-written file never looks complete
+
+
+def resolve_files(cfg: DataConfig, download: bool = True) -> dict[str, Path]:
+    """The files of `cfg.corpus`, found or fetched; raises DataError with the places looked."""
+    if cfg.corpus == "pydoc":
+        return {}
+    if cfg.corpus == "text":
+        p = Path(cfg.path)
+        if not p.is_file():
+            raise DataError(f"data.path: {p} is not a readable text file")
+        return {"text": p}
+    names = list(REMOTE[cfg.corpus])
+    candidates = []
+    if cfg.path:
+        candidates.append(Path(cfg.path))
+    if os.environ.get("NLSWEEP_DATA"):
+        candidates.append(Path(os.environ["NLSWEEP_DATA"]) / FOLDERS[cfg.corpus])
+    cache = cache_root() / FOLDERS[cfg.corpus]
+    candidates.append(cache)
+    for folder in candidates:
+        if all((folder / n).is_file() for n in names):
+            return {n: folder / n for n in names}
+    if not download:
+        raise DataError(
+            f"corpus {cfg.corpus}: {', '.join(names)} not found in "
+            + ", ".join(str(c) for c in candidates)
+        )
+    _download(cfg.corpus, cache)
+    return {n: cache / n for n in names}
+
+
+def load_texts(cfg: DataConfig) -> tuple[str, str]:
+    """(training text, held-out text); the two never overlap by construction."""
+    files = resolve_files(cfg)
+    if cfg.corpus == "wikitext2":
+        return (
+            files["valid.txt"].read_text(encoding="utf-8"),
+            files["test.txt"].read_text(encoding="utf-8"),
+        )
+    if cfg.corpus == "pydoc":
+        from pydoc_data.topics import topics
+
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+    else:
+        path = files.get("text") or files["input.txt"]
+        text = path.read_text(encoding="utf-8")
+    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    cut = int(len(text) * (1 - frac))
+    return text[:cut], text[cut:]
+
+
+class CharVocab:
+    """Characters of the training split; id 0 stands for any character outside it."""
+
+    def __init__(self, train_text: str):
+        self.chars = sorted(set(train_text))
+        self.index = {c: i + 1 for i, c in enumerate(self.chars)}
+
+    def __len__(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> torch.Tensor:
+        get = self.index.get
+        return torch.tensor([get(c, 0) for c in text], dtype=torch.long)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i - 1] if i > 0 else "\ufffd" for i in ids)
+
+
+def shingle_overlap(train: str, val: str, k: int = SHINGLE) -> float:
+    """Fraction of the held-out text's k-character shingles that also occur in training.
+
+    A leakage alarm: a corpus built by repeating its own text scores near 1. Shingles are
+    compared by a 64-bit hash of their UTF-32 code points (collisions are negligible here).
+    """
+
+    def hashes(s: str) -> np.ndarray:
+        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        if len(codes) < k:
+            return np.zeros(0, dtype=np.uint64)
+        rng = np.random.default_rng(12345)
+        weights = rng.integers(1, 2**63, size=k, dtype=np.uint64) | np.uint64(1)
+        windows = np.lib.stride_tricks.sliding_window_view(codes, k)
+        out = np.empty(len(windows), dtype=np.uint64)
+        step = 1 << 15  # bounded temporaries: k * step * 8 bytes
+        with np.errstate(over="ignore"):
+            for i in range(0, len(windows), step):
+                out[i : i + step] = (windows[i : i + step] * weights).sum(axis=1, dtype=np.uint64)
+        return out
+
+    v = hashes(val)
+    if len(v) == 0:
+        return 0.0
+    return float(np.isin(v, np.unique(hashes(train))).mean())
+
+
+class StreamBatcher:
+    """B contiguous streams over a token sequence, with an explicit, checkpointable cursor."""
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, where: str = "train"):
+        row_len = (len(tokens) - 1) // batch_size
+        if row_len < seq_len:
+            raise ConfigError(
+                "data.seq_len",
+                f"at most {row_len} so that the {where} split ({len(tokens)} tokens) fills "
+                f"{batch_size} streams, got {seq_len}",
+            )
+        n = batch_size * row_len
+        self.x = tokens[:n].view(batch_size, row_len)
+        self.y = tokens[1 : n + 1].view(batch_size, row_len)
+        self.seq_len = seq_len
+        self.cursor = 0
+        self.epoch = 0
+
+    @property
+    def windows_per_epoch(self) -> int:
+        return self.x.shape[1] // self.seq_len
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(x, y, starts_epoch): starts_epoch marks a batch at the start of every stream."""
+        if self.cursor + self.seq_len > self.x.shape[1]:
+            self.cursor = 0
+            self.epoch += 1
+        start = self.cursor
+        self.cursor += self.seq_len
+        sl = slice(start, start + self.seq_len)
+        return self.x[:, sl], self.y[:, sl], start == 0
+
+    def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return self.x[:, sl], self.y[:, sl]
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor, "epoch": self.epoch}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.cursor, self.epoch = int(sd["cursor"]), int(sd["epoch"])
+
+
+@dataclass
+class Corpus:
+    vocab: CharVocab
+    train: torch.Tensor
+    val: torch.Tensor
+    val_overlap: float
+    val_unk_rate: float
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    train_text, val_text = load_texts(cfg)
+    if not train_text or not val_text:
+        raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
+    vocab = CharVocab(train_text)
+    val = vocab.encode(val_text)
+    return Corpus(
+        vocab=vocab,
+        train=vocab.encode(train_text),
+        val=val,
+        val_overlap=shingle_overlap(train_text, val_text),
+        val_unk_rate=float((val == 0).float().mean()),
+    )

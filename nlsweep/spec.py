@@ -1,0 +1,349 @@
+"""Sweep specs: YAML -> a validated `Spec`, or one `SPEC:LINE: key: expected` error.
+
+Everything a sweep needs is checked here, before Ray starts and before any MLflow run
+exists: unknown keys, types and ranges of every trial field (by building the typed config
+dataclasses), `space` paths and whether each distribution's values fit its field, the
+search/space combination, the experiment name (it becomes a folder), and the resources the
+trials ask for against what the machine has. The file is parsed with `yaml.safe_load`;
+a second, node-level parse (also the safe loader) only records line numbers.
+The full format is documented in docs/spec.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from models.common import ConfigError, require
+from nlsweep.config import build, flatten, get_path, set_path, to_dict
+from nlsweep.space import (
+    CONTINUOUS,
+    Distribution,
+    RandInt,
+    SchedulerConfig,
+    SearchConfig,
+    SearchPlan,
+    candidate_values,
+    parse_distribution,
+    translate,
+)
+from nlsweep.train import OBJECTIVES, TrialConfig
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+TOP_KEYS = (
+    "name", "description", "metric", "mode", "base", "space", "search", "scheduler",
+    "resources", "max_concurrent", "storage", "tracking_uri",
+)  # fmt: skip
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SMOKE_STEPS = 20
+
+
+class SpecError(Exception):
+    """A spec problem, printed as one line `FILE:LINE: key: expected`."""
+
+    def __init__(self, file: str, line: int | str, key: str, expected: str):
+        super().__init__(f"{file}:{line}: {key}: {expected}")
+        self.file, self.line, self.key, self.expected = file, line, key, expected
+
+
+@dataclass
+class Resources:
+    """`resources:` section: what each trial is given."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+    """Fractional (0.25: four trials share a GPU) or whole (1, 2)."""
+
+    def __post_init__(self):
+        require(self.cpu > 0, "cpu", f"a positive number of CPUs, got {self.cpu}")
+        require(self.gpu >= 0, "gpu", f">= 0, got {self.gpu}")
+        require(
+            self.gpu <= 1 or float(self.gpu).is_integer(),
+            "gpu",
+            f"a fraction of one GPU or a whole number of GPUs, got {self.gpu}",
+        )
+
+
+@dataclass
+class Spec:
+    name: str
+    description: str
+    metric: str
+    mode: Literal["min", "max"]
+    base: TrialConfig
+    base_raw: dict
+    space: dict[str, Distribution]
+    search: SearchConfig
+    scheduler: SchedulerConfig
+    resources: Resources
+    max_concurrent: int
+    storage: str
+    tracking_uri: str
+    path: str
+    sha256: str
+    plan: SearchPlan = field(init=False)
+
+    def __post_init__(self):
+        self.plan = translate(self.space, self.search)
+
+    def trial_config(self, values: dict[str, Any]) -> TrialConfig:
+        """The trial config for one point of the space (dotted path -> value)."""
+        raw = self.base_raw
+        for path, value in values.items():
+            raw = set_path(raw, path, value)
+        return TrialConfig.from_dict(raw)
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Dotted key path -> 1-based line of the key, from the safe loader's node tree."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str, dotted_keys: bool) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                # `space` keys are already dotted paths; their values are distributions.
+                walk(v, key + ".", dotted_keys=(key == "space"))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    walk(root, "", False)
+    return lines
+
+
+def _locate(lines: dict[str, int], key: str) -> int:
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key.rpartition(".")[0]
+    return 1
+
+
+def _apply_override(data: dict, item: str, fail) -> tuple[dict, str]:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        fail("--set", item, "KEY=VALUE, e.g. base.train.steps=50")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        fail("--set", key, f"a YAML value, got {text!r}")
+    if key.startswith("space."):
+        space = dict(data.get("space") or {})
+        space[key[len("space.") :]] = value
+        return {**data, "space": space}, key
+    try:
+        return set_path(data, key, value), key
+    except ConfigError as e:
+        fail("--set", key, e.expected)
+
+
+def local_resources() -> dict[str, float]:
+    """CPUs and GPUs of this machine (what a local Ray instance would offer)."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - a broken CUDA install means no usable GPU
+        gpus = 0
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
+
+
+def check_resources(res: Resources, available: dict[str, float], where: str) -> None:
+    """Raise ConfigError when a trial asks for more than the cluster has."""
+    if res.gpu > 0 and available.get("GPU", 0) == 0:
+        raise ConfigError("resources.gpu", f"0: {where} has no GPU (asked for {res.gpu})")
+    if res.gpu > available.get("GPU", 0):
+        raise ConfigError(
+            "resources.gpu", f"at most {available['GPU']:g} GPUs ({where}), got {res.gpu:g}"
+        )
+    if res.cpu > available.get("CPU", 0):
+        raise ConfigError(
+            "resources.cpu", f"at most {available.get('CPU', 0):g} CPUs ({where}), got {res.cpu:g}"
+        )
+
+
+def load_spec(
+    path: str | os.PathLike,
+    overrides: list[str] | tuple = (),
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    available: dict[str, float] | None = None,
+) -> Spec:
+    """Parse and validate a spec; raises SpecError. `available` defaults to this machine."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(file, 0, "file", f"a readable YAML spec ({e.strerror or e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(file, line, "yaml", f"valid YAML ({problem})") from None
+    lines = _line_map(text)
+    set_keys: set[str] = set()
+
+    def fail(key: str, subkey: str | None, expected: str):
+        where = key if key == "--set" else None
+        full = subkey if where else key
+        if where is None:
+            for s in set_keys:
+                if full == s or full.startswith(s + "."):
+                    where = "--set"
+        raise SpecError(file, where or _locate(lines, full), full, expected)
+
+    def err(key: str, expected: str):
+        fail(key, None, expected)
+
+    if not isinstance(data, dict):
+        err("spec", "a mapping with keys name, metric, base, space, ...")
+    for item in overrides:
+        data, key = _apply_override(data, item, fail)
+        set_keys.add(key)
+    for k in data:
+        if k not in TOP_KEYS:
+            err(str(k), f"unknown key; expected one of {', '.join(TOP_KEYS)}")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        err("name", f"a safe folder name matching [A-Za-z0-9_-]+, got {name!r}")
+    metric = data.get("metric", "val/bpc")
+    if metric not in OBJECTIVES:
+        err("metric", f"one of {', '.join(OBJECTIVES)}, got {metric!r}")
+    mode = data.get("mode", "min")
+    if mode not in ("min", "max"):
+        err("mode", f"min or max, got {mode!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        err("description", "a string")
+
+    base_raw = data.get("base")
+    if not isinstance(base_raw, dict):
+        err("base", "a mapping with sections model, cms, optim, data, train")
+    if smoke:
+        base_raw = _smoke(base_raw)
+    base_raw = _absolute_data_path(base_raw)
+    try:
+        base = TrialConfig.from_dict(base_raw)
+    except ConfigError as e:
+        err(f"base.{e.key}", e.expected)
+
+    sections = {}
+    for key, cls in (("search", SearchConfig), ("scheduler", SchedulerConfig),
+                     ("resources", Resources)):  # fmt: skip
+        try:
+            sections[key] = build(cls, data.get(key), f"{key}.")
+        except ConfigError as e:
+            err(e.key, e.expected)
+
+    space_raw = data.get("space") or {}
+    if not isinstance(space_raw, dict):
+        err("space", "a mapping of dotted paths into base -> distribution")
+    known = flatten(to_dict(base))
+    space: dict[str, Distribution] = {}
+    for p, raw in space_raw.items():
+        key = f"space.{p}"
+        if not isinstance(p, str) or p not in known:
+            err(key, f"a path into base, e.g. {', '.join(list(known)[:4])}, ...")
+        try:
+            dist = parse_distribution(raw)
+        except ConfigError as e:
+            err(key, e.expected if e.key == "distribution" else f"{e.key}: {e.expected}")
+        current = get_path(to_dict(base), p)
+        if isinstance(dist, CONTINUOUS) and not isinstance(current, float):
+            err(key, f"a distribution over {type(current).__name__} values (uniform and "
+                     "loguniform draw real numbers; use randint, choice or grid)")  # fmt: skip
+        if isinstance(dist, RandInt) and not isinstance(current, (int, float)):
+            err(key, f"a distribution over {type(current).__name__} values, not randint")
+        for v in candidate_values(dist):
+            try:
+                TrialConfig.from_dict(set_path(base_raw, p, v))
+            except ConfigError as e:
+                err(key, f"values valid for base.{p}; {v!r} gives {e.key}: {e.expected}")
+        space[p] = dist
+
+    try:
+        translate(space, sections["search"])
+    except ConfigError as e:
+        err(f"space.{e.key}", e.expected)
+
+    concurrent = data.get("max_concurrent", 1)
+    if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
+        err("max_concurrent", f"a positive integer, got {concurrent!r}")
+    store = storage or data.get("storage", "./ray_results")
+    if not isinstance(store, str) or not store:
+        err("storage", "a folder path or a URI")
+    if "://" not in store:
+        store = str(Path(store).expanduser().resolve())
+    uri = tracking_uri or data.get("tracking_uri", DEFAULT_TRACKING_URI)
+    if not isinstance(uri, str) or not uri:
+        err("tracking_uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+
+    if available is None and not os.environ.get("RAY_ADDRESS"):
+        available = local_resources()
+    if available is not None:
+        try:
+            check_resources(sections["resources"], available, "this machine")
+        except ConfigError as e:
+            err(e.key, e.expected)
+
+    return Spec(
+        name=name,
+        description=description,
+        metric=metric,
+        mode=mode,
+        base=base,
+        base_raw=base_raw,
+        space=space,
+        search=sections["search"],
+        scheduler=sections["scheduler"],
+        resources=sections["resources"],
+        max_concurrent=concurrent,
+        storage=store,
+        tracking_uri=uri,
+        path=str(Path(path).resolve()),
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def _smoke(base_raw: dict) -> dict:
+    """A CI-sized copy of the base config: few steps, two evaluations of two windows."""
+    train = dict(base_raw.get("train") or {})
+    steps = train.get("steps", 300)
+    steps = min(steps, SMOKE_STEPS) if isinstance(steps, int) else SMOKE_STEPS
+    train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2)
+    return {**base_raw, "train": train}
+
+
+def _absolute_data_path(base_raw: dict) -> dict:
+    """Trials run in their own folders, so a relative data.path is made absolute here."""
+    data = base_raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        return set_path(base_raw, "data.path", str(Path(data["path"]).expanduser().resolve()))
+    return base_raw
+
+
+def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
+    """The swept part of a Ray trial config, in the spec's order."""
+    return {p: config[p] for p in spec.space if p in config}
+
+
+def describe(spec: Spec) -> dict[str, Any]:
+    """Flat, loggable summary of the spec's top-level settings."""
+    out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)
+           if f.name in ("name", "metric", "mode", "max_concurrent", "storage", "tracking_uri")}  # fmt: skip
+    out.update(flatten({"search": to_dict(spec.search), "resources": to_dict(spec.resources)}))
+    return out

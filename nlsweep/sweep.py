@@ -1,0 +1,297 @@
+"""The sweep runner: a validated Spec -> a Ray Tune experiment, every trial logged to MLflow.
+
+Order of work, so that a bad setup fails before anything exists: the spec was validated by
+`load_spec`; then the tracking store is checked and the storage folder made writable; then
+Ray starts (or connects to $RAY_ADDRESS, whose resources are checked against the spec);
+only then is the MLflow parent run created and the trials launched. MLflow writes happen
+here in the driver, from Tune callbacks, never in the trial processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from tabulate import tabulate
+
+from models.common import ConfigError
+from nlsweep.config import flatten, to_dict
+from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names, trial_label
+from nlsweep.spec import Spec, SpecError, check_resources, describe, local_resources, swept_values
+from nlsweep.trainable import make_trainable
+from nlsweep.tracking import (
+    TAG_COMMIT, TAG_ERROR, TAG_ROLE, TAG_SHA, TAG_SPEC, TAG_TRIAL, Tracker, describe_store,
+    git_commit, ui_command,
+)  # fmt: skip
+
+METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data")
+
+
+def to_tune(dist) -> Any:
+    """One spec distribution -> the Ray Tune domain that samples it."""
+    if isinstance(dist, Grid):
+        return tune.grid_search(list(dist.values))
+    if isinstance(dist, Choice):
+        return tune.choice(list(dist.values))
+    if isinstance(dist, Uniform):
+        return tune.uniform(dist.lo, dist.hi)
+    if isinstance(dist, LogUniform):
+        return tune.loguniform(dist.lo, dist.hi)
+    if isinstance(dist, RandInt):
+        return tune.randint(dist.lo, dist.hi)
+    raise TypeError(f"not a distribution: {dist!r}")
+
+
+def make_search_alg(spec: Spec):
+    plan = spec.plan
+    if plan.algorithm in ("grid", "random"):
+        # Ray ignores TuneConfig.max_concurrent_trials for a generator instance: cap it here.
+        return BasicVariantGenerator(random_state=plan.seed, max_concurrent=spec.max_concurrent)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Optuna 5 changed TPE defaults, so every sampler setting that matters is explicit.
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(
+            seed=plan.seed, n_startup_trials=min(10, max(1, plan.trials // 3)),
+            multivariate=True, constant_liar=True,
+        ),
+        "random": lambda: optuna.samplers.RandomSampler(seed=plan.seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=plan.seed),
+    }  # fmt: skip
+    return OptunaSearch(sampler=samplers[plan.sampler](), metric=spec.metric, mode=spec.mode)
+
+
+def make_scheduler(spec: Spec):
+    sc = spec.scheduler
+    if sc.kind == "fifo":
+        return FIFOScheduler()
+    evals = math.ceil(spec.base.train.steps / spec.base.train.eval_every)
+    return ASHAScheduler(
+        time_attr="training_iteration", max_t=evals,
+        grace_period=min(sc.grace_period, evals), reduction_factor=sc.reduction_factor,
+    )  # fmt: skip
+
+
+def concurrency(spec: Spec, available: dict[str, float]) -> int:
+    """How many trials run at once: the spec's cap, the trial count and the resources."""
+    n = min(spec.max_concurrent, spec.plan.trials)
+    n = min(n, int(available.get("CPU", 1) // spec.resources.cpu))
+    if spec.resources.gpu > 0:
+        n = min(n, int(available.get("GPU", 0) // spec.resources.gpu))
+    return max(n, 1)
+
+
+def dry_run(spec: Spec, out=print) -> None:
+    from nlsweep.space import grid_points
+
+    available = local_resources() if not os.environ.get("RAY_ADDRESS") else None
+    plan = spec.plan
+    out(f"spec {spec.path} (sha256 {spec.sha256[:12]}): experiment {spec.name!r}, "
+        f"{plan.trials} trials, objective {spec.metric} ({spec.mode})")  # fmt: skip
+    if plan.algorithm == "grid":
+        rows = [[i, *pt.values()] for i, pt in enumerate(grid_points(plan.params))]
+        out(tabulate(rows, headers=["trial", *short_names(list(plan.params)).values()]))
+    else:
+        sampler = f" / {plan.sampler}" if plan.sampler else ""
+        out(f"{plan.algorithm}{sampler} search, seed {plan.seed}, over:")
+        for p, d in plan.params.items():
+            out(f"  {p}: {d}")
+    res = spec.resources
+    per = f"{res.cpu:g} CPU" + (f", {res.gpu:g} GPU" if res.gpu else "")
+    if available:
+        have = f"{available['CPU']:g} CPUs, {available['GPU']:g} GPUs on this machine"
+        out(f"resources: {per} per trial; {have}; {concurrency(spec, available)} at a time "
+            f"(max_concurrent {spec.max_concurrent})")  # fmt: skip
+    else:
+        out(f"resources: {per} per trial on the Ray cluster at $RAY_ADDRESS; "
+            f"at most {spec.max_concurrent} at a time")  # fmt: skip
+    out(f"storage: {spec.storage}/{spec.name}   tracking: {describe_store(spec.tracking_uri)}")
+    out("dry run: nothing was started")
+
+
+class MlflowLogger(tune.Callback):
+    """Writes each trial's child run from the driver as Tune reports results."""
+
+    def __init__(self, tracker: Tracker, spec: Spec, parent_id: str, base_tags: dict):
+        self.tracker, self.spec, self.parent_id, self.base_tags = tracker, spec, parent_id, base_tags
+        self.runs: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:
+            return
+        values = swept_values(self.spec, trial.config)
+        params = flatten(to_dict(self.spec.trial_config(values)))
+        tags = {**self.base_tags, TAG_TRIAL: trial.trial_id, TAG_ROLE: "trial"}
+        self.runs[trial.trial_id] = self.tracker.start_run(
+            trial_label(values), params, tags, parent_id=self.parent_id
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        metrics = {
+            k: v for k, v in result.items()
+            if k.split("/")[0] in METRIC_PREFIXES and "/" in k
+            and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }  # fmt: skip
+        self.tracker.log(run_id, metrics, step=int(result["step"]))
+        self.last_step[trial.trial_id] = int(result["step"])
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.runs:
+            self.tracker.end(self.runs[trial.trial_id], "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        self.tracker.tag(run_id, TAG_ERROR, _last_error_line(trial))
+        self.tracker.end(run_id, "FAILED")
+
+
+def _last_error_line(trial) -> str:
+    try:
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return lines[-1] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "unknown error"
+
+
+def _check_storage(spec: Spec) -> None:
+    if "://" in spec.storage:
+        return
+    try:
+        Path(spec.storage).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=spec.storage):
+            pass
+    except OSError as e:
+        raise SpecError(spec.path, "storage", "storage",
+                        f"a writable folder; {spec.storage}: {e.strerror or e}") from None  # fmt: skip
+
+
+def _start_ray() -> tuple[bool, dict[str, float], str]:
+    """Start a local Ray (or join $RAY_ADDRESS); returns (started_here, resources, where)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return False, ray.cluster_resources(), "the running Ray instance"
+    if address:
+        import models
+        import nlsweep
+
+        env = {k: os.environ[k] for k in ("NLSWEEP_DATA",) if k in os.environ}
+        ray.init(address=address, logging_level=logging.WARNING,
+                 runtime_env={"py_modules": [nlsweep, models], "env_vars": env})  # fmt: skip
+        return True, ray.cluster_resources(), f"the Ray cluster at {address}"
+    local = local_resources()
+    ray.init(num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]), include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=True)  # fmt: skip
+    return True, ray.cluster_resources(), "this machine"
+
+
+def run_sweep(spec: Spec, out=print) -> int:
+    """Run the whole sweep; returns the exit code (0: every trial finished)."""
+    tracker = Tracker(spec.tracking_uri)
+    tracker.check()
+    _check_storage(spec)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table below
+    started, available, where = _start_ray()
+    try:
+        try:
+            check_resources(spec.resources, available, where)
+        except ConfigError as e:
+            raise SpecError(spec.path, "resources", e.key, e.expected) from None
+        tracker.experiment(spec.name)
+        base_tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
+        commit = git_commit()
+        if commit:
+            base_tags[TAG_COMMIT] = commit
+        parent_params = {**describe(spec), **{f"base.{k}": v for k, v in
+                                               flatten(to_dict(spec.base)).items()}}  # fmt: skip
+        parent_id = tracker.start_run(
+            spec.name, parent_params, {**base_tags, TAG_ROLE: "sweep",
+                                       "mlflow.note.content": spec.description},
+        )  # fmt: skip
+        logger = MlflowLogger(tracker, spec, parent_id, base_tags)
+        names = short_names(list(spec.space))
+        reporter = tune.CLIReporter(
+            parameter_columns={p: names[p] for p in spec.space},
+            metric_columns={"step": "step", spec.metric: spec.metric},
+            max_report_frequency=10, sort_by_metric=False,
+        )  # fmt: skip
+        tuner = tune.Tuner(
+            make_trainable(spec),
+            param_space={p: to_tune(d) for p, d in spec.space.items()},
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, search_alg=make_search_alg(spec),
+                scheduler=make_scheduler(spec), num_samples=spec.plan.num_samples,
+                max_concurrent_trials=spec.max_concurrent if spec.plan.algorithm == "optuna" else None,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=spec.storage, callbacks=[logger],
+                progress_reporter=reporter, verbose=1,
+            ),
+        )  # fmt: skip
+        try:
+            results = tuner.fit()
+        except BaseException:
+            tracker.end(parent_id, "KILLED")
+            raise
+        rows, best, failed = summarize(spec, results, logger)
+        tracker.end(parent_id, "FINISHED" if not failed else "FAILED")
+        out("")
+        out(tabulate(rows, headers="keys", floatfmt=".4f"))
+        if best is not None:
+            out(f"best trial: {best['trial']} ({best['label']}) {spec.metric} = "
+                f"{best[spec.metric]:.4f}")  # fmt: skip
+        else:
+            out("best trial: none (no trial reported a result)")
+        out(f"MLflow: experiment {spec.name!r} in {describe_store(spec.tracking_uri)}, "
+            f"parent run {parent_id}")  # fmt: skip
+        out(f"to compare trials: {ui_command(spec.tracking_uri)}")
+        out(f"Ray experiment folder: {spec.storage}/{spec.name}")
+        if failed:
+            out(f"{failed} trial(s) failed; their MLflow runs carry the error in tag {TAG_ERROR}")
+        return 0 if not failed else 1
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def summarize(spec: Spec, results, logger: MlflowLogger) -> tuple[list[dict], dict | None, int]:
+    """Rows for the summary table (one per trial), the best finished row, the failure count."""
+    names = short_names(list(spec.space))
+    rows, failed = [], 0
+    for r in results:
+        m = r.metrics or {}
+        values = swept_values(spec, r.config or {})
+        final_step = m.get("step")
+        if r.error is not None:
+            status, failed = "FAILED", failed + 1
+        elif final_step is not None and final_step < spec.base.train.steps:
+            status = "STOPPED"  # early-stopped by the scheduler
+        else:
+            status = "FINISHED"
+        row = {"trial": m.get("trial_id", Path(r.path).name if r.path else "?")}
+        row.update({names[p]: v for p, v in values.items()})
+        row[spec.metric] = m.get(spec.metric, float("nan"))
+        row["tokens/s"] = round(m.get("perf/tokens_per_s", float("nan")))
+        row["status"] = status
+        row["label"] = trial_label(values)
+        rows.append(row)
+    done = [r for r in rows if r["status"] != "FAILED" and not math.isnan(r[spec.metric])]
+    pick = min if spec.mode == "min" else max
+    best = pick(done, key=lambda r: r[spec.metric]) if done else None
+    table = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    return table, best, failed
+

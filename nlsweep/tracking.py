@@ -1,0 +1,158 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One writer: every MLflow call happens in the sweep driver (trial metrics reach it through
+Ray Tune callbacks), so a SQLite store never sees concurrent writers. Layout: experiment =
+spec name; one parent run per sweep; one child run per trial (tag `mlflow.parentRunId`, so
+the UI nests it) named after its swept values, with the flattened trial config as params,
+metrics at step = training step (one `log_batch` per report), and the tags below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+TAG_TRIAL = "nlsweep.trial_id"
+TAG_SPEC = "nlsweep.spec_file"
+TAG_SHA = "nlsweep.spec_sha256"
+TAG_COMMIT = "nlsweep.git_commit"
+TAG_ROLE = "nlsweep.role"
+TAG_ERROR = "nlsweep.error"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LEN = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message is one line."""
+
+
+def git_commit() -> str | None:
+    """Commit of the nlsweep checkout (with '-dirty' when it has uncommitted changes)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@contextmanager
+def _fail_fast():
+    """Make an unreachable HTTP server fail in seconds rather than after minutes of retries."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[-1] if text else type(e).__name__)[:300]
+
+
+def ui_command(uri: str) -> str:
+    """The exact command that shows this store in the MLflow UI (bound to localhost)."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser (the tracking server's own UI)"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+
+
+def describe_store(uri: str) -> str:
+    if uri.startswith("sqlite:///"):
+        return f"{uri} (file {Path(uri[len('sqlite:///'):]).resolve()})"
+    return uri
+
+
+class Tracker:
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id: str | None = None
+
+    def check(self) -> None:
+        """Fail now, with one line, if the store cannot be reached or written."""
+        try:
+            with _fail_fast():
+                self.client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any failure means the store is unusable
+            raise TrackingError(f"tracking_uri {self.uri}: unreachable ({_one_line(e)})") from None
+
+    def experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(name)
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def start_run(
+        self,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        parent_id: str | None = None,
+    ) -> str:
+        if parent_id:
+            tags = {**tags, PARENT_TAG: parent_id}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        run_id = run.info.run_id
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+        return run_id
+
+    def log(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(key, str(value)[:5000])])
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def runs(self, experiment_name: str) -> list:
+        """All runs of an experiment (for tests and reports)."""
+        exp = self.client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], max_results=10000)
+
+    def history(self, run_id: str, key: str) -> list:
+        return self.client.get_metric_history(run_id, key)
+
+
+__all__ = ["Tracker", "TrackingError", "git_commit", "mlflow", "ui_command"]

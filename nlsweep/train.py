@@ -1,0 +1,274 @@
+"""The training loop: one trial, runnable without Ray (`python -m nlsweep.train SPEC`).
+
+A `Trainer` owns the complete training state as explicit data (model, per-level optimizers
+with their clocks and accumulated gradients, recurrent state, RNG states, data cursor, step,
+metric history); `state_dict()` / `load_state_dict()` round-trip it exactly. `Trainer.run()`
+yields one metrics dict per evaluation, which the Ray trainable forwards to `tune.report`.
+Evaluation always uses held-out text and its own recurrent state, so the training state is
+left untouched (notes, pitfalls 1 and 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import MODEL_KINDS
+from models.cms import CMSConfig, CMSOptimizer
+from models.common import ConfigError, check_ownership, param_count, require
+from models.optim import OptimConfig, build_optimizer
+from nlsweep.config import build
+from nlsweep.data import Corpus, DataConfig, StreamBatcher, load_corpus
+
+STATE_FORMAT = 1
+SECTIONS = ("model", "cms", "optim", "data", "train")
+# Metrics a spec may name as its objective (all reported at every evaluation).
+OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss")
+
+
+@dataclass
+class TrainConfig:
+    """`train:` section."""
+
+    steps: int = 300
+    """Outer optimizer steps (batches) in the trial."""
+    eval_every: int = 100
+    """Evaluate on held-out data every this many steps, and after the last step."""
+    eval_batches: int = 8
+    """Held-out windows of B x seq_len tokens per evaluation (the same windows every time)."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = the GPU Ray assigned to the trial if any, else CPU."""
+    threads: int = 0
+    """torch CPU threads; 0 = one per CPU the trial was given (all cores outside Ray)."""
+
+    def __post_init__(self):
+        require(self.steps >= 1, "steps", f"a positive integer, got {self.steps}")
+        require(self.eval_every >= 1, "eval_every", f"a positive integer, got {self.eval_every}")
+        require(
+            self.eval_batches >= 1, "eval_batches", f"a positive integer, got {self.eval_batches}"
+        )
+        require(self.seed >= 0, "seed", f"a non-negative integer, got {self.seed}")
+        require(self.threads >= 0, "threads", f"a non-negative integer, got {self.threads}")
+
+
+@dataclass
+class TrialConfig:
+    """One complete trial: the spec's `base:` with a point of its `space:` applied."""
+
+    model: Any
+    cms: CMSConfig = field(default_factory=CMSConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialConfig:
+        if not isinstance(d, dict):
+            raise ConfigError("base", f"expected a mapping of {', '.join(SECTIONS)}")
+        for k in d:
+            if k not in SECTIONS:
+                raise ConfigError(k, f"unknown section; expected one of {', '.join(SECTIONS)}")
+        raw_model = d.get("model") or {}
+        kind = raw_model.get("kind", "nested_lstm") if isinstance(raw_model, dict) else None
+        if kind not in MODEL_KINDS:
+            raise ConfigError("model.kind", f"one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+        model_cls = MODEL_KINDS[kind][0]
+        return cls(
+            model=build(model_cls, raw_model, "model."),
+            cms=build(CMSConfig, d.get("cms"), "cms."),
+            optim=build(OptimConfig, d.get("optim"), "optim."),
+            data=build(DataConfig, d.get("data"), "data."),
+            train=build(TrainConfig, d.get("train"), "train."),
+        )
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(sd: dict) -> None:
+    random.setstate((sd["python"][0], tuple(sd["python"][1]), sd["python"][2]))
+    name, keys, *rest = sd["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(sd["torch"])
+    if sd["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(sd["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg: TrialConfig, device: torch.device | None = None, corpus: Corpus | None = None):
+        self.cfg = cfg
+        self.device = device or pick_device(cfg.train)
+        seed = cfg.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.corpus = corpus or load_corpus(cfg.data)
+        vocab = len(self.corpus.vocab)
+        self.model = MODEL_KINDS[cfg.model.kind][1](cfg.model, vocab).to(self.device)
+        try:
+            cfg.cms.check_levels(self.model.levels)
+        except ConfigError as e:
+            raise ConfigError(f"cms.{e.key}", e.expected) from None
+        groups = self.model.level_parameters()
+        check_ownership(self.model, groups)
+        self.cms = CMSOptimizer(groups, cfg.cms.periods, lambda ps: build_optimizer(ps, cfg.optim))
+        B, T = cfg.data.batch_size, cfg.data.seq_len
+        self.batcher = StreamBatcher(self.corpus.train, B, T, "training")
+        self.heldout = StreamBatcher(self.corpus.val, B, T, "held-out")
+        self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
+        self.step = 0
+        # Recurrent training state; None = reset before every batch.
+        self.state = None
+        self.history: list[dict[str, float]] = []
+        self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+
+    # -- one outer step ------------------------------------------------------------------
+    def train_step(self) -> float:
+        x, y, _ = self.batcher.next()
+        x, y = x.to(self.device), y.to(self.device)
+        self.model.train()
+        logits, _ = self.model(x, self.state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.step + 1}")
+        loss.backward()
+        self.cms.step()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean held-out cross-entropy (nats/token) over the fixed evaluation windows."""
+        was_training = self.model.training
+        self.model.eval()
+        total, count = 0.0, 0
+        for k in range(self.eval_windows):
+            x, y = self.heldout.window(k)
+            logits, _ = self.model(x.to(self.device), None)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.to(self.device).reshape(-1), reduction="sum"
+            ).item()
+            count += y.numel()
+        self.model.train(was_training)
+        return total / count
+
+    def _metrics(self) -> dict[str, float]:
+        B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
+        since = self._since_eval
+        val_loss = self.evaluate()
+        m = {
+            "step": self.step,
+            "tokens": self.step * B * T,
+            "train/loss": since["loss"] / max(since["n"], 1),
+            "val/loss": val_loss,
+            "val/bpc": val_loss / math.log(2),
+            "val/ppl": math.exp(min(val_loss, 700.0)),
+            "perf/tokens_per_s": since["n"] * B * T / max(since["seconds"], 1e-9),
+            "perf/step_ms": 1000.0 * since["seconds"] / max(since["n"], 1),
+            "model/params": float(param_count(self.model)),
+            "data/val_overlap": self.corpus.val_overlap,
+            "data/val_unk_rate": self.corpus.val_unk_rate,
+            "data/val_tokens": float(self.eval_windows * B * T),
+        }
+        m.update(self.cms.metrics())
+        self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+        self.history.append(m)
+        return m
+
+    def run(self) -> Iterator[dict[str, float]]:
+        """Train to `train.steps`, yielding the metrics of every evaluation."""
+        tc = self.cfg.train
+        while self.step < tc.steps:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            self._since_eval["seconds"] += time.perf_counter() - t0
+            self._since_eval["loss"] += loss
+            self._since_eval["n"] += 1
+            if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                yield self._metrics()
+
+    # -- training state as data -----------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "cms": self.cms.state_dict(),
+            "data": self.batcher.state_dict(),
+            "recurrent": self.state,
+            "rng": _rng_state(),
+            "history": list(self.history),
+            "since_eval": dict(self._since_eval),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("format") != STATE_FORMAT:
+            raise ValueError(f"training state format {sd.get('format')!r}, expected {STATE_FORMAT}")
+        self.step = int(sd["step"])
+        self.model.load_state_dict(sd["model"])
+        self.cms.load_state_dict(sd["cms"])
+        self.batcher.load_state_dict(sd["data"])
+        self.state = sd["recurrent"]
+        _set_rng_state(sd["rng"])
+        self.history = list(sd["history"])
+        self._since_eval = dict(sd["since_eval"])
+
+
+def format_metrics(m: dict[str, float]) -> str:
+    keys = ("train/loss", "val/loss", "val/bpc", "val/ppl", "perf/tokens_per_s")
+    parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.4g}" for k in keys]
+    return "  ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nlsweep.spec import SpecError, load_spec
+
+    ap = argparse.ArgumentParser(
+        prog="python -m nlsweep.train", description="Run a spec's base config as one trial."
+    )
+    ap.add_argument("spec")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--smoke", action="store_true", help="shrink steps and evaluation")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_spec(args.spec, overrides=args.set, smoke=args.smoke)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    cfg = spec.base
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    trainer = Trainer(cfg)
+    print(f"{spec.name}: {cfg.model.kind}, {param_count(trainer.model)} parameters, "
+          f"device {trainer.device}", flush=True)
+    for m in trainer.run():
+        print(format_metrics(m), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
