@@ -15,6 +15,7 @@ Counters (`updates`, `last_update_norm`) prove each level acted (notes, pitfall 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -109,7 +110,10 @@ class CMSOptimizer:
             "clock": self.clock,
             "updates": dict(self.updates),
             "last_update_norm": dict(self.last_update_norm),
-            "optimizers": {lv: opt.state_dict() for lv, opt in self.optimizers.items()},
+            # A snapshot, not live references: optimizers update their moments in place.
+            "optimizers": {
+                lv: copy.deepcopy(opt.state_dict()) for lv, opt in self.optimizers.items()
+            },
             # Gradients accumulated towards a level's next step are training state too
             # (notes, pitfall 10): without them a resumed slow level would lose a chunk.
             "pending_grads": {

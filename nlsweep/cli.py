@@ -13,10 +13,18 @@ import sys
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="YAML sweep spec, e.g. search_spaces/quickstart.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set base.train.steps=50 (repeatable)")  # fmt: skip
-    p.add_argument("--smoke", action="store_true",
-                   help="CI size: at most 20 steps, two evaluations of two batches")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set base.train.steps=50 (repeatable)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI size: at most 20 steps, two evaluations of two batches",
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides the spec)")
     p.add_argument("--storage", help="Ray experiment storage path or URI (overrides the spec)")
 
@@ -26,8 +34,11 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a sweep (Ray Tune + MLflow)")
     _spec_args(run)
-    run.add_argument("--dry-run", action="store_true",
-                     help="print the expanded trials and the resource plan; start nothing")  # fmt: skip
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the expanded trials and the resource plan; start nothing",
+    )
     val = sub.add_parser("validate", help="check a spec and exit (0 valid, 2 invalid)")
     _spec_args(val)
     return ap
@@ -38,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     from nlsweep.spec import SpecError, load_spec
 
     try:
-        spec = load_spec(args.spec, overrides=args.set, smoke=args.smoke,
-                         tracking_uri=args.tracking_uri, storage=args.storage)  # fmt: skip
+        spec = load_spec(
+            args.spec,
+            overrides=args.set,
+            smoke=args.smoke,
+            tracking_uri=args.tracking_uri,
+            storage=args.storage,
+        )
     except SpecError as e:
         print(e, file=sys.stderr)
         return 2

@@ -54,7 +54,9 @@ def coerce(tp, value: Any, key: str) -> Any:
     elif origin is dict:
         key_tp, val_tp = get_args(tp)
         if isinstance(value, dict):
-            return {coerce(key_tp, k, key): coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+            return {
+                coerce(key_tp, k, key): coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()
+            }
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return build(tp, value, key)

@@ -8,7 +8,8 @@ Corpora (`data.corpus`):
                      splits used as a second text domain, not the WikiText-2 benchmark)
     text             any UTF-8 file given by data.path, split like tinyshakespeare
 Files resolve from `data.path`, then `$NLSWEEP_DATA/<folder>/`, then the user cache
-(`$XDG_CACHE_HOME/nlsweep/<folder>/`; folder = tinyshakespeare or wikitext-2), and are otherwise downloaded there and sha256-checked.
+(`$XDG_CACHE_HOME/nlsweep/<folder>/`; folder = tinyshakespeare or wikitext-2), and are
+otherwise downloaded there and sha256-checked.
 
 Batches are B contiguous streams: the training tokens are cut into B rows and batch k is
 columns [kT, (k+1)T) of every row, so row b continues where it stopped (persistent recurrent

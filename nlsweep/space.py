@@ -119,9 +119,7 @@ def _pair(form: str, v: Any) -> tuple:
 def parse_distribution(raw: Any) -> Distribution:
     """One `space:` entry -> a distribution; ConfigError(form, expected) when malformed."""
     if not (isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in FORMS):
-        raise ConfigError(
-            "distribution", f"one of {{{': ..}, {'.join(FORMS)}: ..}}, got {raw!r}"
-        )
+        raise ConfigError("distribution", f"one of {{{': ..}, {'.join(FORMS)}: ..}}, got {raw!r}")
     form, v = next(iter(raw.items()))
     if form in ("grid", "choice"):
         require(isinstance(v, list) and len(v) >= 1, form, f"a non-empty list, got {v!r}")
@@ -133,9 +131,7 @@ def parse_distribution(raw: Any) -> Distribution:
     if form == "loguniform":
         require(lo > 0, form, f"lo > 0 for a log scale, got {lo}")
         return LogUniform(float(lo), float(hi))
-    require(
-        isinstance(lo, int) and isinstance(hi, int), form, f"two integers, got {v!r}"
-    )
+    require(isinstance(lo, int) and isinstance(hi, int), form, f"two integers, got {v!r}")
     return RandInt(lo, hi)
 
 
@@ -165,13 +161,14 @@ def translate(space: dict[str, Distribution], search: SearchConfig) -> SearchPla
     for path, dist in space.items():
         if search.algorithm == "grid" and not isinstance(dist, Grid):
             raise ConfigError(
-                path, "{grid: [...]} for grid search (use search.algorithm random or optuna "
-                "to sample other distributions)"
+                path,
+                "{grid: [...]} for grid search (use search.algorithm random or optuna "
+                "to sample other distributions)",
             )
         if search.algorithm != "grid" and isinstance(dist, Grid):
             raise ConfigError(
-                path, f"{{choice: [...]}} or a range: grid does not mix with {search.algorithm} "
-                "search"
+                path,
+                f"{{choice: [...]}} or a range: grid does not mix with {search.algorithm} search",
             )
     if search.algorithm == "grid":
         trials = math.prod(len(d.values) for d in space.values()) if space else 1

@@ -38,9 +38,19 @@ from nlsweep.train import OBJECTIVES, TrialConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 TOP_KEYS = (
-    "name", "description", "metric", "mode", "base", "space", "search", "scheduler",
-    "resources", "max_concurrent", "storage", "tracking_uri",
-)  # fmt: skip
+    "name",
+    "description",
+    "metric",
+    "mode",
+    "base",
+    "space",
+    "search",
+    "scheduler",
+    "resources",
+    "max_concurrent",
+    "storage",
+    "tracking_uri",
+)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SMOKE_STEPS = 20
 
@@ -88,6 +98,8 @@ class Spec:
     tracking_uri: str
     path: str
     sha256: str
+    lines: dict[str, int] = field(default_factory=dict)
+    """Dotted key -> line in the spec file, for error messages raised after loading."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -242,8 +254,11 @@ def load_spec(
         err(f"base.{e.key}", e.expected)
 
     sections = {}
-    for key, cls in (("search", SearchConfig), ("scheduler", SchedulerConfig),
-                     ("resources", Resources)):  # fmt: skip
+    for key, cls in (
+        ("search", SearchConfig),
+        ("scheduler", SchedulerConfig),
+        ("resources", Resources),
+    ):
         try:
             sections[key] = build(cls, data.get(key), f"{key}.")
         except ConfigError as e:
@@ -264,8 +279,11 @@ def load_spec(
             err(key, e.expected if e.key == "distribution" else f"{e.key}: {e.expected}")
         current = get_path(to_dict(base), p)
         if isinstance(dist, CONTINUOUS) and not isinstance(current, float):
-            err(key, f"a distribution over {type(current).__name__} values (uniform and "
-                     "loguniform draw real numbers; use randint, choice or grid)")  # fmt: skip
+            err(
+                key,
+                f"a distribution over {type(current).__name__} values (uniform and "
+                "loguniform draw real numbers; use randint, choice or grid)",
+            )
         if isinstance(dist, RandInt) and not isinstance(current, (int, float)):
             err(key, f"a distribution over {type(current).__name__} values, not randint")
         for v in candidate_values(dist):
@@ -316,6 +334,7 @@ def load_spec(
         tracking_uri=uri,
         path=str(Path(path).resolve()),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        lines=lines,
     )
 
 
@@ -343,7 +362,10 @@ def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
 
 def describe(spec: Spec) -> dict[str, Any]:
     """Flat, loggable summary of the spec's top-level settings."""
-    out = {f.name: getattr(spec, f.name) for f in dataclasses.fields(Spec)
-           if f.name in ("name", "metric", "mode", "max_concurrent", "storage", "tracking_uri")}  # fmt: skip
+    out = {
+        f.name: getattr(spec, f.name)
+        for f in dataclasses.fields(Spec)
+        if f.name in ("name", "metric", "mode", "max_concurrent", "storage", "tracking_uri")
+    }
     out.update(flatten({"search": to_dict(spec.search), "resources": to_dict(spec.resources)}))
     return out

@@ -24,13 +24,22 @@ from tabulate import tabulate
 
 from models.common import ConfigError
 from nlsweep.config import flatten, to_dict
+from nlsweep.data import DataError, resolve_files
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names, trial_label
 from nlsweep.spec import Spec, SpecError, check_resources, describe, local_resources, swept_values
-from nlsweep.trainable import make_trainable
 from nlsweep.tracking import (
-    TAG_COMMIT, TAG_ERROR, TAG_ROLE, TAG_SHA, TAG_SPEC, TAG_TRIAL, Tracker, describe_store,
-    git_commit, ui_command,
-)  # fmt: skip
+    TAG_COMMIT,
+    TAG_ERROR,
+    TAG_ROLE,
+    TAG_SHA,
+    TAG_SPEC,
+    TAG_TRIAL,
+    Tracker,
+    describe_store,
+    git_commit,
+    ui_command,
+)
+from nlsweep.trainable import make_trainable
 
 METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data")
 
@@ -61,12 +70,14 @@ def make_search_alg(spec: Spec):
     # Optuna 5 changed TPE defaults, so every sampler setting that matters is explicit.
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(
-            seed=plan.seed, n_startup_trials=min(10, max(1, plan.trials // 3)),
-            multivariate=True, constant_liar=True,
+            seed=plan.seed,
+            n_startup_trials=min(10, max(1, plan.trials // 3)),
+            multivariate=True,
+            constant_liar=True,
         ),
         "random": lambda: optuna.samplers.RandomSampler(seed=plan.seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=plan.seed),
-    }  # fmt: skip
+    }
     return OptunaSearch(sampler=samplers[plan.sampler](), metric=spec.metric, mode=spec.mode)
 
 
@@ -76,9 +87,11 @@ def make_scheduler(spec: Spec):
         return FIFOScheduler()
     evals = math.ceil(spec.base.train.steps / spec.base.train.eval_every)
     return ASHAScheduler(
-        time_attr="training_iteration", max_t=evals,
-        grace_period=min(sc.grace_period, evals), reduction_factor=sc.reduction_factor,
-    )  # fmt: skip
+        time_attr="training_iteration",
+        max_t=evals,
+        grace_period=min(sc.grace_period, evals),
+        reduction_factor=sc.reduction_factor,
+    )
 
 
 def concurrency(spec: Spec, available: dict[str, float]) -> int:
@@ -95,8 +108,10 @@ def dry_run(spec: Spec, out=print) -> None:
 
     available = local_resources() if not os.environ.get("RAY_ADDRESS") else None
     plan = spec.plan
-    out(f"spec {spec.path} (sha256 {spec.sha256[:12]}): experiment {spec.name!r}, "
-        f"{plan.trials} trials, objective {spec.metric} ({spec.mode})")  # fmt: skip
+    out(
+        f"spec {spec.path} (sha256 {spec.sha256[:12]}): experiment {spec.name!r}, "
+        f"{plan.trials} trials, objective {spec.metric} ({spec.mode})"
+    )
     if plan.algorithm == "grid":
         rows = [[i, *pt.values()] for i, pt in enumerate(grid_points(plan.params))]
         out(tabulate(rows, headers=["trial", *short_names(list(plan.params)).values()]))
@@ -109,11 +124,15 @@ def dry_run(spec: Spec, out=print) -> None:
     per = f"{res.cpu:g} CPU" + (f", {res.gpu:g} GPU" if res.gpu else "")
     if available:
         have = f"{available['CPU']:g} CPUs, {available['GPU']:g} GPUs on this machine"
-        out(f"resources: {per} per trial; {have}; {concurrency(spec, available)} at a time "
-            f"(max_concurrent {spec.max_concurrent})")  # fmt: skip
+        out(
+            f"resources: {per} per trial; {have}; {concurrency(spec, available)} at a time "
+            f"(max_concurrent {spec.max_concurrent})"
+        )
     else:
-        out(f"resources: {per} per trial on the Ray cluster at $RAY_ADDRESS; "
-            f"at most {spec.max_concurrent} at a time")  # fmt: skip
+        out(
+            f"resources: {per} per trial on the Ray cluster at $RAY_ADDRESS; "
+            f"at most {spec.max_concurrent} at a time"
+        )
     out(f"storage: {spec.storage}/{spec.name}   tracking: {describe_store(spec.tracking_uri)}")
     out("dry run: nothing was started")
 
@@ -122,7 +141,12 @@ class MlflowLogger(tune.Callback):
     """Writes each trial's child run from the driver as Tune reports results."""
 
     def __init__(self, tracker: Tracker, spec: Spec, parent_id: str, base_tags: dict):
-        self.tracker, self.spec, self.parent_id, self.base_tags = tracker, spec, parent_id, base_tags
+        self.tracker, self.spec, self.parent_id, self.base_tags = (
+            tracker,
+            spec,
+            parent_id,
+            base_tags,
+        )
         self.runs: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
 
@@ -141,10 +165,13 @@ class MlflowLogger(tune.Callback):
         if run_id is None:
             return
         metrics = {
-            k: v for k, v in result.items()
-            if k.split("/")[0] in METRIC_PREFIXES and "/" in k
-            and isinstance(v, (int, float)) and not isinstance(v, bool)
-        }  # fmt: skip
+            k: v
+            for k, v in result.items()
+            if k.split("/")[0] in METRIC_PREFIXES
+            and "/" in k
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+        }
         self.tracker.log(run_id, metrics, step=int(result["step"]))
         self.last_step[trial.trial_id] = int(result["step"])
 
@@ -176,8 +203,33 @@ def _check_storage(spec: Spec) -> None:
         with tempfile.NamedTemporaryFile(dir=spec.storage):
             pass
     except OSError as e:
-        raise SpecError(spec.path, "storage", "storage",
-                        f"a writable folder; {spec.storage}: {e.strerror or e}") from None  # fmt: skip
+        raise SpecError(
+            spec.path, "storage", "storage", f"a writable folder; {spec.storage}: {e.strerror or e}"
+        ) from None
+
+
+def prepare_data(spec: Spec) -> None:
+    """Find (or download) every corpus the trials will read, before any trial starts."""
+    configs = [spec.base]
+    if spec.plan.algorithm == "grid":
+        from nlsweep.space import grid_points
+
+        configs += [spec.trial_config(pt) for pt in grid_points(spec.plan.params)]
+    seen = set()
+    for cfg in configs:
+        key = (cfg.data.corpus, cfg.data.path)
+        if key not in seen:
+            seen.add(key)
+            try:
+                resolve_files(cfg.data)
+            except DataError as e:
+                raise SpecError(
+                    spec.path, _line_of(spec, "base.data"), "base.data", str(e)
+                ) from None
+
+
+def _line_of(spec: Spec, key: str) -> int | str:
+    return spec.lines.get(key, 1)
 
 
 def _start_ray() -> tuple[bool, dict[str, float], str]:
@@ -190,12 +242,20 @@ def _start_ray() -> tuple[bool, dict[str, float], str]:
         import nlsweep
 
         env = {k: os.environ[k] for k in ("NLSWEEP_DATA",) if k in os.environ}
-        ray.init(address=address, logging_level=logging.WARNING,
-                 runtime_env={"py_modules": [nlsweep, models], "env_vars": env})  # fmt: skip
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            runtime_env={"py_modules": [nlsweep, models], "env_vars": env},
+        )
         return True, ray.cluster_resources(), f"the Ray cluster at {address}"
     local = local_resources()
-    ray.init(num_cpus=int(local["CPU"]), num_gpus=int(local["GPU"]), include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=True)  # fmt: skip
+    ray.init(
+        num_cpus=int(local["CPU"]),
+        num_gpus=int(local["GPU"]),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
     return True, ray.cluster_resources(), "this machine"
 
 
@@ -204,6 +264,7 @@ def run_sweep(spec: Spec, out=print) -> int:
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
     _check_storage(spec)
+    prepare_data(spec)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table below
     started, available, where = _start_ray()
     try:
@@ -216,32 +277,44 @@ def run_sweep(spec: Spec, out=print) -> int:
         commit = git_commit()
         if commit:
             base_tags[TAG_COMMIT] = commit
-        parent_params = {**describe(spec), **{f"base.{k}": v for k, v in
-                                               flatten(to_dict(spec.base)).items()}}  # fmt: skip
+        parent_params = {
+            **describe(spec),
+            **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()},
+        }
         parent_id = tracker.start_run(
-            spec.name, parent_params, {**base_tags, TAG_ROLE: "sweep",
-                                       "mlflow.note.content": spec.description},
-        )  # fmt: skip
+            spec.name,
+            parent_params,
+            {**base_tags, TAG_ROLE: "sweep", "mlflow.note.content": spec.description},
+        )
         logger = MlflowLogger(tracker, spec, parent_id, base_tags)
         names = short_names(list(spec.space))
         reporter = tune.CLIReporter(
             parameter_columns={p: names[p] for p in spec.space},
             metric_columns={"step": "step", spec.metric: spec.metric},
-            max_report_frequency=10, sort_by_metric=False,
-        )  # fmt: skip
+            max_report_frequency=10,
+            sort_by_metric=False,
+        )
         tuner = tune.Tuner(
             make_trainable(spec),
             param_space={p: to_tune(d) for p, d in spec.space.items()},
             tune_config=tune.TuneConfig(
-                metric=spec.metric, mode=spec.mode, search_alg=make_search_alg(spec),
-                scheduler=make_scheduler(spec), num_samples=spec.plan.num_samples,
-                max_concurrent_trials=spec.max_concurrent if spec.plan.algorithm == "optuna" else None,
+                metric=spec.metric,
+                mode=spec.mode,
+                search_alg=make_search_alg(spec),
+                scheduler=make_scheduler(spec),
+                num_samples=spec.plan.num_samples,
+                max_concurrent_trials=spec.max_concurrent
+                if spec.plan.algorithm == "optuna"
+                else None,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=spec.storage, callbacks=[logger],
-                progress_reporter=reporter, verbose=1,
+                name=spec.name,
+                storage_path=spec.storage,
+                callbacks=[logger],
+                progress_reporter=reporter,
+                verbose=1,
             ),
-        )  # fmt: skip
+        )
         try:
             results = tuner.fit()
         except BaseException:
@@ -252,12 +325,16 @@ def run_sweep(spec: Spec, out=print) -> int:
         out("")
         out(tabulate(rows, headers="keys", floatfmt=".4f"))
         if best is not None:
-            out(f"best trial: {best['trial']} ({best['label']}) {spec.metric} = "
-                f"{best[spec.metric]:.4f}")  # fmt: skip
+            out(
+                f"best trial: {best['trial']} ({best['label']}) {spec.metric} = "
+                f"{best[spec.metric]:.4f}"
+            )
         else:
             out("best trial: none (no trial reported a result)")
-        out(f"MLflow: experiment {spec.name!r} in {describe_store(spec.tracking_uri)}, "
-            f"parent run {parent_id}")  # fmt: skip
+        out(
+            f"MLflow: experiment {spec.name!r} in {describe_store(spec.tracking_uri)}, "
+            f"parent run {parent_id}"
+        )
         out(f"to compare trials: {ui_command(spec.tracking_uri)}")
         out(f"Ray experiment folder: {spec.storage}/{spec.name}")
         if failed:
@@ -294,4 +371,3 @@ def summarize(spec: Spec, results, logger: MlflowLogger) -> tuple[list[dict], di
     best = pick(done, key=lambda r: r[spec.metric]) if done else None
     table = [{k: v for k, v in r.items() if k != "label"} for r in rows]
     return table, best, failed
-

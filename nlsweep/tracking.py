@@ -50,8 +50,11 @@ def git_commit() -> str | None:
             return None
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=5,
-        )  # fmt: skip
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -60,8 +63,10 @@ def git_commit() -> str | None:
 @contextmanager
 def _fail_fast():
     """Make an unreachable HTTP server fail in seconds rather than after minutes of retries."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}  # fmt: skip
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
     try:
@@ -88,7 +93,7 @@ def ui_command(uri: str) -> str:
 
 def describe_store(uri: str) -> str:
     if uri.startswith("sqlite:///"):
-        return f"{uri} (file {Path(uri[len('sqlite:///'):]).resolve()})"
+        return f"{uri} (file {Path(uri[len('sqlite:///') :]).resolve()})"
     return uri
 
 

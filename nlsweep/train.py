@@ -83,10 +83,15 @@ class TrialConfig:
         kind = raw_model.get("kind", "nested_lstm") if isinstance(raw_model, dict) else None
         if kind not in MODEL_KINDS:
             raise ConfigError("model.kind", f"one of {', '.join(MODEL_KINDS)}, got {kind!r}")
-        model_cls = MODEL_KINDS[kind][0]
+        cfg_cls, model_cls = MODEL_KINDS[kind]
+        cms = build(CMSConfig, d.get("cms"), "cms.")
+        try:
+            cms.check_levels(model_cls.levels)
+        except ConfigError as e:
+            raise ConfigError(f"cms.{e.key}", e.expected) from None
         return cls(
-            model=build(model_cls, raw_model, "model."),
-            cms=build(CMSConfig, d.get("cms"), "cms."),
+            model=build(cfg_cls, raw_model, "model."),
+            cms=cms,
             optim=build(OptimConfig, d.get("optim"), "optim."),
             data=build(DataConfig, d.get("data"), "data."),
             train=build(TrainConfig, d.get("train"), "train."),
@@ -119,7 +124,9 @@ def _set_rng_state(sd: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrialConfig, device: torch.device | None = None, corpus: Corpus | None = None):
+    def __init__(
+        self, cfg: TrialConfig, device: torch.device | None = None, corpus: Corpus | None = None
+    ):
         self.cfg = cfg
         self.device = device or pick_device(cfg.train)
         seed = cfg.train.seed
@@ -129,10 +136,6 @@ class Trainer:
         self.corpus = corpus or load_corpus(cfg.data)
         vocab = len(self.corpus.vocab)
         self.model = MODEL_KINDS[cfg.model.kind][1](cfg.model, vocab).to(self.device)
-        try:
-            cfg.cms.check_levels(self.model.levels)
-        except ConfigError as e:
-            raise ConfigError(f"cms.{e.key}", e.expected) from None
         groups = self.model.level_parameters()
         check_ownership(self.model, groups)
         self.cms = CMSOptimizer(groups, cfg.cms.periods, lambda ps: build_optimizer(ps, cfg.optim))
@@ -148,6 +151,7 @@ class Trainer:
 
     # -- one outer step ------------------------------------------------------------------
     def train_step(self) -> float:
+        t0 = time.perf_counter()
         x, y, _ = self.batcher.next()
         x, y = x.to(self.device), y.to(self.device)
         self.model.train()
@@ -158,7 +162,11 @@ class Trainer:
         loss.backward()
         self.cms.step()
         self.step += 1
-        return loss.item()
+        value = loss.item()
+        self._since_eval["seconds"] += time.perf_counter() - t0
+        self._since_eval["loss"] += value
+        self._since_eval["n"] += 1
+        return value
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -203,11 +211,7 @@ class Trainer:
         """Train to `train.steps`, yielding the metrics of every evaluation."""
         tc = self.cfg.train
         while self.step < tc.steps:
-            t0 = time.perf_counter()
-            loss = self.train_step()
-            self._since_eval["seconds"] += time.perf_counter() - t0
-            self._since_eval["loss"] += loss
-            self._since_eval["n"] += 1
+            self.train_step()
             if self.step % tc.eval_every == 0 or self.step == tc.steps:
                 yield self._metrics()
 
@@ -216,7 +220,7 @@ class Trainer:
         return {
             "format": STATE_FORMAT,
             "step": self.step,
-            "model": self.model.state_dict(),
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "cms": self.cms.state_dict(),
             "data": self.batcher.state_dict(),
             "recurrent": self.state,
@@ -263,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     trainer = Trainer(cfg)
-    print(f"{spec.name}: {cfg.model.kind}, {param_count(trainer.model)} parameters, "
-          f"device {trainer.device}", flush=True)
+    print(
+        f"{spec.name}: {cfg.model.kind}, {param_count(trainer.model)} parameters, "
+        f"device {trainer.device}",
+        flush=True,
+    )
     for m in trainer.run():
         print(format_metrics(m), flush=True)
     return 0

@@ -1,0 +1,129 @@
+"""Nested LSTM ownership and CMS step periods against the notes' formula."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.cms import CMSConfig, CMSOptimizer
+from models.common import ConfigError, check_ownership
+from models.nested_lstm import NestedLSTM, NestedLSTMConfig
+from models.optim import OptimConfig, build_optimizer
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "none"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_every_parameter_has_exactly_one_owner(norm, residual):
+    model = NestedLSTM(NestedLSTMConfig(d_model=8, d_ff=16, norm=norm, residual=residual), 11)
+    groups = model.level_parameters()
+    check_ownership(model, groups)
+    owned = [id(p) for ps in groups.values() for p in ps]
+    assert sorted(owned) == sorted(id(p) for p in model.parameters())
+    # The embedding and head are stepped (pitfall 2): they belong to the fast level.
+    fast = {id(p) for p in groups["fast"]}
+    assert id(model.embed.weight) in fast and id(model.head.weight) in fast
+    cms = CMSOptimizer(
+        groups, {"fast": 1, "medium": 2, "slow": 4}, lambda ps: build_optimizer(ps, OptimConfig())
+    )
+    in_opts = [id(p) for o in cms.optimizers.values() for g in o.param_groups for p in g["params"]]
+    assert sorted(in_opts) == sorted(owned)
+
+
+def test_ownership_check_catches_orphans_and_doubles():
+    model = NestedLSTM(NestedLSTMConfig(d_model=4, d_ff=8), 5)
+    groups = model.level_parameters()
+    with pytest.raises(ValueError, match="owned by no level: head.weight"):
+        check_ownership(
+            model, {**groups, "fast": [p for p in groups["fast"] if p is not model.head.weight]}
+        )
+    with pytest.raises(ValueError, match="owned twice"):
+        check_ownership(model, {**groups, "slow": groups["slow"] + [model.head.bias]})
+
+
+def test_cms_levels_must_match_model():
+    with pytest.raises(ConfigError, match="one period for each"):
+        CMSConfig(periods={"fast": 1, "medium": 2}).check_levels(NestedLSTM.levels)
+    with pytest.raises(ConfigError, match="periods.slow"):
+        CMSConfig(periods={"fast": 1, "medium": 2, "slow": 0})
+
+
+def _batch(step, vocab=7):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randint(0, vocab, (3, 5), generator=g), torch.randint(
+        0, vocab, (3, 5), generator=g
+    )
+
+
+def test_cms_sgd_matches_accumulated_formula():
+    """theta_l <- theta_l - lr * sum of g_l since its last change, only when i % C_l == 0."""
+    torch.manual_seed(0)
+    model = NestedLSTM(NestedLSTMConfig(d_model=6, d_ff=10), 7)
+    periods, lr = {"fast": 1, "medium": 2, "slow": 3}, 0.05
+    groups = model.level_parameters()
+    cms = CMSOptimizer(groups, periods, lambda ps: build_optimizer(ps, OptimConfig("sgd", lr)))
+    expected = {lv: [p.detach().clone() for p in ps] for lv, ps in groups.items()}
+    pending = {lv: [torch.zeros_like(p) for p in ps] for lv, ps in groups.items()}
+    for i in range(1, 13):
+        x, y = _batch(i)
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, 7), y.reshape(-1))
+        params = [p for ps in groups.values() for p in ps]
+        grads = iter(torch.autograd.grad(loss, params, retain_graph=True))
+        for lv, ps in groups.items():
+            for k in range(len(ps)):
+                pending[lv][k] += next(grads)
+        loss.backward()
+        stepped = cms.step()
+        assert stepped == [lv for lv in groups if i % periods[lv] == 0]
+        for lv, ps in groups.items():
+            if i % periods[lv] == 0:
+                for k in range(len(ps)):
+                    expected[lv][k] -= lr * pending[lv][k]
+                    pending[lv][k].zero_()
+            for p, e in zip(ps, expected[lv]):
+                assert torch.allclose(p.detach(), e, atol=1e-6), (i, lv)
+    assert cms.updates == {"fast": 12, "medium": 6, "slow": 4}
+    assert cms.metrics()["cms/slow/updates"] == 4.0
+    assert cms.last_update_norm["slow"] > 0
+
+
+def test_cms_state_round_trip_keeps_pending_gradients():
+    def make():
+        torch.manual_seed(1)
+        m = NestedLSTM(NestedLSTMConfig(d_model=4, d_ff=8), 7)
+        c = CMSOptimizer(
+            m.level_parameters(),
+            {"fast": 1, "medium": 2, "slow": 4},
+            lambda ps: build_optimizer(ps, OptimConfig("adam", 0.01)),
+        )
+        return m, c
+
+    def step(m, c, i):
+        x, y = _batch(i)
+        F.cross_entropy(m(x)[0].reshape(-1, 7), y.reshape(-1)).backward()
+        c.step()
+
+    m1, c1 = make()
+    for i in range(1, 4):
+        step(m1, c1, i)
+    saved = {"model": m1.state_dict(), "cms": c1.state_dict()}
+    assert any(g is not None for g in saved["cms"]["pending_grads"]["slow"])
+    m2, c2 = make()
+    m2.load_state_dict(saved["model"])
+    c2.load_state_dict(saved["cms"])
+    for i in range(4, 9):
+        step(m1, c1, i)
+        step(m2, c2, i)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    assert c1.updates == c2.updates == {"fast": 8, "medium": 4, "slow": 2}
+
+
+def test_due_level_without_gradient_raises():
+    model = NestedLSTM(NestedLSTMConfig(d_model=4, d_ff=8), 5)
+    cms = CMSOptimizer(
+        model.level_parameters(),
+        {"fast": 1, "medium": 1, "slow": 1},
+        lambda ps: build_optimizer(ps, OptimConfig()),
+    )
+    with pytest.raises(RuntimeError, match="none of its parameters received a gradient"):
+        cms.step()

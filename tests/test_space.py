@@ -1,0 +1,133 @@
+"""Spec -> search space translation, as tables."""
+
+import pytest
+from ray import tune
+
+from models.common import ConfigError
+from nlsweep.space import (
+    Choice,
+    Grid,
+    LogUniform,
+    RandInt,
+    SearchConfig,
+    Uniform,
+    grid_points,
+    parse_distribution,
+    short_names,
+    translate,
+    trial_label,
+)
+from nlsweep.sweep import to_tune
+
+PARSE = [
+    ({"grid": [2, 8]}, Grid((2, 8))),
+    ({"choice": ["adam", "sgd"]}, Choice(("adam", "sgd"))),
+    ({"uniform": [0, 1]}, Uniform(0.0, 1.0)),
+    ({"loguniform": [1e-4, 1e-2]}, LogUniform(1e-4, 1e-2)),
+    ({"randint": [1, 5]}, RandInt(1, 5)),
+]
+
+
+@pytest.mark.parametrize("raw,dist", PARSE)
+def test_parse(raw, dist):
+    assert parse_distribution(raw) == dist
+
+
+@pytest.mark.parametrize(
+    "raw,fragment",
+    [
+        ({"grid": []}, "non-empty list"),
+        ({"grid": [1, 1]}, "distinct values"),
+        ({"uniform": [1]}, "[lo, hi]"),
+        ({"uniform": [2, 1]}, "lo < hi"),
+        ({"loguniform": [-1, 1]}, "lo > 0"),
+        ({"randint": [0.5, 3]}, "two integers"),
+        ({"grid": [1], "choice": [2]}, "one of"),
+        (5, "one of"),
+    ],
+)
+def test_parse_errors(raw, fragment):
+    with pytest.raises(ConfigError) as e:
+        parse_distribution(raw)
+    assert fragment in str(e.value)
+
+
+G2, G3 = Grid((2, 8)), Grid((0, 1, 2))
+TRANSLATE = [
+    # space, search, (algorithm, ray num_samples, trials, sampler)
+    ({}, SearchConfig(), ("grid", 1, 1, "")),
+    ({"a": G2}, SearchConfig(), ("grid", 1, 2, "")),
+    ({"a": G2, "b": G3}, SearchConfig(), ("grid", 1, 6, "")),
+    ({"a": Uniform(0, 1)}, SearchConfig("random", 5), ("random", 5, 5, "")),
+    ({"a": Choice((1, 2))}, SearchConfig("optuna", 7, "tpe", 3), ("optuna", 7, 7, "tpe")),
+    ({"a": LogUniform(1e-3, 1)}, SearchConfig("optuna", 4, "cmaes"), ("optuna", 4, 4, "cmaes")),
+    ({"a": RandInt(1, 4)}, SearchConfig("optuna", 4, "random"), ("optuna", 4, 4, "random")),
+]
+
+
+@pytest.mark.parametrize("space,search,expected", TRANSLATE)
+def test_translate(space, search, expected):
+    plan = translate(space, search)
+    assert (plan.algorithm, plan.num_samples, plan.trials, plan.sampler) == expected
+    assert plan.params == space
+    assert plan.seed == search.seed
+
+
+@pytest.mark.parametrize(
+    "space,search,fragment",
+    [
+        ({"a": Uniform(0, 1)}, SearchConfig(), "{grid: [...]} for grid search"),
+        ({"a": Choice((1, 2))}, SearchConfig(), "{grid: [...]} for grid search"),
+        ({"a": G2}, SearchConfig("random", 4), "grid does not mix with random"),
+        ({"a": G2}, SearchConfig("optuna", 4), "grid does not mix with optuna"),
+    ],
+)
+def test_translate_errors(space, search, fragment):
+    with pytest.raises(ConfigError) as e:
+        translate(space, search)
+    assert fragment in str(e.value) and e.value.key == "a"
+
+
+TO_TUNE = [
+    (Grid((2, 8)), lambda d: d == {"grid_search": [2, 8]}),
+    (Choice(("x", "y")), lambda d: d.categories == ["x", "y"]),
+    (
+        Uniform(0.5, 2.0),
+        lambda d: (d.lower, d.upper) == (0.5, 2.0) and type(d.get_sampler()).__name__ == "_Uniform",
+    ),
+    (
+        LogUniform(1e-4, 1e-2),
+        lambda d: (
+            (d.lower, d.upper) == (1e-4, 1e-2) and type(d.get_sampler()).__name__ == "_LogUniform"
+        ),
+    ),
+    (
+        RandInt(1, 5),
+        lambda d: (d.lower, d.upper) == (1, 5) and isinstance(d, tune.search.sample.Integer),
+    ),
+]
+
+
+@pytest.mark.parametrize("dist,check", TO_TUNE)
+def test_to_tune(dist, check):
+    assert check(to_tune(dist))
+
+
+def test_grid_points_follow_ray_order():
+    """Ray varies the first grid axis fastest; the dry run lists trials in the same order."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = {"a": Grid((1, 2)), "b": Grid(("x", "y", "z"))}
+    ray_order = [cfg for _, cfg in generate_variants({k: to_tune(d) for k, d in space.items()})]
+    assert grid_points(space) == ray_order
+    assert len(ray_order) == 6
+
+
+def test_labels():
+    assert short_names(["cms.periods.medium", "train.seed"]) == {
+        "cms.periods.medium": "medium",
+        "train.seed": "seed",
+    }
+    assert short_names(["a.x.lr", "b.x.lr"]) == {"a.x.lr": "a.x.lr", "b.x.lr": "b.x.lr"}
+    assert trial_label({"cms.periods.medium": 8, "train.seed": 1}) == "medium=8 seed=1"
+    assert trial_label({"optim.lr": 0.000123456}) == "lr=0.0001235"

@@ -1,0 +1,166 @@
+"""End-to-end sweeps through Ray Tune, checked by reading the MLflow store back."""
+
+import pytest
+
+from nlsweep.cli import main
+from nlsweep.tracking import PARENT_TAG, TAG_ERROR, TAG_ROLE, TAG_SHA, TAG_TRIAL, Tracker
+from tests.conftest import GOOD_SPEC
+
+
+def run_cli(tmp_path, spec, *extra):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), *extra]
+    rc = main(args)
+    # Opened only after the run: opening a SQLite store creates it.
+    return rc, Tracker(uri)
+
+
+def split_runs(tracker, name):
+    runs = tracker.runs(name)
+    parents = [r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(TAG_ROLE) == "trial"]
+    assert len(parents) + len(children) == len(runs)
+    return parents, children
+
+
+@pytest.mark.slow
+def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys):
+    spec = write_spec()
+    rc, tracker = run_cli(tmp_path, spec)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "best trial:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert out.count("FINISHED") >= 4
+
+    parents, children = split_runs(tracker, "tiny")
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and PARENT_TAG not in parent.data.tags
+    assert parent.data.params["search.algorithm"] == "grid"
+    assert {r.data.tags[PARENT_TAG] for r in children} == {parent.info.run_id}
+    assert len({r.data.tags[TAG_TRIAL] for r in children}) == 4
+    assert {r.info.run_name for r in children} == {
+        "medium=1 seed=0",
+        "medium=2 seed=0",
+        "medium=1 seed=1",
+        "medium=2 seed=1",
+    }
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags[TAG_SHA] == parent.data.tags[TAG_SHA]
+        p = r.data.params
+        assert r.info.run_name == f"medium={p['cms.periods.medium']} seed={p['train.seed']}"
+        assert p["model.d_model"] == "16" and p["cms.periods.slow"] == "4"
+        keys = set(r.data.metrics)
+        assert {
+            "val/bpc",
+            "val/loss",
+            "val/ppl",
+            "train/loss",
+            "perf/tokens_per_s",
+            "cms/medium/updates",
+            "data/val_overlap",
+        } <= keys
+        for key in keys:
+            assert [m.step for m in tracker.history(r.info.run_id, key)] == [4, 8], key
+        medium = int(p["cms.periods.medium"])
+        assert r.data.metrics["cms/medium/updates"] == 8 // medium
+    # The seeds differ, so the runs differ: nothing was silently shared between trials.
+    assert len({round(r.data.metrics["val/bpc"], 9) for r in children}) == 4
+
+
+@pytest.mark.slow
+def test_optuna_sweep_with_a_failing_trial(tmp_path, write_spec, capsys):
+    """Seeded Optuna search; a trial that raises is FAILED with its error, the rest finish."""
+    text = GOOD_SPEC.replace(
+        "  cms.periods.medium: {grid: [1, 2]}\n  train.seed: {grid: [0, 1]}\n",
+        "  optim.lr: {loguniform: [1.0e-3, 1.0e-2]}\n  data.seq_len: {choice: [8, 400000]}\n",
+    ).replace("{algorithm: grid}", "{algorithm: optuna, num_samples: 4, seed: 7}")
+    rc, tracker = run_cli(tmp_path, write_spec(text))
+    out = capsys.readouterr().out
+    parents, children = split_runs(tracker, "tiny")
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].data.params["search.sampler"] == "tpe"
+    failed = [r for r in children if r.data.params["data.seq_len"] == "400000"]
+    good = [r for r in children if r.data.params["data.seq_len"] == "8"]
+    assert len(failed) + len(good) == 4
+    for r in children:
+        assert 1e-3 <= float(r.data.params["optim.lr"]) <= 1e-2
+    for r in failed:
+        assert r.info.status == "FAILED"
+        assert "data.seq_len" in r.data.tags[TAG_ERROR]
+    for r in good:
+        assert r.info.status == "FINISHED" and "val/bpc" in r.data.metrics
+    assert rc == (1 if failed else 0)
+    if failed:
+        assert f"{len(failed)} trial(s) failed" in out
+
+
+def test_unreachable_tracking_server_fails_first(tmp_path, write_spec, capsys):
+    rc = main(
+        [
+            "run",
+            str(write_spec()),
+            "--tracking-uri",
+            "http://127.0.0.1:9",
+            "--storage",
+            str(tmp_path / "ray"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("tracking_uri http://127.0.0.1:9: unreachable") and "\n" not in err
+    assert not (tmp_path / "ray").exists()
+
+
+def test_unwritable_storage_fails_first(tmp_path, write_spec, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    rc = main(
+        [
+            "run",
+            str(write_spec()),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            "--storage",
+            str(blocker / "sub"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and ": storage: a writable folder" in err and "\n" not in err
+
+
+def test_missing_corpus_fails_before_ray(tmp_path, write_spec, capsys, monkeypatch):
+    import urllib.request
+
+    monkeypatch.setenv("NLSWEEP_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
+    )
+    spec = write_spec(GOOD_SPEC.replace("corpus: pydoc", "corpus: tinyshakespeare"))
+    rc, _ = run_cli(tmp_path, spec)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and f"{spec}:9: base.data: corpus tinyshakespeare: not found" in err
+    assert not (tmp_path / "ray" / "tiny").exists()
+
+
+def test_dry_run_starts_nothing(tmp_path, write_spec, capsys):
+    rc = main(
+        [
+            "run",
+            str(write_spec()),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--storage",
+            str(tmp_path / "ray"),
+            "--dry-run",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "4 trials" in out and "2 at a time" in out and "nothing was started" in out
+    assert (
+        len([ln for ln in out.splitlines() if ln.strip().startswith(("0 ", "1 ", "2 ", "3 "))]) == 4
+    )
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray").exists()
