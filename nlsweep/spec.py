@@ -293,6 +293,14 @@ def load_spec(
                 err(key, f"values valid for base.{p}; {v!r} gives {e.key}: {e.expected}")
         space[p] = dist
 
+    if sections["scheduler"].kind == "asha":
+        for p in ("train.steps", "train.eval_every"):
+            if p in space:
+                err(
+                    f"space.{p}",
+                    "not swept with scheduler asha (its rungs count evaluations, "
+                    "which must mean the same step in every trial)",
+                )
     try:
         translate(space, sections["search"])
     except ConfigError as e:

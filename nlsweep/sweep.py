@@ -33,6 +33,7 @@ from nlsweep.tracking import (
     TAG_ROLE,
     TAG_SHA,
     TAG_SPEC,
+    TAG_STOPPED,
     TAG_TRIAL,
     Tracker,
     describe_store,
@@ -148,13 +149,16 @@ class MlflowLogger(tune.Callback):
             base_tags,
         )
         self.runs: dict[str, str] = {}
+        self.steps: dict[str, int] = {}
         self.last_step: dict[str, int] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id in self.runs:
             return
         values = swept_values(self.spec, trial.config)
-        params = flatten(to_dict(self.spec.trial_config(values)))
+        cfg = self.spec.trial_config(values)
+        self.steps[trial.trial_id] = cfg.train.steps
+        params = flatten(to_dict(cfg))
         tags = {**self.base_tags, TAG_TRIAL: trial.trial_id, TAG_ROLE: "trial"}
         self.runs[trial.trial_id] = self.tracker.start_run(
             trial_label(values), params, tags, parent_id=self.parent_id
@@ -176,8 +180,12 @@ class MlflowLogger(tune.Callback):
         self.last_step[trial.trial_id] = int(result["step"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
-            self.tracker.end(self.runs[trial.trial_id], "FINISHED")
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        if self.last_step.get(trial.trial_id, 0) < self.steps[trial.trial_id]:
+            self.tracker.tag(run_id, TAG_STOPPED, self.spec.scheduler.kind)
+        self.tracker.end(run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -355,7 +363,7 @@ def summarize(spec: Spec, results, logger: MlflowLogger) -> tuple[list[dict], di
         final_step = m.get("step")
         if r.error is not None:
             status, failed = "FAILED", failed + 1
-        elif final_step is not None and final_step < spec.base.train.steps:
+        elif final_step is not None and final_step < spec.trial_config(values).train.steps:
             status = "STOPPED"  # early-stopped by the scheduler
         else:
             status = "FINISHED"

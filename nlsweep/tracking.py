@@ -30,6 +30,7 @@ TAG_SHA = "nlsweep.spec_sha256"
 TAG_COMMIT = "nlsweep.git_commit"
 TAG_ROLE = "nlsweep.role"
 TAG_ERROR = "nlsweep.error"
+TAG_STOPPED = "nlsweep.stopped_early"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LEN = 6000

@@ -213,6 +213,15 @@ CASES = [
         "base.optim.momentum",
         "kind adam would ignore it",
     ),
+    (
+        "asha over steps",
+        edit("train.seed: {grid: [0, 1]}", "train.steps: {grid: [4, 8]}")
+        + "scheduler: {kind: asha}\n",
+        [],
+        13,
+        "space.train.steps",
+        "not swept with scheduler asha",
+    ),
 ]
 
 

@@ -3,7 +3,15 @@
 import pytest
 
 from nlsweep.cli import main
-from nlsweep.tracking import PARENT_TAG, TAG_ERROR, TAG_ROLE, TAG_SHA, TAG_TRIAL, Tracker
+from nlsweep.tracking import (
+    PARENT_TAG,
+    TAG_ERROR,
+    TAG_ROLE,
+    TAG_SHA,
+    TAG_STOPPED,
+    TAG_TRIAL,
+    Tracker,
+)
 from tests.conftest import GOOD_SPEC
 
 
@@ -94,6 +102,32 @@ def test_optuna_sweep_with_a_failing_trial(tmp_path, write_spec, capsys):
     assert rc == (1 if failed else 0)
     if failed:
         assert f"{len(failed)} trial(s) failed" in out
+
+
+@pytest.mark.slow
+def test_asha_stops_a_hopeless_trial(tmp_path, write_spec, capsys):
+    """One trial at a time, the hopeless one last: ASHA must stop it at its first rung."""
+    text = (
+        GOOD_SPEC.replace(
+            "  cms.periods.medium: {grid: [1, 2]}\n  train.seed: {grid: [0, 1]}\n",
+            "  optim.lr: {grid: [1.0e-2, 3.0e-3, 1.0e-9]}\n",
+        )
+        .replace("steps: 8, eval_every: 4", "steps: 12, eval_every: 3")
+        .replace("max_concurrent: 2", "max_concurrent: 1")
+        + "scheduler: {kind: asha, grace_period: 1, reduction_factor: 2}\n"
+    )
+    rc, tracker = run_cli(tmp_path, write_spec(text))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    _, children = split_runs(tracker, "tiny")
+    by_lr = {float(r.data.params["optim.lr"]): r for r in children}
+    hopeless = by_lr[1e-9]
+    assert hopeless.data.tags[TAG_STOPPED] == "asha"
+    steps = [m.step for m in tracker.history(hopeless.info.run_id, "val/bpc")]
+    assert steps and steps[-1] < 12
+    assert TAG_STOPPED not in by_lr[1e-2].data.tags
+    assert [m.step for m in tracker.history(by_lr[1e-2].info.run_id, "val/bpc")] == [3, 6, 9, 12]
+    assert "STOPPED" in out
 
 
 def test_unreachable_tracking_server_fails_first(tmp_path, write_spec, capsys):
