@@ -18,7 +18,7 @@ from nlsweep.data import (
     resolve_files,
     shingle_overlap,
 )
-from tests.conftest import has_shakespeare
+from tests.helpers import has_shakespeare
 
 
 class FakeResponse:

@@ -7,7 +7,7 @@ import pytest
 
 from nlsweep.cli import main
 from nlsweep.spec import SpecError, load_spec
-from tests.conftest import GOOD_SPEC, ROOT
+from tests.helpers import GOOD_SPEC, ROOT
 
 NO_GPU = {"CPU": 2.0, "GPU": 0.0}
 

@@ -12,7 +12,7 @@ from nlsweep.tracking import (
     TAG_TRIAL,
     Tracker,
 )
-from tests.conftest import GOOD_SPEC
+from tests.helpers import GOOD_SPEC
 
 
 def run_cli(tmp_path, spec, *extra):
