@@ -21,6 +21,10 @@ class ConfigError(ValueError):
         self.key = key
         self.expected = expected
 
+    def __reduce__(self):
+        # Ray pickles a trial's exception to the driver; keep the two-argument form intact.
+        return (ConfigError, (self.key, self.expected))
+
 
 def require(cond: bool, key: str, expected: str) -> None:
     if not cond:

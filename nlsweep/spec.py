@@ -62,6 +62,9 @@ class SpecError(Exception):
         super().__init__(f"{file}:{line}: {key}: {expected}")
         self.file, self.line, self.key, self.expected = file, line, key, expected
 
+    def __reduce__(self):
+        return (SpecError, (self.file, self.line, self.key, self.expected))
+
 
 @dataclass
 class Resources:

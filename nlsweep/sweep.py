@@ -370,7 +370,8 @@ def summarize(spec: Spec, results, logger: MlflowLogger) -> tuple[list[dict], di
         row = {"trial": m.get("trial_id", Path(r.path).name if r.path else "?")}
         row.update({names[p]: v for p, v in values.items()})
         row[spec.metric] = m.get(spec.metric, float("nan"))
-        row["tokens/s"] = round(m.get("perf/tokens_per_s", float("nan")))
+        tps = m.get("perf/tokens_per_s")
+        row["tokens/s"] = round(tps) if tps is not None and math.isfinite(tps) else None
         row["status"] = status
         row["label"] = trial_label(values)
         rows.append(row)

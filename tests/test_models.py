@@ -127,3 +127,15 @@ def test_due_level_without_gradient_raises():
     )
     with pytest.raises(RuntimeError, match="none of its parameters received a gradient"):
         cms.step()
+
+
+def test_config_error_survives_pickling():
+    """Ray ships a trial's exception to the driver by pickle; the message must survive."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ConfigError("data.seq_len", "at most 10, got 400000")))
+    assert (e.key, e.expected, str(e)) == (
+        "data.seq_len",
+        "at most 10, got 400000",
+        "data.seq_len: at most 10, got 400000",
+    )

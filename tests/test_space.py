@@ -131,3 +131,51 @@ def test_labels():
     assert short_names(["a.x.lr", "b.x.lr"]) == {"a.x.lr": "a.x.lr", "b.x.lr": "b.x.lr"}
     assert trial_label({"cms.periods.medium": 8, "train.seed": 1}) == "medium=8 seed=1"
     assert trial_label({"optim.lr": 0.000123456}) == "lr=0.0001235"
+
+
+def _spec(write_spec, text):
+    from nlsweep.spec import load_spec
+
+    return load_spec(write_spec(text), available={"CPU": 2.0, "GPU": 0.0})
+
+
+def test_search_algorithms_are_seeded_and_capped(write_spec):
+    """Grid/random cap concurrency in the generator (Ray ignores TuneConfig's cap for it);
+    Optuna samplers are always given the spec's seed (Optuna 5 changed TPE defaults)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from nlsweep.sweep import make_search_alg
+    from tests.helpers import GOOD_SPEC
+
+    alg = make_search_alg(_spec(write_spec, GOOD_SPEC))
+    assert isinstance(alg, BasicVariantGenerator) and alg.max_concurrent == 2
+    optuna_text = (
+        GOOD_SPEC.replace("{grid: [1, 2]}", "{choice: [1, 2]}")
+        .replace("{grid: [0, 1]}", "{choice: [0, 1]}")
+        .replace("{algorithm: grid}", "{algorithm: optuna, num_samples: 6, seed: 11}")
+    )
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    def draws(sampler_name, seed):
+        text = optuna_text.replace("seed: 11}", f"seed: {seed}, sampler: {sampler_name}}}")
+        sampler = make_search_alg(_spec(write_spec, text))._sampler
+        study = optuna.create_study(sampler=sampler)
+        out = []
+        for _ in range(3):
+            trial = study.ask({"x": FloatDistribution(0.0, 1.0)})
+            study.tell(trial, trial.params["x"])
+            out.append(trial.params["x"])
+        return type(sampler).__name__, out
+
+    for name, cls in (
+        ("tpe", "TPESampler"),
+        ("random", "RandomSampler"),
+        ("cmaes", "CmaEsSampler"),
+    ):
+        kind, first = draws(name, 11)
+        assert kind == cls
+        assert draws(name, 11)[1] == first  # same seed, same suggestions
+        assert draws(name, 12)[1] != first
+    tpe = make_search_alg(_spec(write_spec, optuna_text))._sampler
+    assert tpe._multivariate and tpe._constant_liar
