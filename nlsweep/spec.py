@@ -65,6 +65,11 @@ class SpecError(Exception):
     def __reduce__(self):
         return (SpecError, (self.file, self.line, self.key, self.expected))
 
+    @classmethod
+    def at(cls, spec: Spec, key: str, expected: str) -> SpecError:
+        """An error about `key` of an already loaded spec, at that key's line."""
+        return cls(spec.path, locate(spec.lines, key), key, expected)
+
 
 @dataclass
 class Resources:
@@ -136,7 +141,7 @@ def _line_map(text: str) -> dict[str, int]:
     return lines
 
 
-def _locate(lines: dict[str, int], key: str) -> int:
+def locate(lines: dict[str, int], key: str) -> int:
     while key:
         if key in lines:
             return lines[key]
@@ -218,7 +223,7 @@ def load_spec(
             for s in set_keys:
                 if full == s or full.startswith(s + "."):
                     where = "--set"
-        raise SpecError(file, where or _locate(lines, full), full, expected)
+        raise SpecError(file, where or locate(lines, full), full, expected)
 
     def err(key: str, expected: str):
         fail(key, None, expected)

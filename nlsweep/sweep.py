@@ -149,6 +149,7 @@ class MlflowLogger(tune.Callback):
             base_tags,
         )
         self.runs: dict[str, str] = {}
+        self.ended: set[str] = set()
         self.steps: dict[str, int] = {}
         self.last_step: dict[str, int] = {}
 
@@ -185,14 +186,25 @@ class MlflowLogger(tune.Callback):
             return
         if self.last_step.get(trial.trial_id, 0) < self.steps[trial.trial_id]:
             self.tracker.tag(run_id, TAG_STOPPED, self.spec.scheduler.kind)
-        self.tracker.end(run_id, "FINISHED")
+        self._end(trial.trial_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
         self.tracker.tag(run_id, TAG_ERROR, _last_error_line(trial))
-        self.tracker.end(run_id, "FAILED")
+        self._end(trial.trial_id, "FAILED")
+
+    def _end(self, trial_id: str, status: str) -> None:
+        self.tracker.end(self.runs[trial_id], status)
+        self.ended.add(trial_id)
+
+    def close_open(self) -> int:
+        """Mark runs of trials that never completed (the sweep was stopped) as KILLED."""
+        open_ids = [t for t in self.runs if t not in self.ended]
+        for t in open_ids:
+            self._end(t, "KILLED")
+        return len(open_ids)
 
 
 def _last_error_line(trial) -> str:
@@ -211,8 +223,8 @@ def _check_storage(spec: Spec) -> None:
         with tempfile.NamedTemporaryFile(dir=spec.storage):
             pass
     except OSError as e:
-        raise SpecError(
-            spec.path, "storage", "storage", f"a writable folder; {spec.storage}: {e.strerror or e}"
+        raise SpecError.at(
+            spec, "storage", f"a writable folder; {spec.storage}: {e.strerror or e}"
         ) from None
 
 
@@ -231,13 +243,7 @@ def prepare_data(spec: Spec) -> None:
             try:
                 resolve_files(cfg.data)
             except DataError as e:
-                raise SpecError(
-                    spec.path, _line_of(spec, "base.data"), "base.data", str(e)
-                ) from None
-
-
-def _line_of(spec: Spec, key: str) -> int | str:
-    return spec.lines.get(key, 1)
+                raise SpecError.at(spec, "base.data", str(e)) from None
 
 
 def _start_ray() -> tuple[bool, dict[str, float], str]:
@@ -279,7 +285,7 @@ def run_sweep(spec: Spec, out=print) -> int:
         try:
             check_resources(spec.resources, available, where)
         except ConfigError as e:
-            raise SpecError(spec.path, "resources", e.key, e.expected) from None
+            raise SpecError.at(spec, e.key, e.expected) from None
         tracker.experiment(spec.name)
         base_tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
         commit = git_commit()
@@ -326,10 +332,12 @@ def run_sweep(spec: Spec, out=print) -> int:
         try:
             results = tuner.fit()
         except BaseException:
+            logger.close_open()
             tracker.end(parent_id, "KILLED")
             raise
+        killed = logger.close_open()
         rows, best, failed = summarize(spec, results, logger)
-        tracker.end(parent_id, "FINISHED" if not failed else "FAILED")
+        tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         out("")
         out(tabulate(rows, headers="keys", floatfmt=".4f"))
         if best is not None:

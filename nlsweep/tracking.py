@@ -101,8 +101,11 @@ def describe_store(uri: str) -> str:
 class Tracker:
     def __init__(self, uri: str):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id: str | None = None
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as e:  # noqa: BLE001 - e.g. a SQLite path whose folder cannot exist
+            raise TrackingError(f"tracking_uri {uri}: unusable ({_one_line(e)})") from None
 
     def check(self) -> None:
         """Fail now, with one line, if the store cannot be reached or written."""

@@ -1,0 +1,94 @@
+"""The driver-side MLflow writer, driven by stand-in trials (no Ray needed)."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from nlsweep.spec import load_spec
+from nlsweep.sweep import MlflowLogger
+from nlsweep.tracking import (
+    PARENT_TAG,
+    TAG_ERROR,
+    TAG_STOPPED,
+    TAG_TRIAL,
+    Tracker,
+    TrackingError,
+    ui_command,
+)  # fmt: skip
+from tests.helpers import GOOD_SPEC
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    config: dict
+    error_file: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@pytest.fixture
+def setup(tmp_path, write_spec):
+    spec = load_spec(write_spec(GOOD_SPEC), available={"CPU": 2.0, "GPU": 0.0})
+    tracker = Tracker(f"sqlite:///{tmp_path / 'm.db'}")
+    tracker.check()
+    tracker.experiment(spec.name)
+    parent = tracker.start_run("sweep", {"a": 1}, {"nlsweep.role": "sweep"})
+    return spec, tracker, parent, MlflowLogger(tracker, spec, parent, {"k": "v"})
+
+
+def result(step, bpc):
+    return {"step": step, "val/bpc": bpc, "perf/tokens_per_s": 10.0, "device": "cpu",
+            "time_this_iter_s": 0.1, "done": False}  # fmt: skip
+
+
+def test_callback_lifecycle(setup, tmp_path):
+    spec, tracker, parent, log = setup
+    done = FakeTrial("t0", {"cms.periods.medium": 2, "train.seed": 0})
+    stopped = FakeTrial("t1", {"cms.periods.medium": 1, "train.seed": 1})
+    err_file = tmp_path / "error.txt"
+    err_file.write_text("Traceback...\n  File x\nValueError: boom\n\n")
+    broken = FakeTrial("t2", {"cms.periods.medium": 2, "train.seed": 1}, str(err_file))
+    running = FakeTrial("t3", {"cms.periods.medium": 1, "train.seed": 0})
+    for t in (done, stopped, broken, running):
+        log.on_trial_start(0, [], t)
+    log.on_trial_start(0, [], done)  # a restart of the same trial reuses its run
+    for step in (4, 8):
+        log.on_trial_result(0, [], done, result(step, 3.0 / step))
+    log.on_trial_result(0, [], stopped, result(4, 2.0))
+    log.on_trial_complete(0, [], done)
+    log.on_trial_complete(0, [], stopped)
+    log.on_trial_error(0, [], broken)
+    assert log.close_open() == 1
+
+    runs = {r.data.tags[TAG_TRIAL]: r for r in tracker.runs(spec.name) if TAG_TRIAL in r.data.tags}
+    assert len(runs) == 4
+    assert {r.data.tags[PARENT_TAG] for r in runs.values()} == {parent}
+    assert runs["t0"].info.run_name == "medium=2 seed=0"
+    assert runs["t0"].data.params["train.seed"] == "0" and runs["t0"].data.tags["k"] == "v"
+    status = {t: r.info.status for t, r in runs.items()}
+    assert status == {"t0": "FINISHED", "t1": "FINISHED", "t2": "FAILED", "t3": "KILLED"}
+    hist = tracker.history(runs["t0"].info.run_id, "val/bpc")
+    assert [(m.step, m.value) for m in hist] == [(4, 0.75), (8, 0.375)]
+    assert set(runs["t0"].data.metrics) == {"val/bpc", "perf/tokens_per_s"}  # Ray's keys dropped
+    assert runs["t1"].data.tags[TAG_STOPPED] == "fifo" and TAG_STOPPED not in runs["t0"].data.tags
+    assert runs["t2"].data.tags[TAG_ERROR] == "ValueError: boom"
+
+
+def test_params_beyond_one_batch(setup):
+    spec, tracker, parent, _ = setup
+    params = {f"p{i}": i for i in range(250)}
+    run = tracker.start_run("many", params, {}, parent_id=parent)
+    assert len(tracker.client.get_run(run).data.params) == 250
+
+
+def test_unusable_store_is_one_line(tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    with pytest.raises(TrackingError) as e:
+        Tracker(f"sqlite:///{blocker}/sub/m.db").check()
+    assert "\n" not in str(e.value) and str(e.value).startswith("tracking_uri sqlite:///")
+
+
+def test_ui_command_binds_localhost():
+    assert ui_command("sqlite:///mlflow.db") == (
+        "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1")  # fmt: skip
