@@ -286,49 +286,9 @@ def run_sweep(spec: Spec, out=print) -> int:
             check_resources(spec.resources, available, where)
         except ConfigError as e:
             raise SpecError.at(spec, e.key, e.expected) from None
-        tracker.experiment(spec.name)
-        base_tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
-        commit = git_commit()
-        if commit:
-            base_tags[TAG_COMMIT] = commit
-        parent_params = {
-            **describe(spec),
-            **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()},
-        }
-        parent_id = tracker.start_run(
-            spec.name,
-            parent_params,
-            {**base_tags, TAG_ROLE: "sweep", "mlflow.note.content": spec.description},
-        )
+        parent_id, base_tags = open_sweep_run(tracker, spec)
         logger = MlflowLogger(tracker, spec, parent_id, base_tags)
-        names = short_names(list(spec.space))
-        reporter = tune.CLIReporter(
-            parameter_columns={p: names[p] for p in spec.space},
-            metric_columns={"step": "step", spec.metric: spec.metric},
-            max_report_frequency=10,
-            sort_by_metric=False,
-        )
-        tuner = tune.Tuner(
-            make_trainable(spec),
-            param_space={p: to_tune(d) for p, d in spec.space.items()},
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=spec.mode,
-                search_alg=make_search_alg(spec),
-                scheduler=make_scheduler(spec),
-                num_samples=spec.plan.num_samples,
-                max_concurrent_trials=spec.max_concurrent
-                if spec.plan.algorithm == "optuna"
-                else None,
-            ),
-            run_config=tune.RunConfig(
-                name=spec.name,
-                storage_path=spec.storage,
-                callbacks=[logger],
-                progress_reporter=reporter,
-                verbose=1,
-            ),
-        )
+        tuner = make_tuner(spec, logger)
         try:
             results = tuner.fit()
         except BaseException:
@@ -336,32 +296,75 @@ def run_sweep(spec: Spec, out=print) -> int:
             tracker.end(parent_id, "KILLED")
             raise
         killed = logger.close_open()
-        rows, best, failed = summarize(spec, results, logger)
+        rows, best, failed = summarize(spec, results)
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
-        out("")
-        out(tabulate(rows, headers="keys", floatfmt=".4f"))
-        if best is not None:
-            out(
-                f"best trial: {best['trial']} ({best['label']}) {spec.metric} = "
-                f"{best[spec.metric]:.4f}"
-            )
-        else:
-            out("best trial: none (no trial reported a result)")
-        out(
-            f"MLflow: experiment {spec.name!r} in {describe_store(spec.tracking_uri)}, "
-            f"parent run {parent_id}"
-        )
-        out(f"to compare trials: {ui_command(spec.tracking_uri)}")
-        out(f"Ray experiment folder: {spec.storage}/{spec.name}")
-        if failed:
-            out(f"{failed} trial(s) failed; their MLflow runs carry the error in tag {TAG_ERROR}")
+        print_summary(spec, rows, best, failed, parent_id, out)
         return 0 if not failed else 1
     finally:
         if started:
             ray.shutdown()
 
 
-def summarize(spec: Spec, results, logger: MlflowLogger) -> tuple[list[dict], dict | None, int]:
+def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
+    """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback."""
+    names = short_names(list(spec.space))
+    reporter = tune.CLIReporter(
+        parameter_columns={p: names[p] for p in spec.space},
+        metric_columns={"step": "step", spec.metric: spec.metric},
+        max_report_frequency=10,
+        sort_by_metric=False,
+    )
+    return tune.Tuner(
+        make_trainable(spec),
+        param_space={p: to_tune(d) for p, d in spec.space.items()},
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            search_alg=make_search_alg(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.plan.num_samples,
+            max_concurrent_trials=spec.max_concurrent if spec.plan.algorithm == "optuna" else None,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.storage,
+            callbacks=[logger],
+            progress_reporter=reporter,
+            verbose=1,
+        ),
+    )
+
+
+def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
+    """The sweep's parent run (spec settings and base config as params); its shared tags."""
+    tracker.experiment(spec.name)
+    base_tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
+    commit = git_commit()
+    if commit:
+        base_tags[TAG_COMMIT] = commit
+    params = {**describe(spec), **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()}}
+    tags = {**base_tags, TAG_ROLE: "sweep", "mlflow.note.content": spec.description}
+    return tracker.start_run(spec.name, params, tags), base_tags
+
+
+def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:
+    out("")
+    out(tabulate(rows, headers="keys", floatfmt=".4f"))
+    if best is not None:
+        out(
+            f"best trial: {best['trial']} ({best['label']}) {spec.metric} = {best[spec.metric]:.4f}"
+        )
+    else:
+        out("best trial: none (no trial reported a result)")
+    store = describe_store(spec.tracking_uri)
+    out(f"MLflow: experiment {spec.name!r} in {store}, parent run {parent_id}")
+    out(f"to compare trials: {ui_command(spec.tracking_uri)}")
+    out(f"Ray experiment folder: {spec.storage}/{spec.name}")
+    if failed:
+        out(f"{failed} trial(s) failed; their MLflow runs carry the error in tag {TAG_ERROR}")
+
+
+def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
     """Rows for the summary table (one per trial), the best finished row, the failure count."""
     names = short_names(list(spec.space))
     rows, failed = [], 0
