@@ -11,13 +11,12 @@ The full format is documented in docs/spec.md.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 
@@ -149,22 +148,65 @@ def locate(lines: dict[str, int], key: str) -> int:
     return 1
 
 
-def _apply_override(data: dict, item: str, fail) -> tuple[dict, str]:
+class _Reporter:
+    """Raises SpecError at the line of a key, or at `--set` when an override set it."""
+
+    def __init__(self, file: str, lines: dict[str, int]):
+        self.file, self.lines = file, lines
+        self.overridden: set[str] = set()
+
+    def __call__(self, key: str, expected: str, where: int | str | None = None) -> NoReturn:
+        if where is None and any(key == k or key.startswith(k + ".") for k in self.overridden):
+            where = "--set"
+        raise SpecError(self.file, where or locate(self.lines, key), key, expected)
+
+
+def _apply_override(data: dict, item: str, err: _Reporter) -> dict:
     key, sep, text = item.partition("=")
     if not sep or not key:
-        fail("--set", item, "KEY=VALUE, e.g. base.train.steps=50")
+        err(item, "KEY=VALUE, e.g. base.train.steps=50", where="--set")
     try:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
-        fail("--set", key, f"a YAML value, got {text!r}")
+        err(key, f"a YAML value, got {text!r}", where="--set")
+    err.overridden.add(key)
     if key.startswith("space."):
-        space = dict(data.get("space") or {})
-        space[key[len("space.") :]] = value
-        return {**data, "space": space}, key
+        return {**data, "space": {**(data.get("space") or {}), key[len("space.") :]: value}}
     try:
-        return set_path(data, key, value), key
+        return set_path(data, key, value)
     except ConfigError as e:
-        fail("--set", key, e.expected)
+        err(key, e.expected, where="--set")
+
+
+def _parse_space(space_raw, base: TrialConfig, base_raw: dict, err: _Reporter) -> dict:
+    """`space:` -> {path: distribution}, every value checked against its base field."""
+    if not isinstance(space_raw, dict):
+        err("space", "a mapping of dotted paths into base -> distribution")
+    base_dict = to_dict(base)
+    known = flatten(base_dict)
+    space: dict[str, Distribution] = {}
+    for p, raw in space_raw.items():
+        key = f"space.{p}"
+        if not isinstance(p, str) or p not in known:
+            err(key, f"a path into base, e.g. {', '.join(list(known)[:4])}, ...")
+        try:
+            dist = parse_distribution(raw)
+        except ConfigError as e:
+            err(key, e.expected if e.key == "distribution" else f"{e.key}: {e.expected}")
+        current = get_path(base_dict, p)
+        kind = type(current).__name__
+        if isinstance(dist, CONTINUOUS) and not isinstance(current, float):
+            err(key, f"a distribution over {kind} values (uniform and loguniform draw real "
+                     "numbers; use randint, choice or grid)")  # fmt: skip
+        if isinstance(dist, RandInt) and not isinstance(current, (int, float)):
+            err(key, f"a distribution over {kind} values, not randint")
+        for v in candidate_values(dist):
+            try:
+                TrialConfig.from_dict(set_path(base_raw, p, v))
+            except ConfigError as e:
+                err(key, f"values valid for base.{p}; {v!r} gives {e.key}: {e.expected}")
+        space[p] = dist
+    return space
 
 
 def local_resources() -> dict[str, float]:
@@ -213,26 +255,11 @@ def load_spec(
         line = mark.line + 1 if mark else 1
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(file, line, "yaml", f"valid YAML ({problem})") from None
-    lines = _line_map(text)
-    set_keys: set[str] = set()
-
-    def fail(key: str, subkey: str | None, expected: str):
-        where = key if key == "--set" else None
-        full = subkey if where else key
-        if where is None:
-            for s in set_keys:
-                if full == s or full.startswith(s + "."):
-                    where = "--set"
-        raise SpecError(file, where or locate(lines, full), full, expected)
-
-    def err(key: str, expected: str):
-        fail(key, None, expected)
-
+    err = _Reporter(file, _line_map(text))
     if not isinstance(data, dict):
         err("spec", "a mapping with keys name, metric, base, space, ...")
     for item in overrides:
-        data, key = _apply_override(data, item, fail)
-        set_keys.add(key)
+        data = _apply_override(data, item, err)
     for k in data:
         if k not in TOP_KEYS:
             err(str(k), f"unknown key; expected one of {', '.join(TOP_KEYS)}")
@@ -272,35 +299,7 @@ def load_spec(
         except ConfigError as e:
             err(e.key, e.expected)
 
-    space_raw = data.get("space") or {}
-    if not isinstance(space_raw, dict):
-        err("space", "a mapping of dotted paths into base -> distribution")
-    known = flatten(to_dict(base))
-    space: dict[str, Distribution] = {}
-    for p, raw in space_raw.items():
-        key = f"space.{p}"
-        if not isinstance(p, str) or p not in known:
-            err(key, f"a path into base, e.g. {', '.join(list(known)[:4])}, ...")
-        try:
-            dist = parse_distribution(raw)
-        except ConfigError as e:
-            err(key, e.expected if e.key == "distribution" else f"{e.key}: {e.expected}")
-        current = get_path(to_dict(base), p)
-        if isinstance(dist, CONTINUOUS) and not isinstance(current, float):
-            err(
-                key,
-                f"a distribution over {type(current).__name__} values (uniform and "
-                "loguniform draw real numbers; use randint, choice or grid)",
-            )
-        if isinstance(dist, RandInt) and not isinstance(current, (int, float)):
-            err(key, f"a distribution over {type(current).__name__} values, not randint")
-        for v in candidate_values(dist):
-            try:
-                TrialConfig.from_dict(set_path(base_raw, p, v))
-            except ConfigError as e:
-                err(key, f"values valid for base.{p}; {v!r} gives {e.key}: {e.expected}")
-        space[p] = dist
-
+    space = _parse_space(data.get("space") or {}, base, base_raw, err)
     if sections["scheduler"].kind == "asha":
         for p in ("train.steps", "train.eval_every"):
             if p in space:
@@ -350,7 +349,7 @@ def load_spec(
         tracking_uri=uri,
         path=str(Path(path).resolve()),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
-        lines=lines,
+        lines=err.lines,
     )
 
 
@@ -378,10 +377,8 @@ def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
 
 def describe(spec: Spec) -> dict[str, Any]:
     """Flat, loggable summary of the spec's top-level settings."""
-    out = {
-        f.name: getattr(spec, f.name)
-        for f in dataclasses.fields(Spec)
-        if f.name in ("name", "metric", "mode", "max_concurrent", "storage", "tracking_uri")
-    }
-    out.update(flatten({"search": to_dict(spec.search), "resources": to_dict(spec.resources)}))
+    keys = ("name", "metric", "mode", "max_concurrent", "storage", "tracking_uri")
+    out = {k: getattr(spec, k) for k in keys}
+    sections = ("search", "scheduler", "resources")
+    out.update(flatten({k: to_dict(getattr(spec, k)) for k in sections}))
     return out
