@@ -25,6 +25,7 @@ from nlsweep.config import build, flatten, get_path, set_path, to_dict
 from nlsweep.space import (
     CONTINUOUS,
     Distribution,
+    Grid,
     RandInt,
     SchedulerConfig,
     SearchConfig,
@@ -38,6 +39,7 @@ from nlsweep.train import OBJECTIVES, TrialConfig
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 TOP_KEYS = (
     "name",
+    "baseline",
     "description",
     "metric",
     "mode",
@@ -51,6 +53,7 @@ TOP_KEYS = (
     "tracking_uri",
 )
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SEED_PATH = "train.seed"
 SMOKE_STEPS = 20
 
 
@@ -107,6 +110,10 @@ class Spec:
     sha256: str
     lines: dict[str, int] = field(default_factory=dict)
     """Dotted key -> line in the spec file, for error messages raised after loading."""
+    baseline: dict[str, Any] = field(default_factory=dict)
+    """The reference configuration of the swept factors (grid search), seeds excluded."""
+    text: str = ""
+    """The spec file's text, recorded with the sweep so reports can quote it."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -300,6 +307,7 @@ def load_spec(
             err(e.key, e.expected)
 
     space = _parse_space(data.get("space") or {}, base, base_raw, err)
+    baseline = _parse_baseline(data.get("baseline"), space, err)
     if sections["scheduler"].kind == "asha":
         for p in ("train.steps", "train.eval_every"):
             if p in space:
@@ -350,7 +358,30 @@ def load_spec(
         path=str(Path(path).resolve()),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         lines=err.lines,
+        baseline=baseline,
+        text=text,
     )
+
+
+def factors(space: dict) -> list[str]:
+    """The swept paths that define a configuration: everything but the seed."""
+    return [p for p in space if p != SEED_PATH]
+
+
+def _parse_baseline(raw, space: dict[str, Distribution], err: _Reporter) -> dict[str, Any]:
+    """`baseline:` -> the reference value of every grid factor (default: its first value)."""
+    grid = {p: d for p, d in space.items() if isinstance(d, Grid) and p != SEED_PATH}
+    if raw is None:
+        return {p: d.values[0] for p, d in grid.items()}
+    if not isinstance(raw, dict):
+        err("baseline", "a mapping of swept factor -> value, e.g. {cms.periods.medium: 4}")
+    for p, v in raw.items():
+        key = f"baseline.{p}"
+        if p not in grid:
+            err(key, f"one of the grid factors {', '.join(grid) or '(none)'}")
+        if v not in grid[p].values:
+            err(key, f"one of the swept values {list(grid[p].values)}, got {v!r}")
+    return {p: raw.get(p, d.values[0]) for p, d in grid.items()}
 
 
 def _smoke(base_raw: dict) -> dict:

@@ -9,6 +9,7 @@ here in the driver, from Tune callbacks, never in the trial processes.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -28,11 +30,15 @@ from nlsweep.data import DataError, resolve_files
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names, trial_label
 from nlsweep.spec import Spec, SpecError, check_resources, describe, local_resources, swept_values
 from nlsweep.tracking import (
+    TAG_BASELINE,
     TAG_COMMIT,
     TAG_ERROR,
+    TAG_HARDWARE,
     TAG_ROLE,
     TAG_SHA,
+    TAG_SPACE,
     TAG_SPEC,
+    TAG_SPEC_TEXT,
     TAG_STOPPED,
     TAG_TRIAL,
     Tracker,
@@ -40,6 +46,7 @@ from nlsweep.tracking import (
     git_commit,
     ui_command,
 )
+from nlsweep.train import describe_hardware
 from nlsweep.trainable import make_trainable
 
 METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data")
@@ -178,6 +185,8 @@ class MlflowLogger(tune.Callback):
             and not isinstance(v, bool)
         }
         self.tracker.log(run_id, metrics, step=int(result["step"]))
+        if trial.trial_id not in self.last_step and "hardware" in result:
+            self.tracker.tag(run_id, TAG_HARDWARE, result["hardware"])
         self.last_step[trial.trial_id] = int(result["step"])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -343,7 +352,15 @@ def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
     if commit:
         base_tags[TAG_COMMIT] = commit
     params = {**describe(spec), **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()}}
-    tags = {**base_tags, TAG_ROLE: "sweep", "mlflow.note.content": spec.description}
+    tags = {
+        **base_tags,
+        TAG_ROLE: "sweep",
+        "mlflow.note.content": spec.description,
+        TAG_SPEC_TEXT: spec.text,
+        TAG_SPACE: json.dumps({p: str(d) for p, d in spec.space.items()}),
+        TAG_BASELINE: json.dumps(spec.baseline),
+        TAG_HARDWARE: describe_hardware(torch.device("cpu")),
+    }
     return tracker.start_run(spec.name, params, tags), base_tags
 
 

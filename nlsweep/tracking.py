@@ -31,6 +31,11 @@ TAG_COMMIT = "nlsweep.git_commit"
 TAG_ROLE = "nlsweep.role"
 TAG_ERROR = "nlsweep.error"
 TAG_STOPPED = "nlsweep.stopped_early"
+TAG_SPEC_TEXT = "nlsweep.spec_text"
+TAG_SPACE = "nlsweep.space"
+TAG_BASELINE = "nlsweep.baseline"
+TAG_HARDWARE = "nlsweep.hardware"
+MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LEN = 6000
@@ -85,6 +90,14 @@ def _one_line(e: BaseException) -> str:
     return (text[-1] if text else type(e).__name__)[:300]
 
 
+def clip_tag(value) -> str:
+    text = str(value)
+    if len(text) <= MAX_TAG_LEN:
+        return text
+    marker = f"\n... [{len(text) - MAX_TAG_LEN + 40} characters cut]"
+    return text[: MAX_TAG_LEN - len(marker)] + marker
+
+
 def ui_command(uri: str) -> str:
     """The exact command that shows this store in the MLflow UI (bound to localhost)."""
     if uri.startswith(("http://", "https://")):
@@ -134,6 +147,7 @@ class Tracker:
     ) -> str:
         if parent_id:
             tags = {**tags, PARENT_TAG: parent_id}
+        tags = {k: clip_tag(v) for k, v in tags.items()}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
         items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
@@ -148,7 +162,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=batch)
 
     def tag(self, run_id: str, key: str, value: str) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(key, str(value)[:5000])])
+        self.client.log_batch(run_id, tags=[RunTag(key, clip_tag(value))])
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import platform
 import random
 import sys
 import time
@@ -98,6 +100,20 @@ class TrialConfig:
         )
 
 
+def describe_hardware(device: torch.device, share: float = 0.0) -> str:
+    """Where a trial ran, for reports: the GPU model, or the CPU model and torch threads."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"GPU {name}" + (f" ({share:g} share)" if 0 < share < 1 else "")
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+
+
 def pick_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -148,6 +164,7 @@ class Trainer:
         self.state = None
         self.history: list[dict[str, float]] = []
         self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+        self.elapsed = 0.0  # trial seconds, training and evaluation, across restarts
 
     # -- one outer step ------------------------------------------------------------------
     def train_step(self) -> float:
@@ -211,9 +228,15 @@ class Trainer:
         """Train to `train.steps`, yielding the metrics of every evaluation."""
         tc = self.cfg.train
         while self.step < tc.steps:
+            t0 = time.perf_counter()
             self.train_step()
             if self.step % tc.eval_every == 0 or self.step == tc.steps:
-                yield self._metrics()
+                metrics = self._metrics()
+                self.elapsed += time.perf_counter() - t0
+                metrics["perf/elapsed_s"] = self.elapsed
+                yield metrics
+            else:
+                self.elapsed += time.perf_counter() - t0
 
     # -- training state as data -----------------------------------------------------------
     def state_dict(self) -> dict:
@@ -227,6 +250,7 @@ class Trainer:
             "rng": _rng_state(),
             "history": list(self.history),
             "since_eval": dict(self._since_eval),
+            "elapsed": self.elapsed,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -240,6 +264,7 @@ class Trainer:
         _set_rng_state(sd["rng"])
         self.history = list(sd["history"])
         self._since_eval = dict(sd["since_eval"])
+        self.elapsed = float(sd["elapsed"])
 
 
 def format_metrics(m: dict[str, float]) -> str:

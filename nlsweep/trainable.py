@@ -13,7 +13,7 @@ import torch
 from ray import tune
 
 from nlsweep.spec import Spec, swept_values
-from nlsweep.train import Trainer
+from nlsweep.train import Trainer, describe_hardware
 
 
 def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
@@ -34,8 +34,9 @@ def run_trial(config: dict, spec: Spec) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
     device = trial_device(spec, cfg.train.device, ray.get_gpu_ids())
     trainer = Trainer(cfg, device=device)
+    hardware = describe_hardware(device, share=spec.resources.gpu)
     for metrics in trainer.run():
-        tune.report({**metrics, "device": str(device)})
+        tune.report({**metrics, "hardware": hardware})
 
 
 def make_trainable(spec: Spec):

@@ -214,6 +214,22 @@ CASES = [
         "kind adam would ignore it",
     ),
     (
+        "baseline not a factor",
+        GOOD_SPEC + "baseline: {optim.lr: 0.1}\n",
+        [],
+        17,
+        "baseline.optim.lr",
+        "one of the grid factors cms.periods.medium",
+    ),
+    (
+        "baseline value not swept",
+        GOOD_SPEC + "baseline: {cms.periods.medium: 3}\n",
+        [],
+        17,
+        "baseline.cms.periods.medium",
+        "one of the swept values [1, 2]",
+    ),
+    (
         "asha over steps",
         edit("train.seed: {grid: [0, 1]}", "train.steps: {grid: [4, 8]}")
         + "scheduler: {kind: asha}\n",
@@ -247,6 +263,11 @@ def test_good_spec_is_valid(write_spec):
     spec = load_spec(write_spec(), available=NO_GPU)
     assert spec.plan.trials == 4
     assert spec.base.model.d_model == 16
+    assert spec.baseline == {"cms.periods.medium": 1}  # first grid value; seeds are not factors
+    spec = load_spec(
+        write_spec(GOOD_SPEC + "baseline: {cms.periods.medium: 2}\n"), available=NO_GPU
+    )
+    assert spec.baseline == {"cms.periods.medium": 2}
 
 
 def test_missing_file_is_exit_2(tmp_path, capsys):
