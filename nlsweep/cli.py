@@ -1,4 +1,4 @@
-"""`nlsweep` command line: `run` a sweep, `validate` a spec.
+"""`nlsweep` command line: `run` a sweep, `validate` a spec, `report` a sweep.
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
 setup (tracking store, storage, resources), reported as one line before anything starts;
@@ -41,11 +41,46 @@ def parser() -> argparse.ArgumentParser:
     )
     val = sub.add_parser("validate", help="check a spec and exit (0 valid, 2 invalid)")
     _spec_args(val)
+    rep = sub.add_parser("report", help="write the markdown ablation report of a sweep")
+    rep.add_argument("spec", metavar="SPEC_OR_NAME", help="a spec file, or an experiment name")
+    rep.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db)"
+    )
+    rep.add_argument("--out", help="markdown file to write (default reports/NAME.md)")
+    rep.add_argument("--run-id", help="the sweep's parent run (default: the newest sweep)")
     return ap
+
+
+def report(args) -> int:
+    from pathlib import Path
+
+    from nlsweep.report import write_report
+    from nlsweep.spec import DEFAULT_TRACKING_URI, SpecError, load_spec
+    from nlsweep.tracking import TrackingError
+
+    name, uri = args.spec, args.tracking_uri
+    if Path(args.spec).is_file():
+        try:  # resources are the running machine's business, not the report's
+            spec = load_spec(args.spec, available={"CPU": float("inf"), "GPU": float("inf")})
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            return 2
+        name, uri = spec.name, uri or spec.tracking_uri
+    try:
+        out = write_report(
+            uri or DEFAULT_TRACKING_URI, name, Path(args.out or f"reports/{name}.md"), args.run_id
+        )
+    except TrackingError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(f"report: {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "report":
+        return report(args)
     from nlsweep.spec import SpecError, load_spec
 
     try:

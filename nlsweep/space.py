@@ -135,6 +135,15 @@ def parse_distribution(raw: Any) -> Distribution:
     return RandInt(lo, hi)
 
 
+def as_spec(dist: Distribution) -> dict:
+    """The spec form of a distribution ({'grid': [2, 8]}), JSON-ready for the record."""
+    form = {Grid: "grid", Choice: "choice", Uniform: "uniform", LogUniform: "loguniform",
+            RandInt: "randint"}[type(dist)]  # fmt: skip
+    if isinstance(dist, (Grid, Choice)):
+        return {form: list(dist.values)}
+    return {form: [dist.lo, dist.hi]}
+
+
 def candidate_values(dist: Distribution) -> list:
     """Values that must all be valid for the field: every listed value, or both ends."""
     if isinstance(dist, (Grid, Choice)):

@@ -27,7 +27,18 @@ from tabulate import tabulate
 from models.common import ConfigError
 from nlsweep.config import flatten, to_dict
 from nlsweep.data import DataError, resolve_files
-from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names, trial_label
+from nlsweep.report import write_report
+from nlsweep.space import (
+    Choice,
+    Grid,
+    LogUniform,
+    RandInt,
+    Uniform,
+    as_spec,
+    grid_points,
+    short_names,
+    trial_label,
+)
 from nlsweep.spec import Spec, SpecError, check_resources, describe, local_resources, swept_values
 from nlsweep.tracking import (
     TAG_BASELINE,
@@ -112,8 +123,6 @@ def concurrency(spec: Spec, available: dict[str, float]) -> int:
 
 
 def dry_run(spec: Spec, out=print) -> None:
-    from nlsweep.space import grid_points
-
     available = local_resources() if not os.environ.get("RAY_ADDRESS") else None
     plan = spec.plan
     out(
@@ -241,8 +250,6 @@ def prepare_data(spec: Spec) -> None:
     """Find (or download) every corpus the trials will read, before any trial starts."""
     configs = [spec.base]
     if spec.plan.algorithm == "grid":
-        from nlsweep.space import grid_points
-
         configs += [spec.trial_config(pt) for pt in grid_points(spec.plan.params)]
     seen = set()
     for cfg in configs:
@@ -272,6 +279,12 @@ def _start_ray() -> tuple[bool, dict[str, float], str]:
         )
         return True, ray.cluster_resources(), f"the Ray cluster at {address}"
     local = local_resources()
+    # Workers must run the code the driver validated: an installed copy elsewhere on the
+    # path (another checkout's editable install, say) would otherwise win in the workers.
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p
+    )  # a local Ray inherits the driver's environment; a runtime_env would cost ~10 s
     ray.init(
         num_cpus=int(local["CPU"]),
         num_gpus=int(local["GPU"]),
@@ -282,8 +295,8 @@ def _start_ray() -> tuple[bool, dict[str, float], str]:
     return True, ray.cluster_resources(), "this machine"
 
 
-def run_sweep(spec: Spec, out=print) -> int:
-    """Run the whole sweep; returns the exit code (0: every trial finished)."""
+def run_sweep(spec: Spec, out=print, report_dir: Path | None = Path("reports")) -> int:
+    """Run the whole sweep and write its report; the exit code (0: every trial finished)."""
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
     _check_storage(spec)
@@ -308,6 +321,11 @@ def run_sweep(spec: Spec, out=print) -> int:
         rows, best, failed = summarize(spec, results)
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         print_summary(spec, rows, best, failed, parent_id, out)
+        if report_dir is not None:
+            path = write_report(
+                spec.tracking_uri, spec.name, report_dir / f"{spec.name}.md", parent_id
+            )
+            out(f"report: {path}")
         return 0 if not failed else 1
     finally:
         if started:
@@ -357,7 +375,7 @@ def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
         TAG_ROLE: "sweep",
         "mlflow.note.content": spec.description,
         TAG_SPEC_TEXT: spec.text,
-        TAG_SPACE: json.dumps({p: str(d) for p, d in spec.space.items()}),
+        TAG_SPACE: json.dumps({p: as_spec(d) for p, d in spec.space.items()}),
         TAG_BASELINE: json.dumps(spec.baseline),
         TAG_HARDWARE: describe_hardware(torch.device("cpu")),
     }

@@ -14,10 +14,10 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -178,4 +178,89 @@ class Tracker:
         return self.client.get_metric_history(run_id, key)
 
 
-__all__ = ["Tracker", "TrackingError", "git_commit", "mlflow", "ui_command"]
+@dataclass
+class RunData:
+    """One MLflow run as plain data (what reports need, nothing MLflow-specific)."""
+
+    run_id: str
+    name: str
+    status: str
+    start_ms: int
+    end_ms: int | None
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    """Latest value of every metric."""
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    """(step, value) series of the keys asked for."""
+
+
+@dataclass
+class SweepData:
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    parent: RunData
+    trials: list[RunData]
+
+
+def _run_data(client, run, history_keys) -> RunData:
+    hist = {}
+    for key in history_keys:
+        if key in run.data.metrics:
+            series = client.get_metric_history(run.info.run_id, key)
+            hist[key] = sorted((m.step, m.value) for m in series)
+    return RunData(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id,
+        status=run.info.status,
+        start_ms=run.info.start_time or 0,
+        end_ms=run.info.end_time,
+        params=dict(run.data.params),
+        tags=dict(run.data.tags),
+        metrics=dict(run.data.metrics),
+        history=hist,
+    )
+
+
+def read_sweep(
+    uri: str, experiment: str, parent_run_id: str | None = None, history_keys=()
+) -> SweepData:
+    """The newest sweep of `experiment` (or the given parent run) and all its trial runs."""
+    tracker = Tracker(uri)
+    client = tracker.client
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise TrackingError(f"tracking_uri {uri}: no experiment named {experiment!r}")
+    if parent_run_id:
+        parent = client.get_run(parent_run_id)
+    else:
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{TAG_ROLE}` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not found:
+            raise TrackingError(f"tracking_uri {uri}: experiment {experiment!r} has no sweep run")
+        parent = found[0]
+    children = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    return SweepData(
+        experiment=experiment,
+        experiment_id=exp.experiment_id,
+        tracking_uri=uri,
+        parent=_run_data(client, parent, ()),
+        trials=[_run_data(client, r, history_keys) for r in children],
+    )
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """A browser link for servers; for local stores the run id is what the UI searches by."""
+    if uri.startswith(("http://", "https://")):
+        return f"[{run_id[:8]}]({uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
+    return f"`{run_id[:8]}`"

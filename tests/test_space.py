@@ -11,6 +11,7 @@ from nlsweep.space import (
     RandInt,
     SearchConfig,
     Uniform,
+    as_spec,
     grid_points,
     parse_distribution,
     short_names,
@@ -31,6 +32,7 @@ PARSE = [
 @pytest.mark.parametrize("raw,dist", PARSE)
 def test_parse(raw, dist):
     assert parse_distribution(raw) == dist
+    assert parse_distribution(as_spec(dist)) == dist  # the form recorded in MLflow
 
 
 @pytest.mark.parametrize(

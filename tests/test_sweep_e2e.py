@@ -15,6 +15,12 @@ from nlsweep.tracking import (
 from tests.helpers import GOOD_SPEC
 
 
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Sweeps write reports/ into the working directory: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run_cli(tmp_path, spec, *extra):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "ray"), *extra]
@@ -38,6 +44,10 @@ def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "best trial:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    report = (tmp_path / "reports" / "tiny.md").read_text()  # written from MLflow at the end
+    assert "| R1 | 1 | 2 |" in report.replace("**", "") and "| R2 | 2 | 2 |" in report.replace(
+        "**", ""
+    )
     assert out.count("FINISHED") >= 4
 
     parents, children = split_runs(tracker, "tiny")

@@ -1,0 +1,147 @@
+"""A sweep's results as read from MLflow: trials, and rows of configurations with statistics.
+
+Reports are built from this alone (never from in-memory objects of a running sweep), so a
+report can be regenerated any time from the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from nlsweep.space import trial_label
+from nlsweep.stats import Comparison, Summary, compare, holm, summarize
+from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, RunData, SweepData
+
+SEED = "train.seed"
+
+
+def _parse(text: str) -> Any:
+    """A logged param string back to its value ('8' -> 8, 'adam' -> 'adam')."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+@dataclass
+class Trial:
+    run: RunData
+    factors: dict[str, Any]
+    seed: Any
+    final: float | None
+    """Last held-out value of the objective; None unless the run finished with one."""
+    best: float | None
+    """Best value of the objective over the run's evaluations."""
+
+
+@dataclass
+class Row:
+    factors: dict[str, Any]
+    trials: list[Trial]
+    summary: Summary
+    best: Summary
+    comparison: Comparison | None = None
+    p_holm: float | None = None
+    is_baseline: bool = False
+    tokens_per_s: float = math.nan
+    wall_s: float = math.nan
+
+    @property
+    def label(self) -> str:
+        return trial_label(self.factors)
+
+    @property
+    def by_seed(self) -> dict:
+        return {t.seed: t.final for t in self.trials if t.final is not None}
+
+
+@dataclass
+class Context:
+    sweep: SweepData
+    name: str
+    metric: str
+    mode: str
+    algorithm: str
+    factors: list[str]
+    baseline: dict[str, Any]
+    space: dict[str, dict]
+    """Swept path -> its distribution in spec form, e.g. {'grid': [2, 8]}."""
+
+
+def read_context(sweep: SweepData) -> Context:
+    p = sweep.parent
+    space = json.loads(p.tags.get(TAG_SPACE, "{}"))
+    return Context(
+        sweep=sweep,
+        name=sweep.experiment,
+        metric=p.params.get("metric", "val/bpc"),
+        mode=p.params.get("mode", "min"),
+        algorithm=p.params.get("search.algorithm", "grid"),
+        factors=[f for f in space if f != SEED],
+        baseline=json.loads(p.tags.get(TAG_BASELINE, "{}")),
+        space=space,
+    )
+
+
+def read_trial(run: RunData, ctx: Context) -> Trial:
+    hist = [v for _, v in run.history.get(ctx.metric, []) if math.isfinite(v)]
+    final = run.metrics.get(ctx.metric)
+    ok = run.status == "FINISHED" and final is not None and math.isfinite(final)
+    pick = min if ctx.mode == "min" else max
+    return Trial(
+        run=run,
+        factors={f: _parse(run.params[f]) for f in ctx.factors if f in run.params},
+        seed=_parse(run.params.get(SEED, "None")),
+        final=final if ok else None,
+        best=pick(hist) if ok and hist else None,
+    )
+
+
+def build_rows(trials: list[Trial], ctx: Context) -> list[Row]:
+    """One row per configuration (seeds pooled), compared with the baseline row."""
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(json.dumps([t.factors.get(f) for f in ctx.factors]), []).append(t)
+    rows = []
+    for members in groups.values():
+        done = [t for t in members if t.final is not None]
+        rows.append(
+            Row(
+                factors=dict(members[0].factors),
+                trials=members,
+                summary=summarize(t.final for t in done),
+                best=summarize(t.best for t in done if t.best is not None),
+                is_baseline=members[0].factors == ctx.baseline,
+                tokens_per_s=_mean(t.run.metrics.get("perf/tokens_per_s") for t in done),
+                wall_s=_mean(t.run.metrics.get("perf/elapsed_s") for t in done),
+            )
+        )
+    rows.sort(key=lambda r: (not r.is_baseline, _grid_position(r.factors, ctx)))
+    base = next((r for r in rows if r.is_baseline), None)
+    if base is not None:
+        others = [r for r in rows if r is not base]
+        for r in others:
+            r.comparison = compare(r.by_seed, base.by_seed)
+        adjusted = holm([r.comparison.p if r.comparison else None for r in others])
+        for r, p in zip(others, adjusted):
+            r.p_holm = p
+    return rows
+
+
+def _grid_position(factors: dict, ctx: Context) -> list:
+    """Where a configuration sits in the spec's grid (its values' order), for row order."""
+    pos = []
+    for f in ctx.factors:
+        values = ctx.space.get(f, {}).get("grid", [])
+        pos.append(values.index(factors.get(f)) if factors.get(f) in values else len(values))
+    return pos
+
+
+def _mean(values) -> float:
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(xs) / len(xs) if xs else math.nan

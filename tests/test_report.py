@@ -1,0 +1,258 @@
+"""Reports from a synthetic MLflow store with known values: numbers, flags, valid markdown."""
+
+import csv
+import json
+import math
+import re
+
+import pytest
+from scipy import stats
+
+from nlsweep.cli import main
+from nlsweep.report import write_report
+from nlsweep.stats import compare, holm, same_to_digits, summarize
+from nlsweep.tracking import (
+    TAG_BASELINE,
+    TAG_ERROR,
+    TAG_ROLE,
+    TAG_SPACE,
+    TAG_SPEC,
+    TAG_TRIAL,
+    Tracker,
+)  # fmt: skip
+
+# medium -> seed -> final val/bpc. medium=4 is the baseline; medium=16 lost seed 2 (FAILED).
+FINAL = {
+    4: {0: 2.50, 1: 2.56, 2: 2.47},
+    1: {0: 2.40, 1: 2.49, 2: 2.41},
+    16: {0: 2.60, 1: 2.70},
+}
+# `lr_unused` is swept but never changes anything: the report must flag it as a no-op.
+SPACE = {"cms.periods.medium": {"grid": [4, 1, 16]}, "optim.lr_unused": {"grid": [1, 2]},
+         "train.seed": {"grid": [0, 1, 2]}}  # fmt: skip
+
+
+def make_store(tmp_path, algorithm="grid", overlap=0.0):
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    t = Tracker(uri)
+    t.experiment("synthetic")
+    parent = t.start_run(
+        "synthetic",
+        {"metric": "val/bpc", "mode": "min", "search.algorithm": algorithm},
+        {TAG_ROLE: "sweep", TAG_SPACE: json.dumps(SPACE), TAG_SPEC: "/x/spec.yaml",
+         TAG_BASELINE: json.dumps({"cms.periods.medium": 4, "optim.lr_unused": 1})},
+    )  # fmt: skip
+    runs = {}
+    for medium, seeds in FINAL.items():
+        for lr_unused in (1, 2):
+            for seed in (0, 1, 2):
+                run = t.start_run(
+                    f"medium={medium} lr_unused={lr_unused} seed={seed}",
+                    {"cms.periods.medium": medium, "optim.lr_unused": lr_unused,
+                     "train.seed": seed},
+                    {TAG_ROLE: "trial", TAG_TRIAL: f"t{medium}_{lr_unused}_{seed}"},
+                    parent_id=parent,
+                )  # fmt: skip
+                runs[(medium, lr_unused, seed)] = run
+                if seed not in seeds:
+                    t.tag(run, TAG_ERROR, "RuntimeError: boom")
+                    t.end(run, "FAILED")
+                    continue
+                final = seeds[seed]
+                for step, v in ((10, final + 0.3), (20, final - 0.01), (30, final)):
+                    t.log(run, {"val/bpc": v, "perf/tokens_per_s": 1000.0,
+                                "perf/elapsed_s": step / 10, "data/val_overlap": overlap,
+                                "cms/slow/updates": 3.0}, step)  # fmt: skip
+                t.end(run, "FINISHED")
+    t.end(parent, "FINISHED")
+    return uri, runs
+
+
+def md_tables(text):
+    blocks, cur = [], []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            blocks.append(cur)
+            cur = []
+    return blocks + ([cur] if cur else [])
+
+
+def cells(line):
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("report")
+    uri, runs = make_store(tmp_path, overlap=0.02)
+    out = write_report(uri, "synthetic", tmp_path / "reports" / "synthetic.md")
+    return out, out.read_text(), runs
+
+
+def test_markdown_is_valid_and_images_exist(report):
+    out, text, _ = report
+    for table in md_tables(text):
+        widths = {len(cells(line)) for line in table}
+        assert len(widths) == 1, table  # every row has as many cells as the header
+        assert re.fullmatch(r"\|(---\|)+", table[1])
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert images and all((out.parent / p).is_file() for p in images)
+    assert (out.parent / "synthetic" / "table.csv").is_file()
+
+
+def main_rows(text):
+    table = next(t for t in md_tables(text) if "n" in cells(t[0]))
+    header = cells(table[0])
+    return [dict(zip(header, [c.strip("*") for c in cells(line)])) for line in table[2:]]
+
+
+def test_main_table_numbers(report):
+    _, text, _ = report
+    rows = {(r["medium"], r["lr_unused"]): r for r in main_rows(text)}
+    assert len(rows) == 6
+    x = [2.40, 2.49, 2.41]
+    r = rows[("1", "1")]
+    assert r["n"] == "3"
+    assert r["val/bpc mean ± std"] == f"{sum(x) / 3:.4f} ± {stats.tstd(x):.4f}"
+    lo, hi = stats.t.interval(0.95, 2, loc=sum(x) / 3, scale=stats.sem(x))
+    assert r["95% CI"] == f"[{lo:.4f}, {hi:.4f}]"
+    assert r["best during training"] == f"{sum(x) / 3 - 0.01:.4f}"  # best eval = final - 0.01
+    base = [2.50, 2.56, 2.47]
+    d = [a - b for a, b in zip(x, base)]
+    ci = stats.ttest_rel(x, base).confidence_interval(0.95)
+    assert r["Δ vs baseline [95% CI]"].startswith(
+        f"{sum(d) / 3:+.4f} [{ci.low:.4f}, {ci.high:.4f}] paired")  # fmt: skip
+    assert rows[("4", "1")]["Δ vs baseline [95% CI]"] == "baseline"
+    # medium=16 lost seed 2: n=2 with the gap shown, compared unpaired (Welch)
+    r16 = rows[("16", "1")]
+    assert r16["n"] == "2 (1 missing)"
+    welch = stats.ttest_ind([2.60, 2.70], base, equal_var=False)
+    wci = welch.confidence_interval(0.95)
+    want = f"{2.65 - sum(base) / 3:+.4f} [{wci.low:.4f}, {wci.high:.4f}] Welch"
+    assert r16["Δ vs baseline [95% CI]"].startswith(want)
+    # Holm across the five non-baseline rows, by hand
+    raw = {}
+    for k in rows:
+        if k == ("4", "1"):
+            continue
+        x_k = [FINAL[int(k[0])][s] for s in sorted(FINAL[int(k[0])])]
+        if k[0] == "16":
+            raw[k] = stats.ttest_ind(x_k, base, equal_var=False).pvalue
+        elif k[0] == "4":  # a copy of the baseline: identical differences, p = 1 by definition
+            raw[k] = 1.0
+        else:
+            raw[k] = stats.ttest_rel(x_k, base).pvalue  # fmt: skip
+    order = sorted(raw, key=raw.get)
+    expected, running = {}, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * raw[k]))
+        expected[k] = running
+    for k, p in expected.items():
+        assert rows[k]["p (Holm)"] == (f"{p:.2g}" if p >= 1e-4 else "<1e-4"), k
+    # the lr_unused=2 copy of the baseline is identical: a zero difference, marked ≈
+    assert rows[("4", "2")]["Δ vs baseline [95% CI]"].startswith("+0.0000")
+
+
+def test_rows_follow_the_grid_with_the_baseline_first(report):
+    _, text, _ = report
+    order = [(r["medium"], r["lr_unused"]) for r in main_rows(text)]
+    assert order == [("4", "1"), ("4", "2"), ("1", "1"), ("1", "2"), ("16", "1"), ("16", "2")]
+
+
+def test_best_row_is_bold_and_ci_crossing_zero_is_marked(report):
+    _, text, _ = report
+    bold = [line for line in text.splitlines() if line.startswith("| **R")]
+    assert len(bold) == 2 or len(bold) == 1
+    assert all("| **1** |" in line for line in bold)  # medium=1 has the lowest mean
+    welch_row = next(line for line in text.splitlines() if "Welch" in line)
+    assert "≈" in welch_row  # n=2 vs 3: the interval of the difference contains 0
+
+
+def test_sanity_flags(report):
+    _, text, runs = report
+    sanity = text.split("## Sanity checks", 1)[1]
+    assert "**Probable no-op**: every value of `optim.lr_unused`" in sanity
+    assert "cms.periods.medium`" not in sanity.split("Probable no-op")[1].split("\n")[0]
+    assert "**Leaking split?** 16 of 18 runs" in sanity
+    failed = [line for line in sanity.splitlines() if line.startswith("- **Failed**")]
+    assert len(failed) == 2 and all("RuntimeError: boom" in line for line in failed)
+
+
+def test_rows_carry_runs_and_rerun_command(report):
+    _, text, runs = report
+    assert f"`{runs[(1, 1, 0)][:8]}` (seed 0)" in text
+    assert ("`python -m nlsweep.train /x/spec.yaml --set base.cms.periods.medium=1 "
+            "--set base.optim.lr_unused=1 --set base.train.seed=0`") in text  # fmt: skip
+
+
+def test_csv_matches_table(report):
+    out, text, _ = report
+    with open(out.parent / "synthetic" / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6
+    r = next(r for r in rows if r["cms.periods.medium"] == "1" and r["optim.lr_unused"] == "1")
+    assert float(r["mean"]) == pytest.approx(sum([2.40, 2.49, 2.41]) / 3)
+    assert r["paired"] == "True" and len(r["run_ids"].split()) == 3
+
+
+def test_clean_sweep_says_what_was_checked(tmp_path):
+    uri, _ = make_store(tmp_path)
+    text = write_report(uri, "synthetic", tmp_path / "s.md").read_text()
+    assert "Leaking" not in text
+
+
+def test_sampled_search_report(tmp_path):
+    uri, _ = make_store(tmp_path, algorithm="optuna")
+    out = write_report(uri, "synthetic", tmp_path / "opt.md")
+    text = out.read_text()
+    assert "optuna search: 18 trials, 16 finished" in text
+    top = md_tables(text)[1]
+    assert cells(top[2])[-3] == "2.4000"  # rank 1: the lowest final value
+    assert len(top) == 2 + 10  # header, rule, top 10
+    for name in ("factors.png", "history.png"):
+        assert (tmp_path / "opt" / name).is_file()
+    assert "Probable no-op" not in text  # no-op detection needs a grid
+
+
+def test_report_cli(tmp_path, capsys):
+    uri, _ = make_store(tmp_path)
+    out = tmp_path / "cli.md"
+    assert main(["report", "synthetic", "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert out.is_file() and f"report: {out}" in capsys.readouterr().out
+    assert main(["report", "nope", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no experiment named 'nope'") and "\n" not in err
+
+
+STATS = [
+    # values, n, mean, std
+    ([1.0, 2.0, 3.0], 3, 2.0, 1.0),
+    ([5.0], 1, 5.0, math.nan),
+    ([], 0, math.nan, math.nan),
+]
+
+
+@pytest.mark.parametrize("values,n,mean,std", STATS)
+def test_summarize(values, n, mean, std):
+    s = summarize(values)
+    assert s.n == n
+    assert (math.isnan(s.mean) and math.isnan(mean)) or s.mean == pytest.approx(mean)
+    assert (math.isnan(s.std) and math.isnan(std)) or s.std == pytest.approx(std)
+    assert (s.ci is None) == (n < 2)
+
+
+def test_compare_edge_cases():
+    assert compare({}, {0: 1.0}) is None
+    one = compare({0: 1.0}, {0: 2.0})
+    assert one.diff == -1.0 and one.ci is None and one.p is None
+    const = compare({0: 1.0, 1: 2.0}, {0: 1.5, 1: 2.5})
+    assert const.paired and const.diff == pytest.approx(-0.5) and const.distinguishable
+
+
+def test_holm_and_digits():
+    assert holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
+    assert holm([]) == []
+    assert same_to_digits(2.123451, 2.123449) and not same_to_digits(2.1234, 2.1236)
+    assert not same_to_digits(float("nan"), 1.0)
