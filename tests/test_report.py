@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import re
 
 import pytest
@@ -20,6 +21,7 @@ from nlsweep.tracking import (
     TAG_TRIAL,
     Tracker,
 )  # fmt: skip
+from tests.helpers import GOOD_SPEC
 
 # medium -> seed -> final val/bpc. medium=4 is the baseline; medium=16 lost seed 2 (FAILED).
 FINAL = {
@@ -216,8 +218,18 @@ def test_sampled_search_report(tmp_path):
     assert "Probable no-op" not in text  # no-op detection needs a grid
 
 
-def test_report_cli(tmp_path, capsys):
+def test_report_cli(tmp_path, capsys, write_spec):
     uri, _ = make_store(tmp_path)
+    # by spec file: its name and tracking URI locate the sweep; the default output path
+    spec = write_spec(GOOD_SPEC.replace("name: tiny", "name: synthetic") + f"tracking_uri: {uri}\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["report", str(spec)]) == 0
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "reports" / "synthetic.md").is_file()
+    capsys.readouterr()
     out = tmp_path / "cli.md"
     assert main(["report", "synthetic", "--tracking-uri", uri, "--out", str(out)]) == 0
     assert out.is_file() and f"report: {out}" in capsys.readouterr().out
