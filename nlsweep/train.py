@@ -111,7 +111,7 @@ def describe_hardware(device: torch.device, share: float = 0.0) -> str:
             model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"CPU {model}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+    return f"CPU {model} ({os.cpu_count()} cores), torch threads: {torch.get_num_threads()}"
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -269,7 +269,7 @@ class Trainer:
 
 def format_metrics(m: dict[str, float]) -> str:
     keys = ("train/loss", "val/loss", "val/bpc", "val/ppl", "perf/tokens_per_s")
-    parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.4g}" for k in keys]
+    parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.6g}" for k in keys]
     return "  ".join(parts)
 
 
