@@ -19,6 +19,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -31,6 +32,14 @@ class CMSConfig:
 
     periods: dict[str, int] = field(default_factory=lambda: {"fast": 1, "medium": 1, "slow": 1})
     """Update period C_l in outer steps for each level of the model (keys = its levels)."""
+    lr_scaling: Literal["none", "inverse", "inverse_sqrt"] = "none"
+    """Level l's learning rate: lr, lr / C_l or lr / sqrt(C_l). Under Adam, `inverse` counts
+    the period twice: Adam's step size does not depend on the gradient's scale, so a level
+    that steps every C_l batches already moves C_l times less often; dividing its rate by
+    C_l as well makes each of those steps C_l times smaller, and a slow level with C = 256
+    effectively froze in an earlier reproduction (notes, pitfall 4). It is a swept choice."""
+    accumulate: Literal["sum", "mean"] = "sum"
+    """How a level's gradients over its chunk combine: the notes' sum, or their mean."""
 
     def __post_init__(self):
         for level, c in self.periods.items():
@@ -39,6 +48,12 @@ class CMSConfig:
                 f"periods.{level}",
                 f"a positive integer number of steps, got {c!r}",
             )
+
+    def lr_factor(self, level: str) -> float:
+        c = self.periods[level]
+        return {"none": 1.0, "inverse": 1.0 / c, "inverse_sqrt": 1.0 / math.sqrt(c)}[
+            self.lr_scaling
+        ]
 
     def check_levels(self, levels) -> None:
         if set(self.periods) != set(levels):
@@ -55,12 +70,18 @@ class CMSOptimizer:
     def __init__(
         self,
         level_params: Mapping[str, list[torch.nn.Parameter]],
-        periods: Mapping[str, int],
-        make_optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer],
+        cfg: CMSConfig,
+        make_optimizer: Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer],
     ):
+        """`make_optimizer(params, lr_factor)` builds one level's optimizer."""
         self.params = {level: list(ps) for level, ps in level_params.items()}
-        self.periods = dict(periods)
-        self.optimizers = {level: make_optimizer(ps) for level, ps in self.params.items()}
+        self.periods = dict(cfg.periods)
+        self.accumulate = cfg.accumulate
+        self.lr_factors = {level: cfg.lr_factor(level) for level in self.params}
+        self.optimizers = {
+            level: make_optimizer(ps, self.lr_factors[level]) for level, ps in self.params.items()
+        }
+        self.pending = {level: 0 for level in self.params}  # backward passes since last step
         self.clock = 0
         self.updates = {level: 0 for level in self.params}
         self.last_update_norm = {level: 0.0 for level in self.params}
@@ -80,6 +101,7 @@ class CMSOptimizer:
         self.clock += 1
         stepped = []
         for level, ps in self.params.items():
+            self.pending[level] += 1
             if self.clock % self.periods[level]:
                 continue
             live = [p for p in ps if p.grad is not None]
@@ -88,6 +110,9 @@ class CMSOptimizer:
                     f"CMS level {level!r} is due at step {self.clock} but none of its "
                     "parameters received a gradient"
                 )
+            if self.accumulate == "mean" and self.pending[level] > 1:
+                for p in live:
+                    p.grad.div_(self.pending[level])
             before = [p.detach().clone() for p in live]
             self.optimizers[level].step()
             sq = sum(float((p - b).pow(2).sum()) for p, b in zip(live, before))
@@ -95,6 +120,7 @@ class CMSOptimizer:
             for p in ps:
                 p.grad = None
             self.updates[level] += 1
+            self.pending[level] = 0
             stepped.append(level)
         return stepped
 
@@ -103,12 +129,14 @@ class CMSOptimizer:
         for level in self.params:
             out[f"cms/{level}/updates"] = float(self.updates[level])
             out[f"cms/{level}/update_norm"] = self.last_update_norm[level]
+            out[f"cms/{level}/lr_factor"] = self.lr_factors[level]
         return out
 
     def state_dict(self) -> dict:
         return {
             "clock": self.clock,
             "updates": dict(self.updates),
+            "pending": dict(self.pending),
             "last_update_norm": dict(self.last_update_norm),
             # A snapshot, not live references: optimizers update their moments in place.
             "optimizers": {
@@ -125,6 +153,7 @@ class CMSOptimizer:
     def load_state_dict(self, sd: dict) -> None:
         self.clock = int(sd["clock"])
         self.updates = {lv: int(v) for lv, v in sd["updates"].items()}
+        self.pending = {lv: int(v) for lv, v in sd["pending"].items()}
         self.last_update_norm = {lv: float(v) for lv, v in sd["last_update_norm"].items()}
         for lv, opt in self.optimizers.items():
             opt.load_state_dict(sd["optimizers"][lv])

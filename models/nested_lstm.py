@@ -101,11 +101,22 @@ class NestedLSTM(nn.Module):
 
     def forward(self, idx: torch.Tensor, state=None):
         """idx (B, T) token ids -> logits (B, T, V) and the LSTM state after position T."""
+        logits, new_state, _ = self.forward_levels(idx, state)
+        return logits, new_state
+
+    def forward_levels(self, idx: torch.Tensor, state=None):
+        """Like forward, plus each level's output y_l (B, T, d): what the surprise
+        objective regresses onto its local error signal dL/dy_l."""
         if state is None:
             state = self.init_state(idx.shape[0], idx.device)
         y1, new_state = self.lstm(self.embed(idx), state)
+        outputs = {"fast": y1}
         y = self.drop(y1)
-        for norm, ffn in ((self.norm_medium, self.ffn_medium), (self.norm_slow, self.ffn_slow)):
+        for level, norm, ffn in (
+            ("medium", self.norm_medium, self.ffn_medium),
+            ("slow", self.norm_slow, self.ffn_slow),
+        ):
             out = ffn(norm(y))
             y = y + out if self.cfg.residual else out
-        return self.head(self.norm_out(y)), new_state
+            outputs[level] = y
+        return self.head(self.norm_out(y)), new_state, outputs

@@ -48,13 +48,12 @@ class OptimConfig:
         )
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig):
-    params = list(params)
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, lr_factor=1.0):
+    """One level's optimizer; `lr_factor` is the CMS learning-rate rule's scale."""
+    params, lr = list(params), cfg.lr * lr_factor
     if cfg.kind == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.Adam if cfg.kind == "adam" else torch.optim.AdamW
     return cls(
-        params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+        params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
     )

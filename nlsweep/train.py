@@ -154,7 +154,9 @@ class Trainer:
         self.model = MODEL_KINDS[cfg.model.kind][1](cfg.model, vocab).to(self.device)
         groups = self.model.level_parameters()
         check_ownership(self.model, groups)
-        self.cms = CMSOptimizer(groups, cfg.cms.periods, lambda ps: build_optimizer(ps, cfg.optim))
+        self.cms = CMSOptimizer(
+            groups, cfg.cms, lambda ps, factor: build_optimizer(ps, cfg.optim, factor)
+        )
         B, T = cfg.data.batch_size, cfg.data.seq_len
         self.batcher = StreamBatcher(self.corpus.train, B, T, "training")
         self.heldout = StreamBatcher(self.corpus.val, B, T, "held-out")

@@ -10,6 +10,11 @@ from models.nested_lstm import NestedLSTM, NestedLSTMConfig
 from models.optim import OptimConfig, build_optimizer
 
 
+def make_cms(groups, periods, optim, lr_scaling="none", accumulate="sum"):
+    cfg = CMSConfig(periods=periods, lr_scaling=lr_scaling, accumulate=accumulate)
+    return CMSOptimizer(groups, cfg, lambda ps, f: build_optimizer(ps, optim, f))
+
+
 @pytest.mark.parametrize("norm", ["layernorm", "none"])
 @pytest.mark.parametrize("residual", [True, False])
 def test_every_parameter_has_exactly_one_owner(norm, residual):
@@ -21,9 +26,7 @@ def test_every_parameter_has_exactly_one_owner(norm, residual):
     # The embedding and head are stepped (pitfall 2): they belong to the fast level.
     fast = {id(p) for p in groups["fast"]}
     assert id(model.embed.weight) in fast and id(model.head.weight) in fast
-    cms = CMSOptimizer(
-        groups, {"fast": 1, "medium": 2, "slow": 4}, lambda ps: build_optimizer(ps, OptimConfig())
-    )
+    cms = make_cms(groups, {"fast": 1, "medium": 2, "slow": 4}, OptimConfig())
     in_opts = [id(p) for o in cms.optimizers.values() for g in o.param_groups for p in g["params"]]
     assert sorted(in_opts) == sorted(owned)
 
@@ -53,13 +56,24 @@ def _batch(step, vocab=7):
     )
 
 
-def test_cms_sgd_matches_accumulated_formula():
-    """theta_l <- theta_l - lr * sum of g_l since its last change, only when i % C_l == 0."""
+@pytest.mark.parametrize(
+    "lr_scaling,accumulate",
+    [("none", "sum"), ("inverse", "sum"), ("inverse_sqrt", "sum"), ("none", "mean"),
+     ("inverse", "mean")],
+)  # fmt: skip
+def test_cms_sgd_matches_accumulated_formula(lr_scaling, accumulate):
+    """theta_l <- theta_l - lr_l * (sum or mean of g_l since its last change), only when
+    i % C_l == 0, with lr_l = lr * (1, 1/C_l, 1/sqrt(C_l))."""
     torch.manual_seed(0)
     model = NestedLSTM(NestedLSTMConfig(d_model=6, d_ff=10), 7)
     periods, lr = {"fast": 1, "medium": 2, "slow": 3}, 0.05
     groups = model.level_parameters()
-    cms = CMSOptimizer(groups, periods, lambda ps: build_optimizer(ps, OptimConfig("sgd", lr)))
+    cms = make_cms(groups, periods, OptimConfig("sgd", lr), lr_scaling, accumulate)
+    factor = {"none": lambda c: 1.0, "inverse": lambda c: 1.0 / c,
+              "inverse_sqrt": lambda c: c**-0.5}[lr_scaling]  # fmt: skip
+    assert cms.lr_factors == {lv: pytest.approx(factor(c)) for lv, c in periods.items()}
+    for lv, opt in cms.optimizers.items():
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr * factor(periods[lv]))
     expected = {lv: [p.detach().clone() for p in ps] for lv, ps in groups.items()}
     pending = {lv: [torch.zeros_like(p) for p in ps] for lv, ps in groups.items()}
     for i in range(1, 13):
@@ -75,9 +89,11 @@ def test_cms_sgd_matches_accumulated_formula():
         stepped = cms.step()
         assert stepped == [lv for lv in groups if i % periods[lv] == 0]
         for lv, ps in groups.items():
-            if i % periods[lv] == 0:
+            c = periods[lv]
+            if i % c == 0:
+                scale = lr * factor(c) / (c if accumulate == "mean" else 1)
                 for k in range(len(ps)):
-                    expected[lv][k] -= lr * pending[lv][k]
+                    expected[lv][k] -= scale * pending[lv][k]
                     pending[lv][k].zero_()
             for p, e in zip(ps, expected[lv]):
                 assert torch.allclose(p.detach(), e, atol=1e-6), (i, lv)
@@ -90,11 +106,8 @@ def test_cms_state_round_trip_keeps_pending_gradients():
     def make():
         torch.manual_seed(1)
         m = NestedLSTM(NestedLSTMConfig(d_model=4, d_ff=8), 7)
-        c = CMSOptimizer(
-            m.level_parameters(),
-            {"fast": 1, "medium": 2, "slow": 4},
-            lambda ps: build_optimizer(ps, OptimConfig("adam", 0.01)),
-        )
+        c = make_cms(m.level_parameters(), {"fast": 1, "medium": 2, "slow": 4},
+                     OptimConfig("adam", 0.01))  # fmt: skip
         return m, c
 
     def step(m, c, i):
@@ -120,11 +133,7 @@ def test_cms_state_round_trip_keeps_pending_gradients():
 
 def test_due_level_without_gradient_raises():
     model = NestedLSTM(NestedLSTMConfig(d_model=4, d_ff=8), 5)
-    cms = CMSOptimizer(
-        model.level_parameters(),
-        {"fast": 1, "medium": 1, "slow": 1},
-        lambda ps: build_optimizer(ps, OptimConfig()),
-    )
+    cms = make_cms(model.level_parameters(), {"fast": 1, "medium": 1, "slow": 1}, OptimConfig())
     with pytest.raises(RuntimeError, match="none of its parameters received a gradient"):
         cms.step()
 
