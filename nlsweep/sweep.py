@@ -60,7 +60,7 @@ from nlsweep.tracking import (
 from nlsweep.train import describe_hardware
 from nlsweep.trainable import make_trainable
 
-METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data")
+METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise")
 
 
 def to_tune(dist) -> Any:

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 
 from models import MODEL_KINDS
 from models.cms import CMSConfig, CMSOptimizer
-from models.common import ConfigError, check_ownership, param_count, require
+from models.common import ConfigError, check_ownership, detach_state, param_count, require
 from models.optim import OptimConfig, build_optimizer
 from nlsweep.config import build
 from nlsweep.data import Corpus, DataConfig, StreamBatcher, load_corpus
 
 STATE_FORMAT = 1
-SECTIONS = ("model", "cms", "optim", "data", "train")
+SECTIONS = ("model", "cms", "optim", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
 OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss")
 
@@ -65,6 +65,24 @@ class TrainConfig:
 
 
 @dataclass
+class StateConfig:
+    """`state:` section: the recurrent state between consecutive training batches."""
+
+    mode: Literal["reset", "persistent", "reset_every"] = "reset"
+    """reset: zero state before every batch. persistent: carry (h, c) along each stream,
+    detached after every step (truncated BPTT), reset only when the streams restart.
+    reset_every: like persistent, plus a reset every `every` steps."""
+    every: int = 0
+    """reset_every: steps between resets (only with that mode)."""
+
+    def __post_init__(self):
+        if self.mode == "reset_every":
+            require(self.every >= 1, "every", f"a positive number of steps, got {self.every}")
+        else:
+            require(self.every == 0, "every", f"unset unless mode is reset_every ({self.mode})")
+
+
+@dataclass
 class TrialConfig:
     """One complete trial: the spec's `base:` with a point of its `space:` applied."""
 
@@ -72,6 +90,7 @@ class TrialConfig:
     cms: CMSConfig = field(default_factory=CMSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -96,6 +115,7 @@ class TrialConfig:
             cms=cms,
             optim=build(OptimConfig, d.get("optim"), "optim."),
             data=build(DataConfig, d.get("data"), "data."),
+            state=build(StateConfig, d.get("state"), "state."),
             train=build(TrainConfig, d.get("train"), "train."),
         )
 
@@ -162,8 +182,9 @@ class Trainer:
         self.heldout = StreamBatcher(self.corpus.val, B, T, "held-out")
         self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
         self.step = 0
-        # Recurrent training state; None = reset before every batch.
+        # Recurrent training state carried between batches (None: zeros at the next batch).
         self.state = None
+        self.state_resets = 0
         self.history: list[dict[str, float]] = []
         self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
         self.elapsed = 0.0  # trial seconds, training and evaluation, across restarts
@@ -171,15 +192,25 @@ class Trainer:
     # -- one outer step ------------------------------------------------------------------
     def train_step(self) -> float:
         t0 = time.perf_counter()
-        x, y, _ = self.batcher.next()
+        x, y, streams_restart = self.batcher.next()
         x, y = x.to(self.device), y.to(self.device)
+        sc = self.cfg.state
+        if (
+            sc.mode == "reset"
+            or streams_restart
+            or (sc.mode == "reset_every" and self.step % sc.every == 0)
+        ):
+            self.state_resets += self.state is not None
+            self.state = None
         self.model.train()
-        logits, _ = self.model(x, self.state)
+        logits, new_state = self.model(x, self.state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.step + 1}")
         loss.backward()
         self.cms.step()
+        if sc.mode != "reset":
+            self.state = detach_state(new_state)  # truncated BPTT: no gradient into the past
         self.step += 1
         value = loss.item()
         self._since_eval["seconds"] += time.perf_counter() - t0
@@ -193,9 +224,12 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         total, count = 0.0, 0
+        state = None  # evaluation's own state, never the training state (notes, pitfall 7)
+        carry = self.cfg.state.mode != "reset"
         for k in range(self.eval_windows):
             x, y = self.heldout.window(k)
-            logits, _ = self.model(x.to(self.device), None)
+            logits, new_state = self.model(x.to(self.device), state if carry else None)
+            state = new_state
             total += F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), y.to(self.device).reshape(-1), reduction="sum"
             ).item()
@@ -222,6 +256,10 @@ class Trainer:
             "data/val_tokens": float(self.eval_windows * B * T),
         }
         m.update(self.cms.metrics())
+        m["state/resets"] = float(self.state_resets)
+        for i, t in enumerate(self.state or ()):
+            # mean over streams of the per-stream L2 norm; 0 for a state that was just reset
+            m[f"state/norm_{self.model.state_names[i]}"] = float(t.norm(dim=-1).mean())
         self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
         self.history.append(m)
         return m
@@ -249,6 +287,7 @@ class Trainer:
             "cms": self.cms.state_dict(),
             "data": self.batcher.state_dict(),
             "recurrent": self.state,
+            "state_resets": self.state_resets,
             "rng": _rng_state(),
             "history": list(self.history),
             "since_eval": dict(self._since_eval),
@@ -263,6 +302,7 @@ class Trainer:
         self.cms.load_state_dict(sd["cms"])
         self.batcher.load_state_dict(sd["data"])
         self.state = sd["recurrent"]
+        self.state_resets = int(sd["state_resets"])
         _set_rng_state(sd["rng"])
         self.history = list(sd["history"])
         self._since_eval = dict(sd["since_eval"])
