@@ -71,15 +71,16 @@ class CMSOptimizer:
         self,
         level_params: Mapping[str, list[torch.nn.Parameter]],
         cfg: CMSConfig,
-        make_optimizer: Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer],
+        make_optimizer: Callable[[str, list[torch.nn.Parameter], float], torch.optim.Optimizer],
     ):
-        """`make_optimizer(params, lr_factor)` builds one level's optimizer."""
+        """`make_optimizer(level, params, lr_factor)` builds one level's optimizer."""
         self.params = {level: list(ps) for level, ps in level_params.items()}
         self.periods = dict(cfg.periods)
         self.accumulate = cfg.accumulate
         self.lr_factors = {level: cfg.lr_factor(level) for level in self.params}
         self.optimizers = {
-            level: make_optimizer(ps, self.lr_factors[level]) for level, ps in self.params.items()
+            level: make_optimizer(level, ps, self.lr_factors[level])
+            for level, ps in self.params.items()
         }
         self.pending = {level: 0 for level in self.params}  # backward passes since last step
         self.clock = 0
@@ -130,6 +131,9 @@ class CMSOptimizer:
             out[f"cms/{level}/updates"] = float(self.updates[level])
             out[f"cms/{level}/update_norm"] = self.last_update_norm[level]
             out[f"cms/{level}/lr_factor"] = self.lr_factors[level]
+            extra = getattr(self.optimizers[level], "metrics", None)
+            for key, value in (extra() if extra else {}).items():
+                out[f"optim/{level}/{key}"] = value
         return out
 
     def state_dict(self) -> dict:

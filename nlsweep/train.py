@@ -174,8 +174,11 @@ class Trainer:
         self.model = MODEL_KINDS[cfg.model.kind][1](cfg.model, vocab).to(self.device)
         groups = self.model.level_parameters()
         check_ownership(self.model, groups)
+        modules = self.model.level_modules()
         self.cms = CMSOptimizer(
-            groups, cfg.cms, lambda ps, factor: build_optimizer(ps, cfg.optim, factor)
+            groups,
+            cfg.cms,
+            lambda level, ps, factor: build_optimizer(ps, cfg.optim, factor, modules[level]),
         )
         B, T = cfg.data.batch_size, cfg.data.seq_len
         self.batcher = StreamBatcher(self.corpus.train, B, T, "training")

@@ -12,7 +12,7 @@ from models.optim import OptimConfig, build_optimizer
 
 def make_cms(groups, periods, optim, lr_scaling="none", accumulate="sum"):
     cfg = CMSConfig(periods=periods, lr_scaling=lr_scaling, accumulate=accumulate)
-    return CMSOptimizer(groups, cfg, lambda ps, f: build_optimizer(ps, optim, f))
+    return CMSOptimizer(groups, cfg, lambda lv, ps, f: build_optimizer(ps, optim, f))
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "none"])

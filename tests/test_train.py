@@ -25,8 +25,12 @@ def corpus():
     return load_corpus(DataConfig(corpus="pydoc"))
 
 
-def make(corpus, **train):
+def make(corpus, optim=None, state=None, **train):
     raw = {**BASE, "train": {**BASE["train"], **train}}
+    if optim:
+        raw["optim"] = optim
+    if state:
+        raw["state"] = state
     return Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"), corpus=corpus)
 
 
@@ -90,11 +94,22 @@ def test_evaluation_leaves_training_state_untouched(corpus):
     assert same(before, flat_state(t))
 
 
-def test_state_round_trip_is_exact(corpus, tmp_path):
-    straight = make(corpus, steps=8, eval_every=4)
+VARIANTS = {
+    "adam": ({"kind": "adam", "lr": 3e-3}, None),
+    "delta_adam+persistent": ({"kind": "delta_adam", "lr": 3e-3, "decay_rate": 1e-3},
+                              {"mode": "persistent"}),
+    "delta_sgd+momentum+reset_every": ({"kind": "delta_sgd", "lr": 0.1, "momentum": 0.9,
+                                        "decay_rate": 1e-2}, {"mode": "reset_every", "every": 5}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_state_round_trip_is_exact(corpus, tmp_path, variant):
+    optim, state = VARIANTS[variant]
+    straight = make(corpus, optim, state, steps=8, eval_every=4)
     full = list(straight.run())
 
-    first = make(corpus, steps=8, eval_every=4)
+    first = make(corpus, optim, state, steps=8, eval_every=4)
     run = first.run()
     while first.step < 3:  # stop mid-chunk of the slow level (period 4)
         first.train_step()
@@ -102,7 +117,7 @@ def test_state_round_trip_is_exact(corpus, tmp_path):
     torch.save(first.state_dict(), path)
     del run
 
-    resumed = make(corpus, steps=8, eval_every=4)
+    resumed = make(corpus, optim, state, steps=8, eval_every=4)
     resumed.load_state_dict(torch.load(path, weights_only=True))
     rest = list(resumed.run())
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
@@ -111,6 +126,20 @@ def test_state_round_trip_is_exact(corpus, tmp_path):
     strip = [{k: v for k, v in m.items() if k not in drop} for m in full]
     assert [{k: v for k, v in m.items() if k not in drop} for m in rest] == strip
     assert resumed.cms.updates == straight.cms.updates
+
+
+def test_delta_rule_acts_and_accumulates_over_a_chunk(corpus):
+    t = make(corpus, {"kind": "delta_adam", "lr": 3e-3, "decay_rate": 1e-3})
+    for _ in range(3):
+        t.train_step()
+    slow = t.cms.optimizers["slow"]  # period 4: three batches of inputs are waiting
+    assert slow.state[t.model.ffn_slow.up.weight]["n"] == 3 * 4 * 16
+    t.train_step()
+    assert slow.state[t.model.ffn_slow.up.weight]["n"] == 0
+    m = t._metrics()
+    assert m["optim/slow/decay_norm"] > 0 and m["optim/fast/decay_norm"] > 0
+    # fast level: the LSTM's input-to-hidden weight and the head
+    assert m["optim/fast/delta_matrices"] == 2 and m["optim/medium/delta_matrices"] == 2
 
 
 def test_non_finite_loss_raises(corpus):

@@ -1,0 +1,138 @@
+"""Delta-rule optimizers (Nested Learning, eq. 29): gradient descent with an L2 inner objective.
+
+Notation
+    W_t      a covered weight matrix (d_out, d_in): every nn.Linear weight, and the LSTM's
+             input-to-hidden weight, of the modules the optimizer is given
+    X        (N, d_in) the inputs that matrix saw since its level last stepped (N rows =
+             tokens x accumulated steps), kept as a running X^T X and N
+    G_t      gradient of the (accumulated) loss w.r.t. W_t
+    D_t      delta_sgd:  G_t, or with momentum mu: v <- mu v + G_t, D_t = v
+             delta_adam: m <- b1 m + (1-b1) G_t, v <- b2 v + (1-b2) G_t^2,
+                         D_t = (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+    W_{t+1} = W_t - alpha W_t (X^T X / N) - lr D_t          (both terms use W_t)
+Parameters that are not covered matrices (biases, norms, embeddings, the LSTM's
+hidden-to-hidden weight, whose inputs are internal) get the plain update W - lr D_t.
+With alpha > 0 a covered matrix that captured no input raises: an earlier reproduction's
+"delta rule" silently ran as plain Adam because inputs were never captured (pitfall 3).
+The input statistics live in the optimizer's per-parameter state, so they checkpoint with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def covered_matrices(modules: Iterable[nn.Module]) -> list[tuple[nn.Module, nn.Parameter]]:
+    """(module, weight) pairs whose inputs a forward hook can see."""
+    out = []
+    for m in modules:
+        for sub in m.modules():
+            if isinstance(sub, nn.Linear):
+                out.append((sub, sub.weight))
+            elif isinstance(sub, nn.LSTM):
+                if sub.num_layers != 1:
+                    raise ValueError("delta rule: only single-layer LSTMs expose their inputs")
+                out.append((sub, sub.weight_ih_l0))
+    return out
+
+
+class DeltaRule(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params,
+        modules: Iterable[nn.Module],
+        *,
+        kind: str,
+        lr: float,
+        decay_rate: float,
+        momentum: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        if kind not in ("sgd", "adam"):
+            raise ValueError(f"delta rule kind must be sgd or adam, got {kind!r}")
+        defaults = dict(lr=lr, decay_rate=decay_rate, momentum=momentum, betas=betas, eps=eps)
+        super().__init__(params, defaults)
+        self.kind = kind
+        owned = {id(p) for g in self.param_groups for p in g["params"]}
+        self.covered = {id(w): w for _, w in covered_matrices(modules) if id(w) in owned}
+        self._hooks = [
+            mod.register_forward_pre_hook(self._capture(w))
+            for mod, w in covered_matrices(modules)
+            if id(w) in owned
+        ]
+        self.last_decay_norm = 0.0
+
+    def _capture(self, weight: nn.Parameter):
+        def hook(module, args):
+            # Only training forwards count: evaluation must not move the statistics.
+            if not (module.training and torch.is_grad_enabled()):
+                return
+            x = args[0].detach().reshape(-1, weight.shape[1]).to(weight.dtype)
+            st = self.state[weight]
+            if "xtx" not in st:
+                st["xtx"] = torch.zeros(weight.shape[1], weight.shape[1], dtype=weight.dtype,
+                                        device=weight.device)  # fmt: skip
+                st["n"] = 0
+            st["xtx"].add_(x.T @ x)
+            st["n"] += x.shape[0]
+
+        return hook
+
+    def _direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        g, st = p.grad, self.state[p]
+        if self.kind == "sgd":
+            if group["momentum"] == 0:
+                return g
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = g.detach().clone()
+            else:
+                buf.mul_(group["momentum"]).add_(g)
+            return buf
+        b1, b2 = group["betas"]
+        if "exp_avg" not in st:
+            st["step"] = 0
+            st["exp_avg"] = torch.zeros_like(p)
+            st["exp_avg_sq"] = torch.zeros_like(p)
+        st["step"] += 1
+        t = st["step"]
+        st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+        st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        m_hat = st["exp_avg"] / (1 - b1**t)
+        v_hat = st["exp_avg_sq"] / (1 - b2**t)
+        return m_hat / (v_hat.sqrt() + group["eps"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        sq = 0.0
+        for group in self.param_groups:
+            alpha = group["decay_rate"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = self._direction(p, group)
+                st = self.state[p]
+                if id(p) in self.covered and alpha > 0:
+                    if not st.get("n"):
+                        raise RuntimeError(
+                            f"delta rule: decay_rate {alpha} but no inputs were captured for a "
+                            f"{tuple(p.shape)} matrix since its last step; refusing to fall "
+                            "back to the plain update"
+                        )
+                    decay = alpha * (p @ (st["xtx"] / st["n"]))  # uses W_t, before the update
+                    sq += float(decay.pow(2).sum())
+                    p.sub_(decay).sub_(d, alpha=group["lr"])
+                else:
+                    p.sub_(d, alpha=group["lr"])
+                if "xtx" in st:
+                    st["xtx"].zero_()
+                    st["n"] = 0
+        self.last_decay_norm = math.sqrt(sq)
+
+    def metrics(self) -> dict[str, float]:
+        return {"decay_norm": self.last_decay_norm, "delta_matrices": float(len(self.covered))}
