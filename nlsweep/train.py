@@ -11,6 +11,7 @@ left untouched (notes, pitfalls 1 and 7).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import platform
@@ -29,11 +30,12 @@ from models import MODEL_KINDS
 from models.cms import CMSConfig, CMSOptimizer
 from models.common import ConfigError, check_ownership, detach_state, param_count, require
 from models.optim import OptimConfig, build_optimizer
+from models.surprise import SurpriseConfig, surprise_loss
 from nlsweep.config import build
 from nlsweep.data import Corpus, DataConfig, StreamBatcher, load_corpus
 
 STATE_FORMAT = 1
-SECTIONS = ("model", "cms", "optim", "data", "state", "train")
+SECTIONS = ("model", "cms", "optim", "surprise", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
 OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss")
 
@@ -89,6 +91,7 @@ class TrialConfig:
     model: Any
     cms: CMSConfig = field(default_factory=CMSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
     data: DataConfig = field(default_factory=DataConfig)
     state: StateConfig = field(default_factory=StateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -106,14 +109,17 @@ class TrialConfig:
             raise ConfigError("model.kind", f"one of {', '.join(MODEL_KINDS)}, got {kind!r}")
         cfg_cls, model_cls = MODEL_KINDS[kind]
         cms = build(CMSConfig, d.get("cms"), "cms.")
-        try:
-            cms.check_levels(model_cls.levels)
-        except ConfigError as e:
-            raise ConfigError(f"cms.{e.key}", e.expected) from None
+        surprise = build(SurpriseConfig, d.get("surprise"), "surprise.")
+        for name, section in (("cms", cms), ("surprise", surprise)):
+            try:
+                section.check_levels(model_cls.levels)
+            except ConfigError as e:
+                raise ConfigError(f"{name}.{e.key}", e.expected) from None
         return cls(
             model=build(cfg_cls, raw_model, "model."),
             cms=cms,
             optim=build(OptimConfig, d.get("optim"), "optim."),
+            surprise=surprise,
             data=build(DataConfig, d.get("data"), "data."),
             state=build(StateConfig, d.get("state"), "state."),
             train=build(TrainConfig, d.get("train"), "train."),
@@ -206,11 +212,21 @@ class Trainer:
             self.state_resets += self.state is not None
             self.state = None
         self.model.train()
-        logits, new_state = self.model(x, self.state)
+        sp = self.cfg.surprise
+        surprise = bool(sp.active) and self.step % sp.every_n == 0
+        if surprise:
+            logits, new_state, outputs = self.model.forward_levels(x, self.state)
+        else:
+            logits, new_state = self.model(x, self.state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.step + 1}")
-        loss.backward()
+        if surprise:
+            aux, stats = surprise_loss(loss, outputs, sp)
+            (loss + aux).backward()
+            self._accumulate_surprise(stats)
+        else:
+            loss.backward()
         self.cms.step()
         if sc.mode != "reset":
             self.state = detach_state(new_state)  # truncated BPTT: no gradient into the past
@@ -220,6 +236,12 @@ class Trainer:
         self._since_eval["loss"] += value
         self._since_eval["n"] += 1
         return value
+
+    def _accumulate_surprise(self, stats: dict[str, float]) -> None:
+        acc = self._since_eval.setdefault("surprise", {})
+        for k, v in stats.items():
+            acc[k] = acc.get(k, 0.0) + v
+        self._since_eval["surprise_steps"] = self._since_eval.get("surprise_steps", 0) + 1
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -259,6 +281,11 @@ class Trainer:
             "data/val_tokens": float(self.eval_windows * B * T),
         }
         m.update(self.cms.metrics())
+        if self.cfg.surprise.active:
+            n = since.get("surprise_steps", 0)
+            m["surprise/steps"] = float(n)  # steps since the last evaluation that applied it
+            for k, v in since.get("surprise", {}).items():
+                m[k] = v / max(n, 1)
         m["state/resets"] = float(self.state_resets)
         for i, t in enumerate(self.state or ()):
             # mean over streams of the per-stream L2 norm; 0 for a state that was just reset
@@ -293,7 +320,7 @@ class Trainer:
             "state_resets": self.state_resets,
             "rng": _rng_state(),
             "history": list(self.history),
-            "since_eval": dict(self._since_eval),
+            "since_eval": copy.deepcopy(self._since_eval),
             "elapsed": self.elapsed,
         }
 
@@ -308,7 +335,7 @@ class Trainer:
         self.state_resets = int(sd["state_resets"])
         _set_rng_state(sd["rng"])
         self.history = list(sd["history"])
-        self._since_eval = dict(sd["since_eval"])
+        self._since_eval = copy.deepcopy(sd["since_eval"])
         self.elapsed = float(sd["elapsed"])
 
 
