@@ -54,6 +54,28 @@ class SurpriseConfig:
             raise ConfigError(f"weights.{unknown[0]}", f"a level of the model: {list(levels)}")
 
 
+def _signal(u: torch.Tensor, cfg: SurpriseConfig):
+    """(scaled and clipped signal, per-token norms before the clip, clip rate)."""
+    n_tokens = u.shape[0] * u.shape[1]
+    signal = u * n_tokens if cfg.signal_scale == "tokens" else u
+    norms = signal.detach().norm(dim=-1, keepdim=True)
+    clipped = 0.0
+    if cfg.clip > 0:
+        over = norms > cfg.clip
+        clipped = float(over.float().mean())
+        signal = signal * torch.where(over, cfg.clip / norms.clamp_min(1e-30), 1.0)
+    return signal, norms, clipped
+
+
+def _stats(level: str, aux, norms, y, clipped) -> dict[str, float]:
+    return {
+        f"surprise/{level}/aux": float(aux.detach()),
+        f"surprise/{level}/signal_norm": float(norms.mean()),
+        f"surprise/{level}/output_norm": float(y.detach().norm(dim=-1).mean()),
+        f"surprise/{level}/clip_rate": clipped,
+    }
+
+
 def surprise_loss(
     loss: torch.Tensor, outputs: dict[str, torch.Tensor], cfg: SurpriseConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,18 +88,37 @@ def surprise_loss(
     total = loss.new_zeros(())
     stats: dict[str, float] = {}
     for level, y, u in zip(levels, ys, grads):
-        n_tokens = y.shape[0] * y.shape[1]
-        signal = u * n_tokens if cfg.signal_scale == "tokens" else u
-        norms = signal.detach().norm(dim=-1, keepdim=True)
-        clipped = 0.0
-        if cfg.clip > 0:
-            over = norms > cfg.clip
-            clipped = float(over.float().mean())
-            signal = signal * torch.where(over, cfg.clip / norms.clamp_min(1e-30), 1.0)
+        signal, norms, clipped = _signal(u, cfg)
         aux = cfg.weights[level] * (y - signal).pow(2).sum(-1).mean()
         total = total + aux
-        stats[f"surprise/{level}/aux"] = float(aux.detach())
-        stats[f"surprise/{level}/signal_norm"] = float(norms.mean())
-        stats[f"surprise/{level}/output_norm"] = float(y.detach().norm(dim=-1).mean())
-        stats[f"surprise/{level}/clip_rate"] = clipped
+        stats.update(_stats(level, aux, norms, y, clipped))
     return total, stats
+
+
+def surprise_backward(
+    loss: torch.Tensor, outputs: dict[str, torch.Tensor], cfg: SurpriseConfig
+) -> dict[str, float]:
+    """Backpropagate loss + sum_l aux_l into the parameters' .grad; return the statistics.
+
+    One detached level takes a single backward pass: no other aux term sits above y_l, so
+    the gradient arriving at y_l is exactly u_l = dL/dy_l, and a hook adds aux_l's own
+    gradient, 2 w_l (y_l - s u_l) / N, on the way down. Several levels need u_l free of the
+    higher levels' aux gradients, so they take `surprise_loss`'s extra partial pass.
+    """
+    levels = cfg.active
+    if cfg.target == "differentiable" or len(levels) != 1:
+        aux, stats = surprise_loss(loss, outputs, cfg)
+        (loss + aux).backward()
+        return stats
+    level, y = levels[0], outputs[levels[0]]
+    w, y_value, stats = cfg.weights[level], y.detach(), {}
+
+    def add_aux_gradient(u: torch.Tensor) -> torch.Tensor:
+        signal, norms, clipped = _signal(u, cfg)
+        diff = y_value - signal
+        stats.update(_stats(level, w * diff.pow(2).sum(-1).mean(), norms, y_value, clipped))
+        return u + (2 * w / (y.shape[0] * y.shape[1])) * diff
+
+    y.register_hook(add_aux_gradient)
+    loss.backward()
+    return stats

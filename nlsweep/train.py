@@ -30,7 +30,7 @@ from models import MODEL_KINDS
 from models.cms import CMSConfig, CMSOptimizer
 from models.common import ConfigError, check_ownership, detach_state, param_count, require
 from models.optim import OptimConfig, build_optimizer
-from models.surprise import SurpriseConfig, surprise_loss
+from models.surprise import SurpriseConfig, surprise_backward
 from nlsweep.config import build
 from nlsweep.data import Corpus, DataConfig, StreamBatcher, load_corpus
 
@@ -222,9 +222,7 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.step + 1}")
         if surprise:
-            aux, stats = surprise_loss(loss, outputs, sp)
-            (loss + aux).backward()
-            self._accumulate_surprise(stats)
+            self._accumulate_surprise(surprise_backward(loss, outputs, sp))
         else:
             loss.backward()
         self.cms.step()

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from models.common import ConfigError
 from models.nested_lstm import NestedLSTM, NestedLSTMConfig
-from models.surprise import SurpriseConfig, surprise_loss
+from models.surprise import SurpriseConfig, surprise_backward, surprise_loss
 from nlsweep.train import Trainer, TrialConfig
 
 
@@ -117,3 +117,19 @@ def test_unknown_level_is_a_config_error():
     with pytest.raises(ConfigError, match="surprise.weights.middle"):
         TrialConfig.from_dict({"model": {"kind": "nested_lstm"},
                                "surprise": {"weights": {"middle": 0.1}}})  # fmt: skip
+
+
+@pytest.mark.parametrize("level", ["fast", "medium", "slow"])
+@pytest.mark.parametrize("scale,clip", [("none", 0.0), ("tokens", 0.05)])
+def test_single_pass_equals_two_pass(level, scale, clip):
+    """One detached level: the hook path gives the gradients of loss + aux exactly."""
+    cfg = SurpriseConfig(weights={level: 0.3}, signal_scale=scale, clip=clip)
+    model, loss, outputs = setup()
+    aux, want_stats = surprise_loss(loss, outputs, cfg)
+    (loss + aux).backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model, loss, outputs = setup()
+    stats = surprise_backward(loss, outputs, cfg)
+    for p, g in zip(model.parameters(), want):
+        assert torch.allclose(p.grad, g, atol=1e-7), level
+    assert stats == pytest.approx(want_stats)
