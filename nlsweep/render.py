@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from nlsweep import figures
 from nlsweep.results import SEED, Context, Row, Trial
 from nlsweep.space import short_names
+from nlsweep.spec import VARIANT
 from nlsweep.tracking import (
     TAG_COMMIT,
     TAG_HARDWARE,
@@ -47,13 +51,24 @@ def _ci(ci) -> str:
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
 
 
-def rerun_command(spec_file: str, trial: Trial) -> str:
+def rerun_command(spec_file: str, trial: Trial, variants: dict) -> str:
+    """`python -m nlsweep.train SPEC --set ...`: the spec's base with this trial's values."""
     spec = os.path.relpath(spec_file) if spec_file.startswith(os.getcwd()) else spec_file
     parts = ["python", "-m", "nlsweep.train", spec]
     for f in [*trial.factors, SEED]:
-        if f in trial.run.params:
+        if f == VARIANT:  # not a base path: spell out the variant's overrides
+            for path, value in variants.get(trial.factors[f], {}).items():
+                parts += ["--set", f"base.{path}={_as_yaml(value)}"]
+        elif f in trial.run.params:
             parts += ["--set", f"base.{f}={trial.run.params[f]}"]
     return shlex.join(parts)
+
+
+def _as_yaml(value) -> str:
+    """A value as `--set` parses it back (YAML): plain strings bare, the rest as JSON."""
+    if isinstance(value, str) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value)
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -131,7 +146,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
             for t in r.trials
         )
         out.append(f"- R{i} `{r.label}`: runs {links}")
-        out.append(f"  `{rerun_command(spec_file, r.trials[0])}`")
+        out.append(f"  `{rerun_command(spec_file, r.trials[0], ctx.variants)}`")
     return out
 
 
@@ -177,7 +192,7 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
             f"![search history]({rel(fig_dir / 'history.png', md_dir)})",
         ]
     if ranked:
-        cmd = rerun_command(ctx.sweep.parent.tags.get(TAG_SPEC, "SPEC"), ranked[0])
+        cmd = rerun_command(ctx.sweep.parent.tags.get(TAG_SPEC, "SPEC"), ranked[0], ctx.variants)
         out += ["", f"Re-run the best trial alone: `{cmd}`"]
     with open(fig_dir / "table.csv", "w", newline="") as f:
         w = csv.writer(f)

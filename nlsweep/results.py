@@ -15,7 +15,7 @@ import yaml
 
 from nlsweep.space import trial_label
 from nlsweep.stats import Comparison, Summary, compare, holm, summarize
-from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, RunData, SweepData
+from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, TAG_VARIANTS, RunData, SweepData
 
 SEED = "train.seed"
 
@@ -71,6 +71,8 @@ class Context:
     baseline: dict[str, Any]
     space: dict[str, dict]
     """Swept path -> its distribution in spec form, e.g. {'grid': [2, 8]}."""
+    variants: dict[str, dict[str, Any]]
+    """The spec's named variants (name -> base overrides), when it sweeps `variant`."""
 
 
 def read_context(sweep: SweepData) -> Context:
@@ -85,6 +87,7 @@ def read_context(sweep: SweepData) -> Context:
         factors=[f for f in space if f != SEED],
         baseline=json.loads(p.tags.get(TAG_BASELINE, "{}")),
         space=space,
+        variants=json.loads(p.tags.get(TAG_VARIANTS, "{}")),
     )
 
 

@@ -24,6 +24,7 @@ from models.common import ConfigError, require
 from nlsweep.config import build, flatten, get_path, set_path, to_dict
 from nlsweep.space import (
     CONTINUOUS,
+    Choice,
     Distribution,
     Grid,
     RandInt,
@@ -40,6 +41,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 TOP_KEYS = (
     "name",
     "baseline",
+    "variants",
     "description",
     "metric",
     "mode",
@@ -54,6 +56,8 @@ TOP_KEYS = (
 )
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SEED_PATH = "train.seed"
+VARIANT = "variant"
+"""The space key that picks one of the spec's named `variants:` per trial."""
 SMOKE_STEPS = 20
 
 
@@ -114,6 +118,8 @@ class Spec:
     """The reference configuration of the swept factors (grid search), seeds excluded."""
     text: str = ""
     """The spec file's text, recorded with the sweep so reports can quote it."""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named bundles of base overrides (dotted path -> value), swept by `space.variant`."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -121,10 +127,7 @@ class Spec:
 
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
         """The trial config for one point of the space (dotted path -> value)."""
-        raw = self.base_raw
-        for path, value in values.items():
-            raw = set_path(raw, path, value)
-        return TrialConfig.from_dict(raw)
+        return TrialConfig.from_dict(apply_point(self.base_raw, self.variants, values))
 
 
 def _line_map(text: str) -> dict[str, int]:
@@ -185,7 +188,55 @@ def _apply_override(data: dict, item: str, err: _Reporter) -> dict:
         err(key, e.expected, where="--set")
 
 
-def _parse_space(space_raw, base: TrialConfig, base_raw: dict, err: _Reporter) -> dict:
+def apply_point(base_raw: dict, variants: dict, values: dict[str, Any]) -> dict:
+    """base with a trial's values applied: its variant's overrides first, then the rest."""
+    raw = base_raw
+    for path, value in variants.get(values.get(VARIANT), {}).items():
+        raw = set_path(raw, path, value)
+    for path, value in values.items():
+        if path != VARIANT:
+            raw = set_path(raw, path, value)
+    return raw
+
+
+def _parse_variants(raw, base_raw: dict, err: _Reporter) -> dict[str, dict[str, Any]]:
+    """`variants:` -> {name: {path: value}}, each variant built into a full trial config."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        err("variants", "a mapping of name -> {dotted.path: value, ...}")
+    for name, overrides in raw.items():
+        key = f"variants.{name}"
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            err(key, "a name matching [A-Za-z0-9_-]+")
+        if not isinstance(overrides, dict):
+            err(key, "a mapping of dotted paths into base -> value ({} for the base itself)")
+        try:
+            TrialConfig.from_dict(apply_point(base_raw, raw, {VARIANT: name}))
+        except ConfigError as e:
+            err(key, f"overrides valid for base; {e.key}: {e.expected}")
+    return raw
+
+
+def _check_variant_factor(dist, variants: dict, space_raw: dict, err: _Reporter) -> None:
+    key = f"space.{VARIANT}"
+    if not variants:
+        err(key, "a `variants:` section defining the names it sweeps")
+    if not isinstance(dist, (Grid, Choice)):
+        err(key, "{grid: [...]} or {choice: [...]} of variant names")
+    for v in dist.values:
+        if v not in variants:
+            err(key, f"names defined under variants ({', '.join(variants)}), got {v!r}")
+    touched = {p for overrides in variants.values() for p in overrides}
+    for p in space_raw:
+        clash = [t for t in touched if t == p or t.startswith(p + ".") or p.startswith(t + ".")]
+        if p != VARIANT and clash:
+            err(f"space.{p}", f"not also set by a variant ({clash[0]}): which would win?")
+
+
+def _parse_space(
+    space_raw, base: TrialConfig, base_raw: dict, variants: dict, err: _Reporter
+) -> dict:
     """`space:` -> {path: distribution}, every value checked against its base field."""
     if not isinstance(space_raw, dict):
         err("space", "a mapping of dotted paths into base -> distribution")
@@ -194,6 +245,13 @@ def _parse_space(space_raw, base: TrialConfig, base_raw: dict, err: _Reporter) -
     space: dict[str, Distribution] = {}
     for p, raw in space_raw.items():
         key = f"space.{p}"
+        if p == VARIANT:
+            try:
+                space[p] = parse_distribution(raw)
+            except ConfigError as e:
+                err(key, e.expected)
+            _check_variant_factor(space[p], variants, space_raw, err)
+            continue
         if not isinstance(p, str) or p not in known:
             err(key, f"a path into base, e.g. {', '.join(list(known)[:4])}, ...")
         try:
@@ -306,7 +364,8 @@ def load_spec(
         except ConfigError as e:
             err(e.key, e.expected)
 
-    space = _parse_space(data.get("space") or {}, base, base_raw, err)
+    variants = _parse_variants(data.get("variants"), base_raw, err)
+    space = _parse_space(data.get("space") or {}, base, base_raw, variants, err)
     baseline = _parse_baseline(data.get("baseline"), space, err)
     if sections["scheduler"].kind == "asha":
         for p in ("train.steps", "train.eval_every"):
@@ -360,6 +419,7 @@ def load_spec(
         lines=err.lines,
         baseline=baseline,
         text=text,
+        variants=variants,
     )
 
 

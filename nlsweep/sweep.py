@@ -39,7 +39,15 @@ from nlsweep.space import (
     short_names,
     trial_label,
 )
-from nlsweep.spec import Spec, SpecError, check_resources, describe, local_resources, swept_values
+from nlsweep.spec import (
+    VARIANT,
+    Spec,
+    SpecError,
+    check_resources,
+    describe,
+    local_resources,
+    swept_values,
+)
 from nlsweep.tracking import (
     TAG_BASELINE,
     TAG_COMMIT,
@@ -52,6 +60,7 @@ from nlsweep.tracking import (
     TAG_SPEC_TEXT,
     TAG_STOPPED,
     TAG_TRIAL,
+    TAG_VARIANTS,
     Tracker,
     describe_store,
     git_commit,
@@ -176,6 +185,8 @@ class MlflowLogger(tune.Callback):
         cfg = self.spec.trial_config(values)
         self.steps[trial.trial_id] = cfg.train.steps
         params = flatten(to_dict(cfg))
+        if VARIANT in values:
+            params[VARIANT] = values[VARIANT]
         tags = {**self.base_tags, TAG_TRIAL: trial.trial_id, TAG_ROLE: "trial"}
         self.runs[trial.trial_id] = self.tracker.start_run(
             trial_label(values), params, tags, parent_id=self.parent_id
@@ -377,6 +388,7 @@ def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
         TAG_SPEC_TEXT: spec.text,
         TAG_SPACE: json.dumps({p: as_spec(d) for p, d in spec.space.items()}),
         TAG_BASELINE: json.dumps(spec.baseline),
+        TAG_VARIANTS: json.dumps(spec.variants),
         TAG_HARDWARE: describe_hardware(torch.device("cpu")),
     }
     return tracker.start_run(spec.name, params, tags), base_tags

@@ -34,6 +34,7 @@ TAG_STOPPED = "nlsweep.stopped_early"
 TAG_SPEC_TEXT = "nlsweep.spec_text"
 TAG_SPACE = "nlsweep.space"
 TAG_BASELINE = "nlsweep.baseline"
+TAG_VARIANTS = "nlsweep.variants"
 TAG_HARDWARE = "nlsweep.hardware"
 MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"

@@ -1,0 +1,63 @@
+"""Named variants: bundles of overrides swept as one factor (e.g. the four state configurations)."""
+
+import pytest
+
+from nlsweep.render import rerun_command
+from nlsweep.results import Trial
+from nlsweep.spec import SpecError, load_spec
+from nlsweep.tracking import RunData
+from tests.helpers import GOOD_SPEC
+
+NO_GPU = {"CPU": 2.0, "GPU": 0.0}
+VARIANTS = GOOD_SPEC.replace(
+    "  cms.periods.medium: {grid: [1, 2]}\n", "  variant: {grid: [reset, persistent, long]}\n"
+) + (
+    "variants:\n"
+    "  reset: {}\n"
+    "  persistent: {state.mode: persistent}\n"
+    "  long: {state.mode: persistent, data.seq_len: 32, surprise.weights.fast: 0.05}\n"
+)
+
+
+def test_variants_build_trial_configs(write_spec):
+    spec = load_spec(write_spec(VARIANTS), available=NO_GPU)
+    assert spec.plan.trials == 6
+    assert spec.baseline == {"variant": "reset"}
+    reset = spec.trial_config({"variant": "reset", "train.seed": 1})
+    long = spec.trial_config({"variant": "long", "train.seed": 0})
+    assert (reset.state.mode, reset.data.seq_len, reset.train.seed) == ("reset", 16, 1)
+    assert (long.state.mode, long.data.seq_len) == ("persistent", 32)
+    assert long.surprise.weights == {"fast": 0.05}
+
+
+@pytest.mark.parametrize(
+    "text,line,key,fragment",
+    [
+        (VARIANTS.replace("long: {state.mode: persistent,", "long: {state.mode: forever,"),
+         20, "variants.long", "state.mode: expected one of"),
+        (VARIANTS.replace("[reset, persistent, long]", "[reset, persistant]"), 12,
+         "space.variant", "names defined under variants"),
+        (VARIANTS.replace("variants:\n", "other:\n"), 17, "other", "unknown key"),
+        (VARIANTS.replace("  train.seed: {grid: [0, 1]}\n",
+                          "  train.seed: {grid: [0, 1]}\n  data.seq_len: {grid: [8, 16]}\n"),
+         14, "space.data.seq_len", "not also set by a variant (data.seq_len)"),
+        (GOOD_SPEC.replace("  cms.periods.medium: {grid: [1, 2]}\n", "  variant: {grid: [a]}\n"),
+         12, "space.variant", "a `variants:` section"),
+    ],
+)  # fmt: skip
+def test_bad_variants(write_spec, text, line, key, fragment):
+    with pytest.raises(SpecError) as e:
+        load_spec(write_spec(text), available=NO_GPU)
+    assert (e.value.line, e.value.key) == (line, key), str(e.value)
+    assert fragment in e.value.expected
+
+
+def test_rerun_command_spells_out_the_variant():
+    run = RunData("r1", "variant=long seed=0", "FINISHED", 0, 0,
+                  {"train.seed": "0", "variant": "long"}, {}, {})  # fmt: skip
+    trial = Trial(run=run, factors={"variant": "long"}, seed=0, final=1.0, best=1.0)
+    variants = {"long": {"state.mode": "persistent", "data.seq_len": 512}}
+    assert rerun_command("/x/s.yaml", trial, variants) == (
+        "python -m nlsweep.train /x/s.yaml --set base.state.mode=persistent "
+        "--set base.data.seq_len=512 --set base.train.seed=0"
+    )
