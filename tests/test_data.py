@@ -159,3 +159,15 @@ def test_download_stores_verified_file(tmp_path, monkeypatch):
 def test_wikitext_rejects_val_fraction():
     with pytest.raises(ConfigError, match="val_fraction"):
         DataConfig(corpus="wikitext2", val_fraction=0.2)
+
+
+def test_overlap_is_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    real = data.shingle_overlap
+    monkeypatch.setattr(data, "shingle_overlap", lambda a, b: calls.append(1) or real(a, b))
+    a, b = "abcdefghij" * 20, "abcdefghij" * 5
+    assert data.cached_overlap(a, b) == 1.0
+    assert data.cached_overlap(a, b) == 1.0
+    assert data.cached_overlap(a, b + "zzzz" * 10) < 1.0  # other text, other entry
+    assert len(calls) == 2

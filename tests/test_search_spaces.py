@@ -1,0 +1,78 @@
+"""Each search space runs as written at --smoke size (one seed, to keep CI short), and the
+mechanism it sweeps visibly acted in every trial's MLflow metrics."""
+
+import pytest
+
+from nlsweep.cli import main
+from nlsweep.spec import load_spec
+from nlsweep.tracking import TAG_ROLE, Tracker
+from tests.helpers import ROOT, has_shakespeare
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not has_shakespeare(), reason="Tiny Shakespeare not in NLSWEEP_DATA"),
+]
+SPACES = ROOT / "search_spaces"
+
+
+def smoke(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    rc = main(["run", str(SPACES / f"{name}.yaml"), "--smoke", "--set",
+               "space.train.seed={grid: [0]}", "--tracking-uri", uri, "--storage",
+               str(tmp_path / "ray")])  # fmt: skip
+    assert rc == 0
+    assert (tmp_path / "reports" / f"{name}.md").is_file()
+    runs = [r for r in Tracker(uri).runs(name) if r.data.tags.get(TAG_ROLE) == "trial"]
+    spec = load_spec(SPACES / f"{name}.yaml", available={"CPU": 2.0, "GPU": 0.0})
+    assert len(runs) == spec.plan.trials // 3  # one seed of three
+    assert all(r.info.status == "FINISHED" for r in runs)
+    return runs
+
+
+def test_delta_decay(tmp_path, monkeypatch):
+    for r in smoke(tmp_path, monkeypatch, "delta_decay"):
+        rate = float(r.data.params["optim.decay_rate"])
+        norm = r.data.metrics["optim/fast/decay_norm"]
+        assert (norm > 0) == (rate > 0), (rate, norm)
+        assert r.data.metrics["optim/slow/delta_matrices"] == 2
+
+
+def test_surprise_weights(tmp_path, monkeypatch):
+    for r in smoke(tmp_path, monkeypatch, "surprise_weights"):
+        p, m = r.data.params, r.data.metrics
+        for level in ("fast", "medium"):
+            on = float(p[f"surprise.weights.{level}"]) > 0
+            assert (f"surprise/{level}/signal_norm" in m) == on
+        if float(p["surprise.weights.fast"]) > 0:
+            ratio = m["surprise/fast/signal_norm"] / m["surprise/fast/output_norm"]
+            # the faithful signal is O(1/N) of the output; `tokens` brings it to O(1)
+            assert (ratio < 0.01) == (p["surprise.signal_scale"] == "none"), ratio
+
+
+def test_cms_chunks(tmp_path, monkeypatch):
+    for r in smoke(tmp_path, monkeypatch, "cms_chunks"):
+        p, m = r.data.params, r.data.metrics
+        for level in ("medium", "slow"):
+            assert m[f"cms/{level}/updates"] == 20 // int(p[f"cms.periods.{level}"])
+        assert m["cms/slow/lr_factor"] == {
+            "none": 1.0, "inverse": 1 / int(p["cms.periods.slow"]),
+            "inverse_sqrt": int(p["cms.periods.slow"]) ** -0.5,
+        }[p["cms.lr_scaling"]]  # fmt: skip
+
+
+def test_persistent_states(tmp_path, monkeypatch):
+    runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "persistent_states")}
+    assert set(runs) == {"reset", "persistent", "persistent_surprise", "persistent_seq512"}
+    assert "state/norm_h" not in runs["reset"].data.metrics  # nothing carried
+    for name in ("persistent", "persistent_surprise", "persistent_seq512"):
+        assert runs[name].data.metrics["state/norm_h"] > 0
+    assert runs["persistent_seq512"].data.params["data.seq_len"] == "512"
+    assert "surprise/fast/aux" in runs["persistent_surprise"].data.metrics
+    # at full size every variant evaluates the same held-out tokens (16 streams x 512)
+    spec = load_spec(SPACES / "persistent_states.yaml", available={"CPU": 2.0, "GPU": 0.0})
+    sizes = set()
+    for name in spec.variants:
+        d, t = (c := spec.trial_config({"variant": name})).data, c.train
+        sizes.add(t.eval_batches * d.seq_len * d.batch_size)
+    assert sizes == {16 * 512}
