@@ -97,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.spec}: ok ({spec.plan.trials} trials, {spec.plan.algorithm} search)")
         return 0
+    if args.dry_run:  # prints the plan; imports no Ray
+        from nlsweep.summary import dry_run
+
+        dry_run(spec)
+        return 0
     from nlsweep import sweep
     from nlsweep.tracking import TrackingError
 
-    if args.dry_run:
-        sweep.dry_run(spec)
-        return 0
     try:
         return sweep.run_sweep(spec)
     except (SpecError, TrackingError) as e:

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from models.common import ConfigError
+
+# YAML 1.2 floats that PyYAML (YAML 1.1) reads as strings because they lack a dot, such as
+# 1e-3 or 1e-06 (how Python prints small floats, so also how MLflow stores them).
+FLOAT_RE = re.compile(r"[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def as_number(value: Any) -> Any:
+    """A string spelling a number in YAML 1.2 (1e-3, 1e-06) -> that float; else unchanged."""
+    if isinstance(value, str) and FLOAT_RE.fullmatch(value):
+        return float(value.replace("_", ""))
+    return value
 
 
 def _describe(tp) -> str:
@@ -61,6 +73,7 @@ def coerce(tp, value: Any, key: str) -> Any:
         if isinstance(value, dict):
             return build(tp, value, key)
     elif tp is float:
+        value = as_number(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif tp is bool:

@@ -126,7 +126,9 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         f"evaluation), pooled over seeds; 'best during training' is the mean of each run's "
         f"best evaluation. Bold: the best row ({ctx.mode}). ≈ : the 95% CI of the "
         "difference contains 0, so the row is not distinguishable from the baseline. "
-        "p-values are Holm-adjusted across the rows compared with the baseline.",
+        "Intervals are per row (unadjusted); p-values are Holm-adjusted across the rows "
+        "compared with the baseline, so a row can have an interval that excludes 0 and a "
+        "p-value above 0.05.",
         "",
     ]
     out += _table(header, body)

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from nlsweep.config import as_number
 from nlsweep.space import trial_label
 from nlsweep.stats import Comparison, Summary, compare, holm, summarize
 from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, TAG_VARIANTS, RunData, SweepData
@@ -23,7 +24,7 @@ SEED = "train.seed"
 def _parse(text: str) -> Any:
     """A logged param string back to its value ('8' -> 8, 'adam' -> 'adam')."""
     try:
-        return yaml.safe_load(text)
+        return as_number(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
 
@@ -112,6 +113,9 @@ def build_rows(trials: list[Trial], ctx: Context) -> list[Row]:
         groups.setdefault(json.dumps([t.factors.get(f) for f in ctx.factors]), []).append(t)
     rows = []
     for members in groups.values():
+        members.sort(
+            key=lambda t: (not isinstance(t.seed, int), t.seed if isinstance(t.seed, int) else 0)
+        )
         done = [t for t in members if t.final is not None]
         rows.append(
             Row(

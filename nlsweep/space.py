@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.common import ConfigError, require
+from nlsweep.config import as_number
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class SchedulerConfig:
 
 
 def _pair(form: str, v: Any) -> tuple:
+    if isinstance(v, list):
+        v = [as_number(x) for x in v]
     ok = (
         isinstance(v, list)
         and len(v) == 2

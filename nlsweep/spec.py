@@ -16,12 +16,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import yaml
 
-from models.common import ConfigError, require
-from nlsweep.config import build, flatten, get_path, set_path, to_dict
+from models.common import ConfigError
+from nlsweep.config import as_number, build, flatten, get_path, set_path, to_dict
+from nlsweep.resources import Resources, check_resources, local_resources
 from nlsweep.space import (
     CONTINUOUS,
     Choice,
@@ -35,6 +36,7 @@ from nlsweep.space import (
     parse_distribution,
     translate,
 )
+from nlsweep.specfile import Reporter, SpecError, apply_override, line_map
 from nlsweep.train import OBJECTIVES, TrialConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -59,40 +61,6 @@ SEED_PATH = "train.seed"
 VARIANT = "variant"
 """The space key that picks one of the spec's named `variants:` per trial."""
 SMOKE_STEPS = 20
-
-
-class SpecError(Exception):
-    """A spec problem, printed as one line `FILE:LINE: key: expected`."""
-
-    def __init__(self, file: str, line: int | str, key: str, expected: str):
-        super().__init__(f"{file}:{line}: {key}: {expected}")
-        self.file, self.line, self.key, self.expected = file, line, key, expected
-
-    def __reduce__(self):
-        return (SpecError, (self.file, self.line, self.key, self.expected))
-
-    @classmethod
-    def at(cls, spec: Spec, key: str, expected: str) -> SpecError:
-        """An error about `key` of an already loaded spec, at that key's line."""
-        return cls(spec.path, locate(spec.lines, key), key, expected)
-
-
-@dataclass
-class Resources:
-    """`resources:` section: what each trial is given."""
-
-    cpu: float = 1.0
-    gpu: float = 0.0
-    """Fractional (0.25: four trials share a GPU) or whole (1, 2)."""
-
-    def __post_init__(self):
-        require(self.cpu > 0, "cpu", f"a positive number of CPUs, got {self.cpu}")
-        require(self.gpu >= 0, "gpu", f">= 0, got {self.gpu}")
-        require(
-            self.gpu <= 1 or float(self.gpu).is_integer(),
-            "gpu",
-            f"a fraction of one GPU or a whole number of GPUs, got {self.gpu}",
-        )
 
 
 @dataclass
@@ -130,64 +98,6 @@ class Spec:
         return TrialConfig.from_dict(apply_point(self.base_raw, self.variants, values))
 
 
-def _line_map(text: str) -> dict[str, int]:
-    """Dotted key path -> 1-based line of the key, from the safe loader's node tree."""
-    lines: dict[str, int] = {}
-
-    def walk(node, prefix: str, dotted_keys: bool) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = f"{prefix}{k.value}"
-                lines[key] = k.start_mark.line + 1
-                # `space` keys are already dotted paths; their values are distributions.
-                walk(v, key + ".", dotted_keys=(key == "space"))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
-    walk(root, "", False)
-    return lines
-
-
-def locate(lines: dict[str, int], key: str) -> int:
-    while key:
-        if key in lines:
-            return lines[key]
-        key = key.rpartition(".")[0]
-    return 1
-
-
-class _Reporter:
-    """Raises SpecError at the line of a key, or at `--set` when an override set it."""
-
-    def __init__(self, file: str, lines: dict[str, int]):
-        self.file, self.lines = file, lines
-        self.overridden: set[str] = set()
-
-    def __call__(self, key: str, expected: str, where: int | str | None = None) -> NoReturn:
-        if where is None and any(key == k or key.startswith(k + ".") for k in self.overridden):
-            where = "--set"
-        raise SpecError(self.file, where or locate(self.lines, key), key, expected)
-
-
-def _apply_override(data: dict, item: str, err: _Reporter) -> dict:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        err(item, "KEY=VALUE, e.g. base.train.steps=50", where="--set")
-    try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        err(key, f"a YAML value, got {text!r}", where="--set")
-    err.overridden.add(key)
-    if key.startswith("space."):
-        return {**data, "space": {**(data.get("space") or {}), key[len("space.") :]: value}}
-    try:
-        return set_path(data, key, value)
-    except ConfigError as e:
-        err(key, e.expected, where="--set")
-
-
 def apply_point(base_raw: dict, variants: dict, values: dict[str, Any]) -> dict:
     """base with a trial's values applied: its variant's overrides first, then the rest."""
     raw = base_raw
@@ -199,7 +109,7 @@ def apply_point(base_raw: dict, variants: dict, values: dict[str, Any]) -> dict:
     return raw
 
 
-def _parse_variants(raw, base_raw: dict, err: _Reporter) -> dict[str, dict[str, Any]]:
+def _parse_variants(raw, base_raw: dict, err: Reporter) -> dict[str, dict[str, Any]]:
     """`variants:` -> {name: {path: value}}, each variant built into a full trial config."""
     if raw is None:
         return {}
@@ -218,7 +128,7 @@ def _parse_variants(raw, base_raw: dict, err: _Reporter) -> dict[str, dict[str, 
     return raw
 
 
-def _check_variant_factor(dist, variants: dict, space_raw: dict, err: _Reporter) -> None:
+def _check_variant_factor(dist, variants: dict, space_raw: dict, err: Reporter) -> None:
     key = f"space.{VARIANT}"
     if not variants:
         err(key, "a `variants:` section defining the names it sweeps")
@@ -235,7 +145,7 @@ def _check_variant_factor(dist, variants: dict, space_raw: dict, err: _Reporter)
 
 
 def _parse_space(
-    space_raw, base: TrialConfig, base_raw: dict, variants: dict, err: _Reporter
+    space_raw, base: TrialConfig, base_raw: dict, variants: dict, err: Reporter
 ) -> dict:
     """`space:` -> {path: distribution}, every value checked against its base field."""
     if not isinstance(space_raw, dict):
@@ -259,6 +169,8 @@ def _parse_space(
         except ConfigError as e:
             err(key, e.expected if e.key == "distribution" else f"{e.key}: {e.expected}")
         current = get_path(base_dict, p)
+        if isinstance(current, float) and isinstance(dist, (Grid, Choice)):
+            dist = type(dist)(tuple(as_number(v) for v in dist.values))  # 1e-3 is a float
         kind = type(current).__name__
         if isinstance(dist, CONTINUOUS) and not isinstance(current, float):
             err(key, f"a distribution over {kind} values (uniform and loguniform draw real "
@@ -272,31 +184,6 @@ def _parse_space(
                 err(key, f"values valid for base.{p}; {v!r} gives {e.key}: {e.expected}")
         space[p] = dist
     return space
-
-
-def local_resources() -> dict[str, float]:
-    """CPUs and GPUs of this machine (what a local Ray instance would offer)."""
-    try:
-        import torch
-
-        gpus = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - a broken CUDA install means no usable GPU
-        gpus = 0
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
-
-
-def check_resources(res: Resources, available: dict[str, float], where: str) -> None:
-    """Raise ConfigError when a trial asks for more than the cluster has."""
-    if res.gpu > 0 and available.get("GPU", 0) == 0:
-        raise ConfigError("resources.gpu", f"0: {where} has no GPU (asked for {res.gpu})")
-    if res.gpu > available.get("GPU", 0):
-        raise ConfigError(
-            "resources.gpu", f"at most {available['GPU']:g} GPUs ({where}), got {res.gpu:g}"
-        )
-    if res.cpu > available.get("CPU", 0):
-        raise ConfigError(
-            "resources.cpu", f"at most {available.get('CPU', 0):g} CPUs ({where}), got {res.cpu:g}"
-        )
 
 
 def load_spec(
@@ -320,11 +207,11 @@ def load_spec(
         line = mark.line + 1 if mark else 1
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(file, line, "yaml", f"valid YAML ({problem})") from None
-    err = _Reporter(file, _line_map(text))
+    err = Reporter(file, line_map(text))
     if not isinstance(data, dict):
         err("spec", "a mapping with keys name, metric, base, space, ...")
     for item in overrides:
-        data = _apply_override(data, item, err)
+        data = apply_override(data, item, err)
     for k in data:
         if k not in TOP_KEYS:
             err(str(k), f"unknown key; expected one of {', '.join(TOP_KEYS)}")
@@ -423,12 +310,7 @@ def load_spec(
     )
 
 
-def factors(space: dict) -> list[str]:
-    """The swept paths that define a configuration: everything but the seed."""
-    return [p for p in space if p != SEED_PATH]
-
-
-def _parse_baseline(raw, space: dict[str, Distribution], err: _Reporter) -> dict[str, Any]:
+def _parse_baseline(raw, space: dict[str, Distribution], err: Reporter) -> dict[str, Any]:
     """`baseline:` -> the reference value of every grid factor (default: its first value)."""
     grid = {p: d for p, d in space.items() if isinstance(d, Grid) and p != SEED_PATH}
     if raw is None:

@@ -268,3 +268,10 @@ def test_holm_and_digits():
     assert holm([]) == []
     assert same_to_digits(2.123451, 2.123449) and not same_to_digits(2.1234, 2.1236)
     assert not same_to_digits(float("nan"), 1.0)
+
+
+def test_params_read_back_as_numbers():
+    from nlsweep.results import _parse
+
+    assert _parse("1e-06") == 1e-06 and _parse("8") == 8 and _parse("adam") == "adam"
+    assert _parse("True") is True and _parse("[1, 2]") == [1, 2]

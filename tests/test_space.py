@@ -181,3 +181,29 @@ def test_search_algorithms_are_seeded_and_capped(write_spec):
         assert draws(name, 12)[1] != first
     tpe = make_search_alg(_spec(write_spec, optuna_text))._sampler
     assert tpe._multivariate and tpe._constant_liar
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [("1e-06", 1e-06), ("1e-3", 1e-3), ("-2.5E+2", -250.0), (".5", 0.5), ("3", 3.0),
+     ("e5", "e5"), ("adam", "adam"), ("1e", "1e"), ("", "")],
+)  # fmt: skip
+def test_yaml_1_2_numbers(text, value):
+    """PyYAML reads 1e-06 (Python's, hence MLflow's, spelling) as a string; fields that
+    want a float take it as the number it spells."""
+    from nlsweep.config import as_number
+
+    assert as_number(text) == value
+
+
+def test_exponent_floats_in_specs_and_overrides(write_spec):
+    from nlsweep.spec import load_spec
+    from tests.helpers import GOOD_SPEC
+
+    text = GOOD_SPEC.replace("lr: 3.0e-3", "lr: 3e-3").replace(
+        "train.seed: {grid: [0, 1]}", "optim.lr: {grid: [1e-3, 1e-2]}"
+    )
+    spec = load_spec(write_spec(text), ["base.optim.eps=1e-06"], available={"CPU": 2, "GPU": 0})
+    assert spec.base.optim.lr == 3e-3 and spec.base.optim.eps == 1e-6
+    assert spec.space["optim.lr"] == Grid((1e-3, 1e-2))
+    assert spec.trial_config({"optim.lr": 1e-2}).optim.lr == 1e-2

@@ -1,0 +1,104 @@
+"""What a sweep prints: the dry-run plan before, the summary table and pointers after.
+
+Nothing here starts Ray or writes MLflow; results are read from Tune's ResultGrid entries.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from tabulate import tabulate
+
+from nlsweep.resources import local_resources
+from nlsweep.space import grid_points, short_names, trial_label
+from nlsweep.spec import Spec, swept_values
+from nlsweep.tracking import TAG_ERROR, describe_store, ui_command
+
+
+def concurrency(spec: Spec, available: dict[str, float]) -> int:
+    """How many trials run at once: the spec's cap, the trial count and the resources."""
+    n = min(spec.max_concurrent, spec.plan.trials)
+    n = min(n, int(available.get("CPU", 1) // spec.resources.cpu))
+    if spec.resources.gpu > 0:
+        n = min(n, int(available.get("GPU", 0) // spec.resources.gpu))
+    return max(n, 1)
+
+
+def dry_run(spec: Spec, out=print) -> None:
+    available = local_resources() if not os.environ.get("RAY_ADDRESS") else None
+    plan = spec.plan
+    out(
+        f"spec {spec.path} (sha256 {spec.sha256[:12]}): experiment {spec.name!r}, "
+        f"{plan.trials} trials, objective {spec.metric} ({spec.mode})"
+    )
+    if plan.algorithm == "grid":
+        rows = [[i, *pt.values()] for i, pt in enumerate(grid_points(plan.params))]
+        out(tabulate(rows, headers=["trial", *short_names(list(plan.params)).values()]))
+    else:
+        sampler = f" / {plan.sampler}" if plan.sampler else ""
+        out(f"{plan.algorithm}{sampler} search, seed {plan.seed}, over:")
+        for p, d in plan.params.items():
+            out(f"  {p}: {d}")
+    res = spec.resources
+    per = f"{res.cpu:g} CPU" + (f", {res.gpu:g} GPU" if res.gpu else "")
+    if available:
+        have = f"{available['CPU']:g} CPUs, {available['GPU']:g} GPUs on this machine"
+        out(
+            f"resources: {per} per trial; {have}; {concurrency(spec, available)} at a time "
+            f"(max_concurrent {spec.max_concurrent})"
+        )
+    else:
+        out(
+            f"resources: {per} per trial on the Ray cluster at $RAY_ADDRESS; "
+            f"at most {spec.max_concurrent} at a time"
+        )
+    out(f"storage: {spec.storage}/{spec.name}   tracking: {describe_store(spec.tracking_uri)}")
+    out("dry run: nothing was started")
+
+
+def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:
+    out("")
+    out(tabulate(rows, headers="keys", floatfmt=".4f"))
+    if best is not None:
+        out(
+            f"best trial: {best['trial']} ({best['label']}) {spec.metric} = {best[spec.metric]:.4f}"
+        )
+    else:
+        out("best trial: none (no trial reported a result)")
+    store = describe_store(spec.tracking_uri)
+    out(f"MLflow: experiment {spec.name!r} in {store}, parent run {parent_id}")
+    out(f"to compare trials: {ui_command(spec.tracking_uri)}")
+    out(f"Ray experiment folder: {spec.storage}/{spec.name}")
+    if failed:
+        out(f"{failed} trial(s) failed; their MLflow runs carry the error in tag {TAG_ERROR}")
+
+
+def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
+    """Rows for the summary table (one per trial), the best finished row, the failure count."""
+    names = short_names(list(spec.space))
+    rows, failed = [], 0
+    for r in results:
+        m = r.metrics or {}
+        values = swept_values(spec, r.config or {})
+        final_step = m.get("step")
+        if r.error is not None:
+            status, failed = "FAILED", failed + 1
+        elif final_step is not None and final_step < spec.trial_config(values).train.steps:
+            status = "STOPPED"  # early-stopped by the scheduler
+        else:
+            status = "FINISHED"
+        row = {"trial": m.get("trial_id", Path(r.path).name if r.path else "?")}
+        row.update({names[p]: v for p, v in values.items()})
+        row[spec.metric] = m.get(spec.metric, float("nan"))
+        tps = m.get("perf/tokens_per_s")
+        row["tokens/s"] = round(tps) if tps is not None and math.isfinite(tps) else None
+        row["status"] = status
+        row["label"] = trial_label(values)
+        rows.append(row)
+    done = [r for r in rows if r["status"] != "FAILED" and not math.isnan(r[spec.metric])]
+    pick = min if spec.mode == "min" else max
+    best = pick(done, key=lambda r: r[spec.metric]) if done else None
+    table = [{k: v for k, v in r.items() if k != "label"} for r in rows]
+    return table, best, failed
