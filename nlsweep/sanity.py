@@ -11,10 +11,9 @@ import json
 
 from nlsweep.results import Context, Trial
 from nlsweep.stats import same_to_digits
-from nlsweep.tracking import TAG_ERROR, TAG_STOPPED
+from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, TAG_STOPPED
 
 LEAK_THRESHOLD = 0.01
-TAG_DIVERGED = "nlsweep.diverged"
 WARNING_PREFIX = "nlsweep.warning"
 
 

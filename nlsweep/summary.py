@@ -14,7 +14,8 @@ from tabulate import tabulate
 from nlsweep.resources import local_resources
 from nlsweep.space import grid_points, short_names, trial_label
 from nlsweep.spec import Spec, swept_values
-from nlsweep.tracking import TAG_ERROR, describe_store, ui_command
+from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, describe_store, ui_command
+from nlsweep.train import DIVERGED
 
 
 def concurrency(spec: Spec, available: dict[str, float]) -> int:
@@ -73,6 +74,9 @@ def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print
     out(f"Ray experiment folder: {spec.storage}/{spec.name}")
     if failed:
         out(f"{failed} trial(s) failed; their MLflow runs carry the error in tag {TAG_ERROR}")
+    diverged = sum(r["status"] == "DIVERGED" for r in rows)
+    if diverged:
+        out(f"{diverged} trial(s) diverged and stopped; tag {TAG_DIVERGED} says at which step")
 
 
 def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
@@ -85,6 +89,8 @@ def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
         final_step = m.get("step")
         if r.error is not None:
             status, failed = "FAILED", failed + 1
+        elif DIVERGED in m:
+            status = "DIVERGED"  # a result of the experiment, not a failure of the harness
         elif final_step is not None and final_step < spec.trial_config(values).train.steps:
             status = "STOPPED"  # early-stopped by the scheduler
         else:
@@ -97,7 +103,9 @@ def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
         row["status"] = status
         row["label"] = trial_label(values)
         rows.append(row)
-    done = [r for r in rows if r["status"] != "FAILED" and not math.isnan(r[spec.metric])]
+    done = [
+        r for r in rows if r["status"] in ("FINISHED", "STOPPED") and math.isfinite(r[spec.metric])
+    ]
     pick = min if spec.mode == "min" else max
     best = pick(done, key=lambda r: r[spec.metric]) if done else None
     table = [{k: v for k, v in r.items() if k != "label"} for r in rows]

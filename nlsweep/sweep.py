@@ -44,6 +44,7 @@ from nlsweep.summary import print_summary, summarize
 from nlsweep.tracking import (
     TAG_BASELINE,
     TAG_COMMIT,
+    TAG_DIVERGED,
     TAG_ERROR,
     TAG_HARDWARE,
     TAG_ROLE,
@@ -57,7 +58,7 @@ from nlsweep.tracking import (
     Tracker,
     git_commit,
 )
-from nlsweep.train import describe_hardware
+from nlsweep.train import DIVERGED, describe_hardware
 from nlsweep.trainable import make_trainable
 
 METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise")
@@ -125,6 +126,7 @@ class MlflowLogger(tune.Callback):
         )
         self.runs: dict[str, str] = {}
         self.ended: set[str] = set()
+        self.diverged: set[str] = set()
         self.steps: dict[str, int] = {}
         self.last_step: dict[str, int] = {}
 
@@ -154,6 +156,10 @@ class MlflowLogger(tune.Callback):
             and isinstance(v, (int, float))
             and not isinstance(v, bool)
         }
+        if DIVERGED in result:
+            self.diverged.add(trial.trial_id)
+            self.tracker.tag(run_id, TAG_DIVERGED, result[DIVERGED])
+            metrics = {}  # its +-inf objective stays out of the metric history
         self.tracker.log(run_id, metrics, step=int(result["step"]))
         if trial.trial_id not in self.last_step and "hardware" in result:
             self.tracker.tag(run_id, TAG_HARDWARE, result["hardware"])
@@ -162,6 +168,9 @@ class MlflowLogger(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
+            return
+        if trial.trial_id in self.diverged:
+            self._end(trial.trial_id, "FAILED")
             return
         if self.last_step.get(trial.trial_id, 0) < self.steps[trial.trial_id]:
             self.tracker.tag(run_id, TAG_STOPPED, self.spec.scheduler.kind)

@@ -55,6 +55,8 @@ class TrainConfig:
     """auto = the GPU Ray assigned to the trial if any, else CPU."""
     threads: int = 0
     """torch CPU threads; 0 = one per CPU the trial was given (all cores outside Ray)."""
+    diverge_above: float = 0.0
+    """Stop the trial as diverged when its training loss exceeds this (0: only NaN or inf)."""
 
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"a positive integer, got {self.steps}")
@@ -64,6 +66,7 @@ class TrainConfig:
         )
         require(self.seed >= 0, "seed", f"a non-negative integer, got {self.seed}")
         require(self.threads >= 0, "threads", f"a non-negative integer, got {self.threads}")
+        require(self.diverge_above >= 0, "diverge_above", f">= 0, got {self.diverge_above}")
 
 
 @dataclass
@@ -138,6 +141,21 @@ def describe_hardware(device: torch.device, share: float = 0.0) -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU {model} ({os.cpu_count()} cores), torch threads: {torch.get_num_threads()}"
+
+
+DIVERGED = "diverged"
+"""Result key of a trial that stopped because its loss diverged (the value says how)."""
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN, inf, or larger than train.diverge_above."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"training loss {loss:.6g} at step {step}")
+        self.step, self.loss = step, loss
+
+    def __reduce__(self):
+        return (Diverged, (self.step, self.loss))
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -219,8 +237,10 @@ class Trainer:
         else:
             logits, new_state = self.model(x, self.state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.step + 1}")
+        bound = self.cfg.train.diverge_above
+        if not torch.isfinite(loss) or (bound and loss.item() > bound):
+            # Before backward: nothing of the diverged step reaches the weights.
+            raise Diverged(self.step + 1, loss.item())
         if surprise:
             self._accumulate_surprise(surprise_backward(loss, outputs, sp))
         else:
@@ -367,8 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         f"device {trainer.device}",
         flush=True,
     )
-    for m in trainer.run():
-        print(format_metrics(m), flush=True)
+    try:
+        for m in trainer.run():
+            print(format_metrics(m), flush=True)
+    except Diverged as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

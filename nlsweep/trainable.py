@@ -8,12 +8,14 @@ driver (not this process) writes them to MLflow.
 
 from __future__ import annotations
 
+import math
+
 import ray
 import torch
 from ray import tune
 
 from nlsweep.spec import Spec, swept_values
-from nlsweep.train import Trainer, describe_hardware
+from nlsweep.train import DIVERGED, Diverged, Trainer, describe_hardware
 
 
 def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
@@ -35,8 +37,14 @@ def run_trial(config: dict, spec: Spec) -> None:
     device = trial_device(spec, cfg.train.device, ray.get_gpu_ids())
     trainer = Trainer(cfg, device=device)
     hardware = describe_hardware(device, share=spec.resources.gpu)
-    for metrics in trainer.run():
-        tune.report({**metrics, "hardware": hardware})
+    try:
+        for metrics in trainer.run():
+            tune.report({**metrics, "hardware": hardware})
+    except Diverged as e:
+        # A result, not a crash: the trial ends now, is not retried, and the search sees the
+        # worst possible value of its objective.
+        worst = math.inf if spec.mode == "min" else -math.inf
+        tune.report({"step": e.step, spec.metric: worst, DIVERGED: str(e), "hardware": hardware})
 
 
 def make_trainable(spec: Spec):

@@ -5,6 +5,7 @@ import pytest
 from nlsweep.cli import main
 from nlsweep.tracking import (
     PARENT_TAG,
+    TAG_DIVERGED,
     TAG_ERROR,
     TAG_ROLE,
     TAG_SHA,
@@ -142,6 +143,30 @@ def test_asha_stops_a_hopeless_trial(tmp_path, write_spec, capsys):
     assert TAG_STOPPED not in by_lr[1e-2].data.tags
     assert [m.step for m in tracker.history(by_lr[1e-2].info.run_id, "val/bpc")] == [3, 6, 9, 12]
     assert "STOPPED" in out
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_stops_and_the_sweep_goes_on(tmp_path, write_spec, capsys):
+    text = GOOD_SPEC.replace(
+        "  cms.periods.medium: {grid: [1, 2]}\n  train.seed: {grid: [0, 1]}\n",
+        "  optim.lr: {grid: [0.1, 1.0e+6]}\n",
+    ).replace("{kind: adam, lr: 3.0e-3}", "{kind: sgd, lr: 0.1}")
+    text = text.replace(
+        "eval_batches: 2, seed: 0}", "eval_batches: 2, seed: 0, diverge_above: 20.0}"
+    )
+    rc, tracker = run_cli(tmp_path, write_spec(text))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    _, children = split_runs(tracker, "tiny")
+    runs = {float(r.data.params["optim.lr"]): r for r in children}
+    bad, good = runs[1e6], runs[0.1]
+    assert bad.info.status == "FAILED" and "at step" in bad.data.tags[TAG_DIVERGED]
+    assert "val/bpc" not in bad.data.metrics  # no +-inf in the metric history
+    assert good.info.status == "FINISHED" and TAG_DIVERGED not in good.data.tags
+    assert "DIVERGED" in out and "1 trial(s) diverged" in out
+    assert "(lr=0.1)" in out.split("\nbest trial:")[1].splitlines()[0]
+    report = (tmp_path / "reports" / "tiny.md").read_text()
+    assert "**Diverged**" in report
 
 
 def test_unreachable_tracking_server_fails_first(tmp_path, write_spec, capsys):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlsweep.train import Trainer, TrialConfig, main
+from nlsweep.train import Diverged, Trainer, TrialConfig, main
 
 BASE = {
     "model": {"kind": "nested_lstm", "d_model": 16, "d_ff": 24, "dropout": 0.1},
@@ -142,12 +142,26 @@ def test_delta_rule_acts_and_accumulates_over_a_chunk(corpus):
     assert m["optim/fast/delta_matrices"] == 2 and m["optim/medium/delta_matrices"] == 2
 
 
-def test_non_finite_loss_raises(corpus):
+def test_non_finite_loss_is_divergence(corpus):
     t = make(corpus)
     with torch.no_grad():
         t.model.head.bias.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="step 1"):
+    with pytest.raises(Diverged, match="training loss nan at step 1"):
         t.train_step()
+
+
+def test_divergence_bound_stops_before_the_update(corpus):
+    t = make(corpus, diverge_above=1.0)  # the first loss is about ln(vocab) > 1
+    before = [p.detach().clone() for p in t.model.parameters()]
+    with pytest.raises(Diverged) as e:
+        t.train_step()
+    assert e.value.step == 1 and e.value.loss > 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
+
+
+def test_train_cli_exit_code_on_divergence(write_spec, capsys):
+    assert main([str(write_spec()), "--set", "base.train.diverge_above=1.0"]) == 3
+    assert "diverged: training loss" in capsys.readouterr().err
 
 
 def test_train_cli_runs_the_base_config(write_spec, capsys):
