@@ -32,7 +32,7 @@ from models.common import ConfigError, check_ownership, detach_state, param_coun
 from models.optim import OptimConfig, build_optimizer
 from models.surprise import SurpriseConfig, surprise_backward
 from nlsweep.config import build
-from nlsweep.data import Corpus, DataConfig, StreamBatcher, load_corpus
+from nlsweep.data import Corpus, DataConfig, DataError, StreamBatcher, load_corpus
 
 STATE_FORMAT = 1
 SECTIONS = ("model", "cms", "optim", "surprise", "data", "state", "train")
@@ -381,7 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = spec.base
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except DataError as e:
+        print(f"{args.spec}: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:  # a size the data cannot fill, found once the corpus is read
+        print(f"{args.spec}: base.{e.key}: {e.expected}", file=sys.stderr)
+        return 2
     print(
         f"{spec.name}: {cfg.model.kind}, {param_count(trainer.model)} parameters, "
         f"device {trainer.device}",

@@ -178,6 +178,18 @@ def test_train_cli_bad_spec(write_spec, capsys):
     assert "--set: base.train.steps: a positive integer" in capsys.readouterr().err
 
 
+def test_train_cli_data_errors_are_one_line(write_spec, capsys, tmp_path, monkeypatch):
+    spec = write_spec()
+    assert main([str(spec), "--set", "base.data.seq_len=100000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{spec}: base.data.seq_len: at most") and "\n" not in err
+    missing = tmp_path / "none.txt"
+    assert main([str(spec), "--set", "base.data.corpus=text", "--set",
+                 f"base.data.path={missing}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err == f"{spec}: data.path: {missing} is not a readable text file"
+
+
 def test_state_dict_is_weights_only_loadable(corpus):
     t = make(corpus)
     t.train_step()
