@@ -59,12 +59,9 @@ class DeltaRule(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.kind = kind
         owned = {id(p) for g in self.param_groups for p in g["params"]}
-        self.covered = {id(w): w for _, w in covered_matrices(modules) if id(w) in owned}
-        self._hooks = [
-            mod.register_forward_pre_hook(self._capture(w))
-            for mod, w in covered_matrices(modules)
-            if id(w) in owned
-        ]
+        pairs = [(mod, w) for mod, w in covered_matrices(modules) if id(w) in owned]
+        self.covered = {id(w): w for _, w in pairs}
+        self._hooks = [mod.register_forward_pre_hook(self._capture(w)) for mod, w in pairs]
         self.last_decay_norm = 0.0
 
     def _capture(self, weight: nn.Parameter):

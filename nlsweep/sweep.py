@@ -118,12 +118,10 @@ class MlflowLogger(tune.Callback):
     """Writes each trial's child run from the driver as Tune reports results."""
 
     def __init__(self, tracker: Tracker, spec: Spec, parent_id: str, base_tags: dict):
-        self.tracker, self.spec, self.parent_id, self.base_tags = (
-            tracker,
-            spec,
-            parent_id,
-            base_tags,
-        )
+        self.tracker = tracker
+        self.spec = spec
+        self.parent_id = parent_id
+        self.base_tags = base_tags
         self.runs: dict[str, str] = {}
         self.ended: set[str] = set()
         self.diverged: set[str] = set()

@@ -237,10 +237,11 @@ class Trainer:
         else:
             logits, new_state = self.model(x, self.state)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        value = loss.item()  # the step's one host sync of the loss
         bound = self.cfg.train.diverge_above
-        if not torch.isfinite(loss) or (bound and loss.item() > bound):
+        if not math.isfinite(value) or (bound and value > bound):
             # Before backward: nothing of the diverged step reaches the weights.
-            raise Diverged(self.step + 1, loss.item())
+            raise Diverged(self.step + 1, value)
         if surprise:
             self._accumulate_surprise(surprise_backward(loss, outputs, sp))
         else:
@@ -249,7 +250,6 @@ class Trainer:
         if sc.mode != "reset":
             self.state = detach_state(new_state)  # truncated BPTT: no gradient into the past
         self.step += 1
-        value = loss.item()
         self._since_eval["seconds"] += time.perf_counter() - t0
         self._since_eval["loss"] += value
         self._since_eval["n"] += 1
