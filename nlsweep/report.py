@@ -29,9 +29,7 @@ def write_report(
     tracking_uri: str, experiment: str, out: Path, parent_run_id: str | None = None
 ) -> Path:
     """Read the sweep from MLflow, write `out` (markdown), its figures and CSV; return `out`."""
-    probe = read_sweep(tracking_uri, experiment, parent_run_id)
-    metric = probe.parent.params.get("metric", "val/bpc")
-    sweep = read_sweep(tracking_uri, experiment, probe.parent.run_id, history_keys=(metric,))
+    sweep = read_sweep(tracking_uri, experiment, parent_run_id)
     ctx = read_context(sweep)
     trials = [read_trial(r, ctx) for r in sweep.trials]
     out = Path(out)

@@ -226,9 +226,10 @@ def _run_data(client, run, history_keys) -> RunData:
 
 
 def read_sweep(
-    uri: str, experiment: str, parent_run_id: str | None = None, history_keys=()
+    uri: str, experiment: str, parent_run_id: str | None = None, history_keys=None
 ) -> SweepData:
-    """The newest sweep of `experiment` (or the given parent run) and all its trial runs."""
+    """The newest sweep of `experiment` (or the given parent run) and all its trial runs,
+    with the metric histories of `history_keys` (default: the sweep's objective)."""
     tracker = Tracker(uri)
     client = tracker.client
     exp = client.get_experiment_by_name(experiment)
@@ -246,6 +247,8 @@ def read_sweep(
         if not found:
             raise TrackingError(f"tracking_uri {uri}: experiment {experiment!r} has no sweep run")
         parent = found[0]
+    if history_keys is None:
+        history_keys = (parent.data.params.get("metric", "val/bpc"),)
     children = client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
