@@ -131,5 +131,14 @@ class DeltaRule(torch.optim.Optimizer):
                     st["n"] = 0
         self.last_decay_norm = math.sqrt(sq)
 
+    # The last step's decay norm is reported until the next step, so it checkpoints too.
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "last_decay_norm": self.last_decay_norm}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        self.last_decay_norm = float(state_dict.pop("last_decay_norm", 0.0))
+        super().load_state_dict(state_dict)
+
     def metrics(self) -> dict[str, float]:
         return {"decay_norm": self.last_decay_norm, "delta_matrices": float(len(self.covered))}

@@ -1,8 +1,9 @@
 """`nlsweep` command line: `run` a sweep, `validate` a spec, `report` a sweep.
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
-setup (tracking store, storage, resources), reported as one line before anything starts;
-130 interrupted.
+setup (tracking store, storage, resources, an earlier run of the sweep that is neither
+resumed nor restarted), reported as one line before anything starts; 130 interrupted
+(the message gives the command that resumes the sweep).
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a sweep (Ray Tune + MLflow)")
     _spec_args(run)
+    again = run.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted sweep of this spec: unfinished and failed trials from "
+        "their newest checkpoints, in the same MLflow runs",
+    )
+    again.add_argument(
+        "--restart",
+        action="store_true",
+        help="archive the earlier experiment folder of this spec and run the sweep anew",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -77,7 +90,16 @@ def report(args) -> int:
     return 0
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command that resumes the sweep `argv` (this CLI's arguments) started."""
+    import shlex
+
+    args = [a for a in argv[argv[:1] == ["run"] :] if a not in ("--restart", "--resume")]
+    return shlex.join(["python", "run_sweep.py", *args, "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     if args.command == "report":
         return report(args)
@@ -103,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         dry_run(spec)
         return 0
     from nlsweep import sweep
+    from nlsweep.experiment import ExperimentError
     from nlsweep.tracking import TrackingError
 
     try:
-        return sweep.run_sweep(spec)
-    except (SpecError, TrackingError) as e:
+        return sweep.run_sweep(
+            spec, resume=args.resume, restart=args.restart, resume_command=resume_command(argv)
+        )
+    except (SpecError, TrackingError, ExperimentError) as e:
         print(e, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ The full format is documented in docs/spec.md.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from nlsweep.space import (
     SchedulerConfig,
     SearchConfig,
     SearchPlan,
+    as_spec,
     candidate_values,
     parse_distribution,
     translate,
@@ -53,10 +55,12 @@ TOP_KEYS = (
     "scheduler",
     "resources",
     "max_concurrent",
+    "max_failures",
     "storage",
     "tracking_uri",
 )
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_MAX_FAILURES = 1
 SEED_PATH = "train.seed"
 VARIANT = "variant"
 """The space key that picks one of the spec's named `variants:` per trial."""
@@ -88,10 +92,29 @@ class Spec:
     """The spec file's text, recorded with the sweep so reports can quote it."""
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Named bundles of base overrides (dotted path -> value), swept by `space.variant`."""
+    max_failures: int = DEFAULT_MAX_FAILURES
+    """Times a trial that raised is retried from its newest checkpoint before it is FAILED."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
         self.plan = translate(self.space, self.search)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that decides which trials run and how (after --set and --smoke);
+        an interrupted sweep resumes only under the same fingerprint."""
+        fixed = {
+            "name": self.name,
+            "metric": self.metric,
+            "mode": self.mode,
+            "base": self.base_raw,
+            "space": {p: as_spec(d) for p, d in self.space.items()},
+            "variants": self.variants,
+            **{k: to_dict(getattr(self, k)) for k in ("search", "scheduler", "resources")},
+            "max_concurrent": self.max_concurrent,
+            "max_failures": self.max_failures,
+        }
+        return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
 
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
         """The trial config for one point of the space (dotted path -> value)."""
@@ -270,6 +293,9 @@ def load_spec(
     concurrent = data.get("max_concurrent", 1)
     if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
         err("max_concurrent", f"a positive integer, got {concurrent!r}")
+    failures = data.get("max_failures", DEFAULT_MAX_FAILURES)
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+        err("max_failures", f"a non-negative integer (retries per trial), got {failures!r}")
     store = storage or data.get("storage", "./ray_results")
     if not isinstance(store, str) or not store:
         err("storage", "a folder path or a URI")
@@ -299,6 +325,7 @@ def load_spec(
         scheduler=sections["scheduler"],
         resources=sections["resources"],
         max_concurrent=concurrent,
+        max_failures=failures,
         storage=store,
         tracking_uri=uri,
         path=str(Path(path).resolve()),
@@ -331,7 +358,7 @@ def _smoke(base_raw: dict) -> dict:
     train = dict(base_raw.get("train") or {})
     steps = train.get("steps", 300)
     steps = min(steps, SMOKE_STEPS) if isinstance(steps, int) else SMOKE_STEPS
-    train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2)
+    train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2, checkpoint_every=0)
     return {**base_raw, "train": train}
 
 
@@ -350,7 +377,7 @@ def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
 
 def describe(spec: Spec) -> dict[str, Any]:
     """Flat, loggable summary of the spec's top-level settings."""
-    keys = ("name", "metric", "mode", "max_concurrent", "storage", "tracking_uri")
+    keys = ("name", "metric", "mode", "max_concurrent", "max_failures", "storage", "tracking_uri")
     out = {k: getattr(spec, k) for k in keys}
     sections = ("search", "scheduler", "resources")
     out.update(flatten({k: to_dict(getattr(spec, k)) for k in sections}))

@@ -103,6 +103,7 @@ def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
         row["status"] = status
         row["label"] = trial_label(values)
         rows.append(row)
+    rows.sort(key=lambda r: str(r["trial"]))  # creation order, also after a resume
     done = [
         r for r in rows if r["status"] in ("FINISHED", "STOPPED") and math.isfinite(r[spec.metric])
     ]

@@ -10,10 +10,8 @@ here in the driver, from Tune callbacks, never in the trial processes.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,17 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from models.common import ConfigError
+from nlsweep.cluster import start_ray
 from nlsweep.config import flatten, to_dict
-from nlsweep.data import DataError, cached_overlap, load_texts, resolve_files
+from nlsweep.experiment import (
+    ExperimentError,
+    Marker,
+    experiment_path,
+    write_marker,
+)
+from nlsweep.preflight import prepare
 from nlsweep.report import write_report
-from nlsweep.resources import check_resources, local_resources
+from nlsweep.resources import check_resources
 from nlsweep.space import (
     Choice,
     Grid,
@@ -35,7 +40,6 @@ from nlsweep.space import (
     RandInt,
     Uniform,
     as_spec,
-    grid_points,
     short_names,
     trial_label,
 )
@@ -47,6 +51,7 @@ from nlsweep.tracking import (
     TAG_DIVERGED,
     TAG_ERROR,
     TAG_HARDWARE,
+    TAG_RESUMED,
     TAG_ROLE,
     TAG_SHA,
     TAG_SPACE,
@@ -115,30 +120,55 @@ def make_scheduler(spec: Spec):
 
 
 class MlflowLogger(tune.Callback):
-    """Writes each trial's child run from the driver as Tune reports results."""
+    """Writes each trial's child run from the driver as Tune reports results.
 
-    def __init__(self, tracker: Tracker, spec: Spec, parent_id: str, base_tags: dict):
+    After a resume (`known`: the parent's existing child runs by trial id) a trial keeps its
+    run: it is reopened, and results at steps it already logged (a trial restarts from its
+    newest checkpoint, which may be older than its last report) are not logged twice.
+    """
+
+    def __init__(self, tracker: Tracker, spec: Spec, parent_id: str, base_tags: dict, known=None):
         self.tracker = tracker
         self.spec = spec
         self.parent_id = parent_id
         self.base_tags = base_tags
+        self.known = dict(known or {})
         self.runs: dict[str, str] = {}
         self.ended: set[str] = set()
         self.diverged: set[str] = set()
         self.steps: dict[str, int] = {}
         self.last_step: dict[str, int] = {}
+        for run in self.known.values():
+            if run.info.status in ("RUNNING", "KILLED"):  # its trial continues now
+                tracker.reopen(run.info.run_id)
+
+    def __reduce__(self):
+        # Tune pickles its callbacks into the experiment folder; a restored experiment must
+        # call this driver's logger (live MLflow client, this session's state), not a copy.
+        return (active_logger, ())
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self.runs:
-            return
+        tid = trial.trial_id
+        if tid in self.runs:
+            return  # a retry within this run: same MLflow run, already open
         values = swept_values(self.spec, trial.config)
         cfg = self.spec.trial_config(values)
-        self.steps[trial.trial_id] = cfg.train.steps
+        self.steps[tid] = cfg.train.steps
+        if tid in self.known:
+            run = self.known[tid]
+            run_id = run.info.run_id
+            self.tracker.reopen(run_id)
+            self.tracker.untag(run_id, TAG_ERROR)
+            resumed = int(run.data.tags.get(TAG_RESUMED, "0")) + 1
+            self.tracker.tag(run_id, TAG_RESUMED, str(resumed))
+            self.last_step[tid] = self.tracker.last_step(run_id, self.spec.metric)
+            self.runs[tid] = run_id
+            return
         params = flatten(to_dict(cfg))
         if VARIANT in values:
             params[VARIANT] = values[VARIANT]
-        tags = {**self.base_tags, TAG_TRIAL: trial.trial_id, TAG_ROLE: "trial"}
-        self.runs[trial.trial_id] = self.tracker.start_run(
+        tags = {**self.base_tags, TAG_TRIAL: tid, TAG_ROLE: "trial"}
+        self.runs[tid] = self.tracker.start_run(
             trial_label(values), params, tags, parent_id=self.parent_id
         )
 
@@ -154,14 +184,17 @@ class MlflowLogger(tune.Callback):
             and isinstance(v, (int, float))
             and not isinstance(v, bool)
         }
+        step = int(result["step"])
         if DIVERGED in result:
             self.diverged.add(trial.trial_id)
             self.tracker.tag(run_id, TAG_DIVERGED, result[DIVERGED])
             metrics = {}  # its +-inf objective stays out of the metric history
-        self.tracker.log(run_id, metrics, step=int(result["step"]))
+        elif step <= self.last_step.get(trial.trial_id, 0):
+            return  # logged before this trial restarted from an older checkpoint
+        self.tracker.log(run_id, metrics, step=step)
         if trial.trial_id not in self.last_step and "hardware" in result:
             self.tracker.tag(run_id, TAG_HARDWARE, result["hardware"])
-        self.last_step[trial.trial_id] = int(result["step"])
+        self.last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.runs.get(trial.trial_id)
@@ -193,6 +226,16 @@ class MlflowLogger(tune.Callback):
         return len(open_ids)
 
 
+_ACTIVE: list[MlflowLogger] = []
+
+
+def active_logger() -> MlflowLogger:
+    """The logger of the sweep this driver is running (what a pickled logger stands for)."""
+    if not _ACTIVE:
+        raise RuntimeError("no nlsweep sweep is running in this process")
+    return _ACTIVE[-1]
+
+
 def _last_error_line(trial) -> str:
     try:
         lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
@@ -201,92 +244,68 @@ def _last_error_line(trial) -> str:
         return "unknown error"
 
 
-def _check_storage(spec: Spec) -> None:
-    if "://" in spec.storage:
-        return
-    try:
-        Path(spec.storage).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=spec.storage):
-            pass
-    except OSError as e:
-        raise SpecError.at(
-            spec, "storage", f"a writable folder; {spec.storage}: {e.strerror or e}"
-        ) from None
-
-
-def prepare_data(spec: Spec) -> None:
-    """Find (or download) every corpus the trials will read, before any trial starts."""
-    configs = [spec.base]
-    if spec.plan.algorithm == "grid":
-        configs += [spec.trial_config(pt) for pt in grid_points(spec.plan.params)]
-    seen = set()
-    for cfg in configs:
-        key = (cfg.data.corpus, cfg.data.path)
-        if key not in seen:
-            seen.add(key)
-            try:
-                resolve_files(cfg.data)
-                cached_overlap(*load_texts(cfg.data))  # computed once here, not per trial
-            except DataError as e:
-                raise SpecError.at(spec, "base.data", str(e)) from None
-
-
-def _start_ray() -> tuple[bool, dict[str, float], str]:
-    """Start a local Ray (or join $RAY_ADDRESS); returns (started_here, resources, where)."""
-    address = os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():
-        return False, ray.cluster_resources(), "the running Ray instance"
-    if address:
-        import models
-        import nlsweep
-
-        env = {k: os.environ[k] for k in ("NLSWEEP_DATA",) if k in os.environ}
-        ray.init(
-            address=address,
-            logging_level=logging.WARNING,
-            runtime_env={"py_modules": [nlsweep, models], "env_vars": env},
-        )
-        return True, ray.cluster_resources(), f"the Ray cluster at {address}"
-    local = local_resources()
-    # Workers must run the code the driver validated: an installed copy elsewhere on the
-    # path (another checkout's editable install, say) would otherwise win in the workers.
-    root = str(Path(__file__).resolve().parent.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH", "")) if p
-    )  # a local Ray inherits the driver's environment; a runtime_env would cost ~10 s
-    ray.init(
-        num_cpus=int(local["CPU"]),
-        num_gpus=int(local["GPU"]),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    return True, ray.cluster_resources(), "this machine"
-
-
-def run_sweep(spec: Spec, out=print, report_dir: Path | None = Path("reports")) -> int:
-    """Run the whole sweep and write its report; the exit code (0: every trial finished)."""
+def run_sweep(
+    spec: Spec,
+    out=print,
+    report_dir: Path | None = Path("reports"),
+    resume: bool = False,
+    restart: bool = False,
+    resume_command: str = "",
+) -> int:
+    """Run (or resume) the whole sweep and write its report; the exit code: 0 every trial
+    finished, 1 some failed, 130 interrupted (the message says how to resume)."""
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
-    _check_storage(spec)
-    prepare_data(spec)
+    marker = prepare(spec, resume, restart, trial_counts, out)
+    path = experiment_path(spec.storage, spec.name)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table below
-    started, available, where = _start_ray()
+    started, available, where = start_ray()
     try:
         try:
             check_resources(spec.resources, available, where)
         except ConfigError as e:
             raise SpecError.at(spec, e.key, e.expected) from None
-        parent_id, base_tags = open_sweep_run(tracker, spec)
-        logger = MlflowLogger(tracker, spec, parent_id, base_tags)
-        tuner = make_tuner(spec, logger)
+        if marker is None:
+            parent_id, base_tags = open_sweep_run(tracker, spec)
+            write_marker(path, Marker(parent_id, spec.tracking_uri, spec.fingerprint, spec.path))
+            logger = MlflowLogger(tracker, spec, parent_id, base_tags)
+        else:
+            parent_id = marker.parent_run_id
+            if not tracker.has_run(parent_id):
+                raise ExperimentError(
+                    f"{path}: its MLflow parent run {parent_id} is not in {spec.tracking_uri}; "
+                    "use --restart to archive the experiment and start over"
+                )
+            tracker.experiment(spec.name)
+            tracker.reopen(parent_id)
+            tracker.tag(
+                parent_id, TAG_RESUMED, str(int(tracker.tags(parent_id).get(TAG_RESUMED, 0)) + 1)
+            )
+            base_tags = sweep_tags(spec)
+            logger = MlflowLogger(tracker, spec, parent_id, base_tags, tracker.children(parent_id))
+            out(f"resuming {path} ({trial_counts(spec, path)[0]} trials finished before)")
+        _ACTIVE.append(logger)
         try:
+            tuner = make_tuner(spec, logger) if marker is None else restore_tuner(spec, path)
             results = tuner.fit()
-        except BaseException:
+        except BaseException as e:
             logger.close_open()
             tracker.end(parent_id, "KILLED")
+            if isinstance(e, KeyboardInterrupt):
+                out(f"interrupted; resume with: {resume_command}")
             raise
+        finally:
+            _ACTIVE.remove(logger)
         killed = logger.close_open()
+        unfinished = len(results) - results.num_terminated - results.num_errors
+        if unfinished or len(results) < spec.plan.trials:
+            tracker.end(parent_id, "KILLED")
+            done = results.num_terminated + results.num_errors
+            out(
+                f"interrupted: {done} of {spec.plan.trials} trials ended; checkpoints and "
+                f"the experiment state are in {path}\nresume with: {resume_command}"
+            )
+            return 130
         rows, best, failed = summarize(spec, results)
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         print_summary(spec, rows, best, failed, parent_id, out)
@@ -299,6 +318,26 @@ def run_sweep(spec: Spec, out=print, report_dir: Path | None = Path("reports")) 
     finally:
         if started:
             ray.shutdown()
+
+
+def trial_counts(spec: Spec, path: str) -> tuple[int, int]:
+    """(finished, planned) trials of the experiment at `path`, as Ray recorded them."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(path).trials
+    except Exception:  # noqa: BLE001 - no experiment state saved yet
+        trials = []
+    finished = sum(t.status == "TERMINATED" for t in trials)
+    return finished, max(spec.plan.trials, len(trials))
+
+
+def restore_tuner(spec: Spec, path: str) -> tune.Tuner:
+    """The interrupted experiment at `path`, its unfinished and errored trials to continue
+    from their newest checkpoints; the search algorithm and scheduler resume their state."""
+    return tune.Tuner.restore(
+        path, make_trainable(spec), resume_unfinished=True, resume_errored=True
+    )
 
 
 def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
@@ -327,6 +366,8 @@ def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=spec.name,
             storage_path=spec.storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             callbacks=[logger],
             progress_reporter=reporter,
             verbose=1,
@@ -334,13 +375,19 @@ def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
     )
 
 
+def sweep_tags(spec: Spec) -> dict[str, str]:
+    """Tags every run of the sweep carries: spec file, its hash, the code's commit."""
+    tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
+    commit = git_commit()
+    if commit:
+        tags[TAG_COMMIT] = commit
+    return tags
+
+
 def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
     """The sweep's parent run (spec settings and base config as params); its shared tags."""
     tracker.experiment(spec.name)
-    base_tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
-    commit = git_commit()
-    if commit:
-        base_tags[TAG_COMMIT] = commit
+    base_tags = sweep_tags(spec)
     params = {**describe(spec), **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()}}
     tags = {
         **base_tags,

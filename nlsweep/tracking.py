@@ -37,6 +37,7 @@ TAG_SPACE = "nlsweep.space"
 TAG_BASELINE = "nlsweep.baseline"
 TAG_VARIANTS = "nlsweep.variants"
 TAG_HARDWARE = "nlsweep.hardware"
+TAG_RESUMED = "nlsweep.resumed"
 MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
@@ -168,6 +169,36 @@ class Tracker:
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def reopen(self, run_id: str) -> None:
+        """Set a run back to RUNNING (its trial continues after a resume or a retry)."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def untag(self, run_id: str, key: str) -> None:
+        if key in self.tags(run_id):
+            self.client.delete_tag(run_id, key)
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def has_run(self, run_id: str) -> bool:
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except Exception:  # noqa: BLE001 - MLflow raises its own error for unknown ids
+            return False
+
+    def children(self, parent_id: str) -> dict[str, Any]:
+        """The child runs of a parent run, by their trial-id tag."""
+        runs = self.client.search_runs(
+            [self.client.get_run(parent_id).info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            max_results=10000,
+        )
+        return {r.data.tags[TAG_TRIAL]: r for r in runs if TAG_TRIAL in r.data.tags}
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """The highest step logged for `key` in a run (0 when none)."""
+        return max((m.step for m in self.client.get_metric_history(run_id, key)), default=0)
 
     def runs(self, experiment_name: str) -> list:
         """All runs of an experiment (for tests and reports)."""

@@ -57,6 +57,10 @@ class TrainConfig:
     """torch CPU threads; 0 = one per CPU the trial was given (all cores outside Ray)."""
     diverge_above: float = 0.0
     """Stop the trial as diverged when its training loss exceeds this (0: only NaN or inf)."""
+    checkpoint_every: int = 0
+    """In a sweep, save the complete training state every this many steps (a multiple of
+    eval_every, since a checkpoint travels with an evaluation's report) and after the last
+    step; 0: at every evaluation. A resumed or retried trial continues from its newest one."""
 
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"a positive integer, got {self.steps}")
@@ -67,6 +71,16 @@ class TrainConfig:
         require(self.seed >= 0, "seed", f"a non-negative integer, got {self.seed}")
         require(self.threads >= 0, "threads", f"a non-negative integer, got {self.threads}")
         require(self.diverge_above >= 0, "diverge_above", f">= 0, got {self.diverge_above}")
+        require(
+            self.checkpoint_every >= 0 and self.checkpoint_every % self.eval_every == 0,
+            "checkpoint_every",
+            f"0 or a multiple of eval_every ({self.eval_every}), got {self.checkpoint_every}",
+        )
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether the evaluation after `step` carries a checkpoint."""
+        every = self.checkpoint_every or self.eval_every
+        return step % every == 0 or step == self.steps
 
 
 @dataclass
@@ -349,7 +363,8 @@ class Trainer:
         self.model.load_state_dict(sd["model"])
         self.cms.load_state_dict(sd["cms"])
         self.batcher.load_state_dict(sd["data"])
-        self.state = sd["recurrent"]
+        recurrent = sd["recurrent"]
+        self.state = None if recurrent is None else tuple(t.to(self.device) for t in recurrent)
         self.state_resets = int(sd["state_resets"])
         _set_rng_state(sd["rng"])
         self.history = list(sd["history"])

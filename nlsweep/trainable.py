@@ -3,17 +3,24 @@
 Ray gives each trial the spec's `resources`; a trial given a GPU trains on it, else on CPU.
 Trials sharing a GPU (fractional `gpu`) cap their CUDA memory to their share, so one trial
 cannot starve the others. Metrics are passed to `tune.report` at every evaluation; the
-driver (not this process) writes them to MLflow.
+driver (not this process) writes them to MLflow. Evaluations due a checkpoint
+(`train.checkpoint_every`, and the last) carry the complete training state with them, and a
+trial Ray restarts (after a retry, or a resumed sweep) continues from its newest checkpoint,
+exactly where that left off.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import tempfile
+import time
 
 import ray
 import torch
 from ray import tune
 
+from nlsweep import checkpoint
 from nlsweep.spec import Spec, swept_values
 from nlsweep.train import DIVERGED, Diverged, Trainer, describe_hardware
 
@@ -32,14 +39,38 @@ def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
 
 
 def run_trial(config: dict, spec: Spec) -> None:
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = spec.trial_config(swept_values(spec, config))
     torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
     device = trial_device(spec, cfg.train.device, ray.get_gpu_ids())
     trainer = Trainer(cfg, device=device)
+    resumed = tune.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            checkpoint.restore(trainer, folder)
     hardware = describe_hardware(device, share=spec.resources.gpu)
+    # Seconds this trial (this attempt) spent in reports with and without a checkpoint (the
+    # difference per report is the checkpoint's cost; both include Ray's hand-over); reported
+    # one evaluation late, since a report's own time is known only once it returns.
+    spent = {"checkpoint_s": 0.0, "checkpoints": 0.0, "report_s": 0.0, "reports": 0.0}
     try:
         for metrics in trainer.run():
-            tune.report({**metrics, "hardware": hardware})
+            metrics = {
+                **metrics,
+                **{f"perf/{k}": v for k, v in spent.items()},
+                "hardware": hardware,
+            }
+            t0 = time.perf_counter()
+            if cfg.train.checkpoint_due(trainer.step):
+                with tempfile.TemporaryDirectory(prefix="nlsweep-ckpt-") as folder:
+                    checkpoint.save(trainer, folder)
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                kind = "checkpoint"
+            else:
+                tune.report(metrics)
+                kind = "report"
+            spent[f"{kind}_s"] += time.perf_counter() - t0
+            spent[f"{kind}s"] += 1
     except Diverged as e:
         # A result, not a crash: the trial ends now, is not retried, and the search sees the
         # worst possible value of its objective.

@@ -164,6 +164,32 @@ CASES = [
         "positive integer",
     ),
     (
+        "negative max_failures",
+        GOOD_SPEC + "max_failures: -1\n",
+        [],
+        17,
+        "max_failures",
+        "non-negative integer",
+    ),
+    (
+        "checkpoint not at an evaluation",
+        edit("eval_every: 4,", "eval_every: 4, checkpoint_every: 6,"),
+        [],
+        10,
+        "base.train.checkpoint_every",
+        "a multiple of eval_every (4), got 6",
+    ),
+    (
+        "checkpoint cadence broken by a swept eval_every",
+        edit("train.seed: {grid: [0, 1]}", "train.eval_every: {grid: [4, 3]}").replace(
+            "eval_every: 4,", "eval_every: 4, checkpoint_every: 8,"
+        ),
+        [],
+        13,
+        "space.train.eval_every",
+        "multiple of eval_every (3)",
+    ),
+    (
         "text corpus without a path",
         edit("corpus: pydoc", "corpus: text"),
         [],
