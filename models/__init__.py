@@ -5,9 +5,13 @@ This package never imports ray, mlflow or yaml.
 """
 
 from models.nested_lstm import NestedLSTM, NestedLSTMConfig
+from models.titans import Titans, TitansConfig
+from models.transformer import Transformer, TransformerConfig
 
 MODEL_KINDS = {
     "nested_lstm": (NestedLSTMConfig, NestedLSTM),
+    "transformer": (TransformerConfig, Transformer),
+    "titans": (TitansConfig, Titans),
 }
 
-__all__ = ["MODEL_KINDS", "NestedLSTM", "NestedLSTMConfig"]
+__all__ = ["MODEL_KINDS", "NestedLSTM", "NestedLSTMConfig", "Titans", "Transformer"]

@@ -30,8 +30,9 @@ from models.common import ConfigError, require
 class CMSConfig:
     """`cms:` section."""
 
-    periods: dict[str, int] = field(default_factory=lambda: {"fast": 1, "medium": 1, "slow": 1})
-    """Update period C_l in outer steps for each level of the model (keys = its levels)."""
+    periods: dict[str, int] = field(default_factory=dict)
+    """Update period C_l in outer steps for each level of the model (keys = its levels;
+    unset: every level steps every outer step)."""
     lr_scaling: Literal["none", "inverse", "inverse_sqrt"] = "none"
     """Level l's learning rate: lr, lr / C_l or lr / sqrt(C_l). Under Adam, `inverse` counts
     the period twice: Adam's step size does not depend on the gradient's scale, so a level
@@ -50,13 +51,13 @@ class CMSConfig:
             )
 
     def lr_factor(self, level: str) -> float:
-        c = self.periods[level]
+        c = self.periods.get(level, 1)
         return {"none": 1.0, "inverse": 1.0 / c, "inverse_sqrt": 1.0 / math.sqrt(c)}[
             self.lr_scaling
         ]
 
     def check_levels(self, levels) -> None:
-        if set(self.periods) != set(levels):
+        if self.periods and set(self.periods) != set(levels):
             raise ConfigError(
                 "periods",
                 f"one period for each of the model's levels {list(levels)}, "
@@ -75,7 +76,7 @@ class CMSOptimizer:
     ):
         """`make_optimizer(level, params, lr_factor)` builds one level's optimizer."""
         self.params = {level: list(ps) for level, ps in level_params.items()}
-        self.periods = dict(cfg.periods)
+        self.periods = {level: cfg.periods.get(level, 1) for level in self.params}
         self.accumulate = cfg.accumulate
         self.lr_factors = {level: cfg.lr_factor(level) for level in self.params}
         self.optimizers = {

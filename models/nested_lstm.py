@@ -68,6 +68,7 @@ def _norm(kind: str, d: int) -> nn.Module:
 class NestedLSTM(nn.Module):
     levels = LEVELS
     state_names = ("h", "c")
+    carries_state = True
 
     def __init__(self, cfg: NestedLSTMConfig, vocab_size: int):
         super().__init__()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from models.common import ConfigError, require
+from nlsweep.tasks import TASKS, load_task
 
 DEFAULT_VAL_FRACTION = 0.1
 SHINGLE = 32
@@ -69,7 +70,8 @@ class DataError(RuntimeError):
 class DataConfig:
     """`data:` section."""
 
-    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text"] = "pydoc"
+    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text", "mqar"] = "pydoc"
+    """A text corpus (characters), or a synthetic memory task (`nlsweep/tasks.py`)."""
     path: str = ""
     """Folder holding the corpus files (a file for `text`); empty = NLSWEEP_DATA / cache."""
     seq_len: int = 64
@@ -78,8 +80,35 @@ class DataConfig:
     """Number of contiguous streams B."""
     val_fraction: float | None = None
     """Held-out tail of single-file corpora (default 0.1); not allowed for wikitext2."""
+    vocab_size: int | None = None
+    """mqar: tokens in the vocabulary (default 64; 0 is filler, then keys, then values)."""
+    num_kv_pairs: int | None = None
+    """mqar: key-value pairs per sequence, all queried at its end (default 8)."""
+    task_seed: int = 0
+    """mqar: seed of the generated training and held-out sequences."""
 
     def __post_init__(self):
+        if self.corpus == "mqar":
+            self.vocab_size = 64 if self.vocab_size is None else self.vocab_size
+            self.num_kv_pairs = 8 if self.num_kv_pairs is None else self.num_kv_pairs
+            require(self.num_kv_pairs >= 1, "num_kv_pairs", f">= 1, got {self.num_kv_pairs}")
+            require(
+                (self.vocab_size - 1) // 2 >= self.num_kv_pairs,
+                "vocab_size",
+                f"at least {2 * self.num_kv_pairs + 1} for {self.num_kv_pairs} distinct keys, "
+                f"got {self.vocab_size}",
+            )
+            require(
+                self.seq_len >= 4 * self.num_kv_pairs,
+                "seq_len",
+                f"at least 4 x num_kv_pairs = {4 * self.num_kv_pairs}, got {self.seq_len}",
+            )
+            require(not self.path, "path", "unset for a generated task")
+            require(self.task_seed >= 0, "task_seed", f">= 0, got {self.task_seed}")
+        else:
+            for key in ("vocab_size", "num_kv_pairs"):
+                require(getattr(self, key) is None, key, "unset unless corpus is mqar")
+            require(self.task_seed == 0, "task_seed", "unset unless corpus is mqar")
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
         require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
         if self.val_fraction is not None:
@@ -273,6 +302,15 @@ class Corpus:
     val: torch.Tensor
     val_overlap: float
     val_unk_rate: float
+    accuracy_key: str | None = None
+    """Text corpora report no accuracy; tasks name theirs (e.g. val/recall_acc)."""
+
+    def batchers(self, batch_size: int, seq_len: int):
+        """(training, held-out) batchers of B contiguous streams."""
+        return (
+            StreamBatcher(self.train, batch_size, seq_len, "training"),
+            StreamBatcher(self.val, batch_size, seq_len, "held-out"),
+        )
 
 
 def cached_overlap(train: str, val: str) -> float:
@@ -296,6 +334,8 @@ def cached_overlap(train: str, val: str) -> float:
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
+    if cfg.corpus in TASKS:
+        return load_task(cfg)
     train_text, val_text = load_texts(cfg)
     if not train_text or not val_text:
         raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")

@@ -23,6 +23,7 @@ from nlsweep.experiment import (
 )
 from nlsweep.space import grid_points
 from nlsweep.spec import Spec, SpecError
+from nlsweep.tasks import TASKS
 
 
 def check_storage(spec: Spec) -> None:
@@ -46,7 +47,7 @@ def prepare_data(spec: Spec) -> None:
     seen = set()
     for cfg in configs:
         key = (cfg.data.corpus, cfg.data.path)
-        if key not in seen:
+        if key not in seen and cfg.data.corpus not in TASKS:  # tasks are generated
             seen.add(key)
             try:
                 resolve_files(cfg.data)

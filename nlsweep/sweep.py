@@ -33,6 +33,7 @@ from nlsweep.experiment import (
 from nlsweep.preflight import prepare
 from nlsweep.report import write_report
 from nlsweep.resources import check_resources
+from nlsweep.runtime import describe_hardware
 from nlsweep.space import (
     Choice,
     Grid,
@@ -63,7 +64,7 @@ from nlsweep.tracking import (
     Tracker,
     git_commit,
 )
-from nlsweep.train import DIVERGED, describe_hardware
+from nlsweep.train import DIVERGED
 from nlsweep.trainable import make_trainable
 
 METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise")

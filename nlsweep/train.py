@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -31,8 +29,12 @@ from models.cms import CMSConfig, CMSOptimizer
 from models.common import ConfigError, check_ownership, detach_state, param_count, require
 from models.optim import OptimConfig, build_optimizer
 from models.surprise import SurpriseConfig, surprise_backward
+from models.teach import IGNORE
 from nlsweep.config import build
-from nlsweep.data import Corpus, DataConfig, DataError, StreamBatcher, load_corpus
+from nlsweep.data import Corpus, DataConfig, DataError, load_corpus
+from nlsweep.runtime import DIVERGED, Diverged, pick_device, rng_state, set_rng_state
+
+__all__ = ["DIVERGED", "Diverged", "Trainer", "TrialConfig"]
 
 STATE_FORMAT = 1
 SECTIONS = ("model", "cms", "optim", "surprise", "data", "state", "train")
@@ -127,6 +129,15 @@ class TrialConfig:
         cfg_cls, model_cls = MODEL_KINDS[kind]
         cms = build(CMSConfig, d.get("cms"), "cms.")
         surprise = build(SurpriseConfig, d.get("surprise"), "surprise.")
+        state = build(StateConfig, d.get("state"), "state.")
+        if surprise.active and not hasattr(model_cls, "forward_levels"):
+            raise ConfigError(
+                "surprise.weights", f"unset: model kind {kind} has no surprise levels"
+            )
+        if state.mode != "reset" and not model_cls.carries_state:
+            raise ConfigError(
+                "state.mode", f"reset: model kind {kind} keeps no state between batches"
+            )
         for name, section in (("cms", cms), ("surprise", surprise)):
             try:
                 section.check_levels(model_cls.levels)
@@ -138,63 +149,9 @@ class TrialConfig:
             optim=build(OptimConfig, d.get("optim"), "optim."),
             surprise=surprise,
             data=build(DataConfig, d.get("data"), "data."),
-            state=build(StateConfig, d.get("state"), "state."),
+            state=state,
             train=build(TrainConfig, d.get("train"), "train."),
         )
-
-
-def describe_hardware(device: torch.device, share: float = 0.0) -> str:
-    """Where a trial ran, for reports: the GPU model, or the CPU model and torch threads."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return f"GPU {name}" + (f" ({share:g} share)" if 0 < share < 1 else "")
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"CPU {model} ({os.cpu_count()} cores), torch threads: {torch.get_num_threads()}"
-
-
-DIVERGED = "diverged"
-"""Result key of a trial that stopped because its loss diverged (the value says how)."""
-
-
-class Diverged(FloatingPointError):
-    """The training loss became NaN, inf, or larger than train.diverge_above."""
-
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"training loss {loss:.6g} at step {step}")
-        self.step, self.loss = step, loss
-
-    def __reduce__(self):
-        return (Diverged, (self.step, self.loss))
-
-
-def pick_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(sd: dict) -> None:
-    random.setstate((sd["python"][0], tuple(sd["python"][1]), sd["python"][2]))
-    name, keys, *rest = sd["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(sd["torch"])
-    if sd["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(sd["cuda"])
 
 
 class Trainer:
@@ -219,8 +176,7 @@ class Trainer:
             lambda level, ps, factor: build_optimizer(ps, cfg.optim, factor, modules[level]),
         )
         B, T = cfg.data.batch_size, cfg.data.seq_len
-        self.batcher = StreamBatcher(self.corpus.train, B, T, "training")
-        self.heldout = StreamBatcher(self.corpus.val, B, T, "held-out")
+        self.batcher, self.heldout = self.corpus.batchers(B, T)
         self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
         self.step = 0
         # Recurrent training state carried between batches (None: zeros at the next batch).
@@ -250,7 +206,9 @@ class Trainer:
             logits, new_state, outputs = self.model.forward_levels(x, self.state)
         else:
             logits, new_state = self.model(x, self.state)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
+        )
         value = loss.item()  # the step's one host sync of the loss
         bound = self.cfg.train.diverge_above
         if not math.isfinite(value) or (bound and value > bound):
@@ -280,19 +238,25 @@ class Trainer:
         """Mean held-out cross-entropy (nats/token) over the fixed evaluation windows."""
         was_training = self.model.training
         self.model.eval()
-        total, count = 0.0, 0
+        total, count, hits = 0.0, 0, 0
         state = None  # evaluation's own state, never the training state (notes, pitfall 7)
         carry = self.cfg.state.mode != "reset"
         for k in range(self.eval_windows):
             x, y = self.heldout.window(k)
+            y = y.to(self.device)
             logits, new_state = self.model(x.to(self.device), state if carry else None)
             state = new_state
+            flat = y.reshape(-1)
             total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.to(self.device).reshape(-1), reduction="sum"
+                logits.reshape(-1, logits.shape[-1]), flat, reduction="sum", ignore_index=IGNORE
             ).item()
-            count += y.numel()
+            active = flat != IGNORE
+            count += int(active.sum())
+            hits += int((logits.reshape(-1, logits.shape[-1]).argmax(-1) == flat)[active].sum())
         self.model.train(was_training)
-        return total / count
+        self.accuracy = hits / max(count, 1)  # of the positions the loss counts
+        self.eval_tokens = count
+        return total / max(count, 1)
 
     def _metrics(self) -> dict[str, float]:
         B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
@@ -310,9 +274,13 @@ class Trainer:
             "model/params": float(param_count(self.model)),
             "data/val_overlap": self.corpus.val_overlap,
             "data/val_unk_rate": self.corpus.val_unk_rate,
-            "data/val_tokens": float(self.eval_windows * B * T),
+            "data/val_tokens": float(self.eval_tokens),
         }
+        if self.corpus.accuracy_key:
+            m[self.corpus.accuracy_key] = self.accuracy
         m.update(self.cms.metrics())
+        if hasattr(self.model, "inner_metrics"):
+            m.update(self.model.inner_metrics())
         if self.cfg.surprise.active:
             n = since.get("surprise_steps", 0)
             m["surprise/steps"] = float(n)  # steps since the last evaluation that applied it
@@ -350,7 +318,7 @@ class Trainer:
             "data": self.batcher.state_dict(),
             "recurrent": self.state,
             "state_resets": self.state_resets,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "history": list(self.history),
             "since_eval": copy.deepcopy(self._since_eval),
             "elapsed": self.elapsed,
@@ -366,7 +334,7 @@ class Trainer:
         recurrent = sd["recurrent"]
         self.state = None if recurrent is None else tuple(t.to(self.device) for t in recurrent)
         self.state_resets = int(sd["state_resets"])
-        _set_rng_state(sd["rng"])
+        set_rng_state(sd["rng"])
         self.history = list(sd["history"])
         self._since_eval = copy.deepcopy(sd["since_eval"])
         self.elapsed = float(sd["elapsed"])

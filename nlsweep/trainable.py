@@ -21,8 +21,9 @@ import torch
 from ray import tune
 
 from nlsweep import checkpoint
+from nlsweep.runtime import describe_hardware
 from nlsweep.spec import Spec, swept_values
-from nlsweep.train import DIVERGED, Diverged, Trainer, describe_hardware
+from nlsweep.train import DIVERGED, Diverged, Trainer
 
 
 def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:

@@ -141,3 +141,40 @@ def test_bad_checkpoints_fail_with_the_file_named(corpus, tmp_path):
     torch.save({"format": 1, "x": Evil()}, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(CheckpointError, match="unreadable"):
         checkpoint.load(tmp_path)  # weights_only refuses to run the pickled call
+
+
+TITANS = {
+    "model": {"kind": "titans", "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32,
+              "memory_chunk": 4},
+    "optim": {"kind": "delta_adam", "lr": 3e-3, "decay_rate": 1e-3},
+    "data": {"corpus": "pydoc", "seq_len": 8, "batch_size": 3},
+    "train": {"steps": 8, "eval_every": 2, "eval_batches": 2, "seed": 5, "threads": 1},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {**TITANS, "state": {"mode": "persistent"}},
+        {**TITANS, "data": {"corpus": "mqar", "seq_len": 32, "batch_size": 4, "num_kv_pairs": 4}},
+    ],
+    ids=["titans-persistent-memory", "titans-mqar"],
+)
+def test_titans_restore_is_bit_identical(corpus, tmp_path, raw):
+    data = None if raw["data"]["corpus"] == "mqar" else corpus
+    straight = Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"), corpus=data)
+    full = deterministic(list(straight.run()))
+    first = Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"), corpus=data)
+    seen = []
+    for m in first.run():
+        seen.append(m)
+        if first.step == 4:
+            break
+    checkpoint.save(first, tmp_path)
+    scramble_global_rngs()
+    resumed = Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"), corpus=data)
+    checkpoint.restore(resumed, tmp_path)
+    assert deterministic(seen + list(resumed.run())) == full
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert full[-1]["memory/0/writes"] > 0

@@ -190,6 +190,55 @@ CASES = [
         "multiple of eval_every (3)",
     ),
     (
+        "surprise on a model without levels",
+        edit("model: {kind: nested_lstm, d_model: 16, d_ff: 32}", "model: {kind: transformer}")
+        .replace("  cms:   {periods: {fast: 1, medium: 2, slow: 4}}\n", "")
+        .replace("cms.periods.medium: {grid: [1, 2]}", "optim.lr: {grid: [0.001, 0.01]}")
+        + "",
+        ["base.surprise.weights={fast: 0.1}"],
+        "--set",
+        "base.surprise.weights",
+        "model kind transformer has no surprise levels",
+    ),
+    (
+        "persistent state on a stateless model",
+        edit("model: {kind: nested_lstm, d_model: 16, d_ff: 32}", "model: {kind: transformer}")
+        .replace("  cms:   {periods: {fast: 1, medium: 2, slow: 4}}\n", "")
+        .replace("cms.periods.medium: {grid: [1, 2]}", "optim.lr: {grid: [0.001, 0.01]}"),
+        ["base.state.mode=persistent"],
+        "--set",
+        "base.state.mode",
+        "keeps no state between batches",
+    ),
+    (
+        "heads that do not divide the width",
+        edit(
+            "model: {kind: nested_lstm, d_model: 16, d_ff: 32}", "model: {kind: titans, n_heads: 3}"
+        )
+        .replace("  cms:   {periods: {fast: 1, medium: 2, slow: 4}}\n", "")
+        .replace("cms.periods.medium: {grid: [1, 2]}", "optim.lr: {grid: [0.001, 0.01]}"),
+        [],
+        6,
+        "base.model.n_heads",
+        "a divisor of d_model (64)",
+    ),
+    (
+        "task field on a text corpus",
+        edit("corpus: pydoc,", "corpus: pydoc, num_kv_pairs: 4,"),
+        [],
+        9,
+        "base.data.num_kv_pairs",
+        "unset unless corpus is mqar",
+    ),
+    (
+        "mqar sequence too short for its pairs",
+        edit("corpus: pydoc, seq_len: 16,", "corpus: mqar, num_kv_pairs: 8, seq_len: 16,"),
+        [],
+        9,
+        "base.data.seq_len",
+        "at least 4 x num_kv_pairs = 32",
+    ),
+    (
         "text corpus without a path",
         edit("corpus: pydoc", "corpus: text"),
         [],

@@ -1,0 +1,102 @@
+"""Parts shared by the attention models (`transformer`, `titans`, `hope`, `hope_attention`).
+
+Notation
+    x        (B, T, d) residual stream; H heads of width d_h = d / H
+    Attn(x)  causal softmax attention through PyTorch SDPA; with `window` w > 0 position i
+             attends to positions i-w+1 .. i only (a sliding window), else to 0 .. i
+    RoPE     rotary positions: channel pairs of q and k rotated by angle pos * base^(-2j/d_h)
+    MLP(x)   W_2 gelu(W_1 x),  W_1: d -> d_ff,  W_2: d_ff -> d
+All parameters here are outer parameters: they change only when the outer optimizer steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common import require
+
+ROPE_BASE = 10000.0
+
+
+def check_widths(d_model: int, n_heads: int, n_layers: int, d_ff: int) -> None:
+    require(d_model >= 1, "d_model", f"a positive integer, got {d_model}")
+    require(n_heads >= 1, "n_heads", f"a positive integer, got {n_heads}")
+    require(
+        d_model % n_heads == 0 and (d_model // n_heads) % 2 == 0,
+        "n_heads",
+        f"a divisor of d_model ({d_model}) leaving an even head width, got {n_heads}",
+    )
+    require(n_layers >= 1, "n_layers", f"a positive integer, got {n_layers}")
+    require(d_ff >= 1, "d_ff", f"a positive integer, got {d_ff}")
+
+
+def rotate(x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """RoPE on (B, H, T, d_h), positions offset .. offset+T-1."""
+    d_h, T = x.shape[-1], x.shape[-2]
+    inv = ROPE_BASE ** (-torch.arange(0, d_h, 2, device=x.device, dtype=torch.float32) / d_h)
+    pos = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)
+    ang = torch.outer(pos, inv)  # (T, d_h/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+def window_mask(T: int, window: int, device) -> torch.Tensor:
+    """Boolean (T, T) mask, True where query i may attend key j: i-window < j <= i."""
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    return (j <= i) & (j > i - window)
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, rotary: bool, window: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.rotary, self.window, self.dropout = n_heads, rotary, window, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
+        p = self.dropout if self.training else 0.0
+        if self.window and self.window < T:
+            mask = window_mask(T, self.window, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, T, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, d_ff)
+        self.w2 = nn.Linear(d_ff, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.w2(F.gelu(self.w1(x))))
+
+
+class Embedding(nn.Module):
+    """Token embedding plus learned positions (unless the attention is rotary)."""
+
+    def __init__(self, vocab: int, d_model: int, positions: str, max_len: int):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d_model)
+        self.max_len = max_len
+        self.pos = nn.Embedding(max_len, d_model) if positions == "learned" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tok(x)
+        if self.pos is not None:
+            T = x.shape[1]
+            if self.max_len < T:
+                raise ValueError(f"sequence of {T} tokens exceeds model.max_len {self.max_len}")
+            h = h + self.pos(torch.arange(T, device=x.device))
+        return h

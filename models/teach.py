@@ -1,0 +1,102 @@
+"""The teach signal: the error at the LM head's input, which drives HOPE's in-context updates.
+
+Notation (shared notes §1)
+    h_t       head input (B, T, d);  logits_t = W_head h_t + b;  p_t = softmax(logits_t)
+    N         positions whose target is not ignored (N_active)
+    delta_t   = (p_t - onehot(y_t)) W_head / N      (0 at ignored positions)
+              = dL/dh_t for L = mean cross-entropy over the N active positions, exactly
+    s(i)      runtime scale at outer step i: `scale` x linear warmup over `warmup_steps`,
+              then linear decay to 0 from `decay_start` over `decay_steps`
+    delta'_t  = clip_c(s(i) delta_t)   per-token norm clip to `clip` (0: off)
+    gate_t    = ||delta_t|| >= `threshold`   (0: every token passes)
+Logged per evaluation: ||delta|| before and after scaling, clip rate, gate hit rate. A token
+whose gate is closed contributes no inner update. Step counts given as fractions in (0, 1)
+are fractions of the run's steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.common import require
+
+IGNORE = -100
+"""Target id of positions the loss skips (`F.cross_entropy`'s default ignore_index)."""
+
+
+@dataclass
+class TeachConfig:
+    """`teach:` section (models hope and hope_attention)."""
+
+    scale: float = 1.0
+    """Multiplier of the teach signal, hence of every inner update (0: inner updates off)."""
+    warmup_steps: float = 0
+    """Outer steps (or a fraction of the run) over which the scale ramps from 0 up."""
+    decay_start: float = 0
+    """Outer step (or fraction) at which the scale starts decaying linearly to 0 (0: never)."""
+    decay_steps: float = 0
+    """Outer steps (or fraction) the decay to 0 takes."""
+    clip: float = 0.0
+    """Largest norm of one token's scaled signal (0: no clip)."""
+    threshold: float = 0.0
+    """Tokens whose raw signal norm is below this make no inner update (0: all do)."""
+
+    def __post_init__(self):
+        require(self.scale >= 0, "scale", f">= 0, got {self.scale}")
+        for key in ("warmup_steps", "decay_start", "decay_steps"):
+            v = getattr(self, key)
+            require(v >= 0, key, f"a step count or a fraction of the run in (0, 1), got {v}")
+        require(
+            not self.decay_start or self.decay_steps > 0,
+            "decay_steps",
+            "positive when decay_start is set",
+        )
+        require(self.clip >= 0, "clip", f">= 0 (0: off), got {self.clip}")
+        require(self.threshold >= 0, "threshold", f">= 0 (0: off), got {self.threshold}")
+
+    def steps(self, value: float, total: int) -> float:
+        return value * total if 0 < value < 1 else value
+
+    def scale_at(self, step: int, total: int) -> float:
+        """s(i) for outer step `step` (0-based) of a run of `total` steps."""
+        s = self.scale
+        warm = self.steps(self.warmup_steps, total)
+        if warm and step < warm:
+            s *= (step + 1) / warm
+        start = self.steps(self.decay_start, total)
+        if start and step >= start:
+            s *= max(0.0, 1.0 - (step - start) / self.steps(self.decay_steps, total))
+        return s
+
+
+def teach_signal(
+    h: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor
+) -> torch.Tensor:
+    """delta = (softmax(logits) - onehot(y)) W_head / N_active, zero where y is ignored."""
+    active = targets != IGNORE
+    n = active.sum().clamp(min=1)
+    p = F.softmax(logits.detach().float(), dim=-1)
+    onehot = F.one_hot(targets.clamp(min=0), logits.shape[-1]).to(p.dtype)
+    err = (p - onehot) * active.unsqueeze(-1)
+    return (err @ head_weight.detach().float() / n).to(h.dtype)
+
+
+def shape_signal(delta: torch.Tensor, scale: float, cfg: TeachConfig):
+    """Scale, clip and gate the per-token signal; returns it and its statistics (tensors)."""
+    raw = delta.norm(dim=-1)
+    out = delta * scale
+    stats = {"norm": raw.mean(), "clip_rate": torch.zeros(()), "gate_rate": torch.ones(())}
+    if cfg.clip:
+        norm = out.norm(dim=-1, keepdim=True)
+        clipped = norm > cfg.clip
+        out = torch.where(clipped, out * (cfg.clip / norm.clamp(min=1e-30)), out)
+        stats["clip_rate"] = clipped.float().mean()
+    if cfg.threshold:
+        gate = raw >= cfg.threshold
+        out = out * gate.unsqueeze(-1)
+        stats["gate_rate"] = gate.float().mean()
+    stats["scaled_norm"] = out.norm(dim=-1).mean()
+    return out, stats

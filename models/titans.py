@@ -1,0 +1,96 @@
+"""TITAN: the Transformer with a Titans neural memory in every block (no CMS).
+
+Notation (per block i; `models/titans_memory.py` defines Mem)
+    h'   = h + Attn_i(LN(h))
+    h''  = h' + Mem_i(LN(h'); W_i, S_i)        memory written token by token as it reads
+    h    = h'' + MLP_i(LN(h''))
+    logits = W_head LN(h_L)
+Update frequencies: the memory weights W_i and momenta S_i are inner state, written at every
+token (gradients shared within chunks of `memory_chunk` tokens); everything else is an outer
+parameter on the single level "fast". Between batches the memory restarts from its learned
+W_0 (`state.mode: reset`, Titans' per-sequence memory) or is carried along the stream,
+detached (`persistent`, `reset_every`). Evaluation carries its own memory, never the
+training one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.titans_memory import MemoryConfig, NeuralMemory
+from models.transformer import AttentionConfig, AttentionLM, Block
+
+
+@dataclass
+class TitansConfig(AttentionConfig, MemoryConfig):
+    """`model:` section for `kind: titans`."""
+
+    kind: Literal["titans"] = "titans"
+
+    def __post_init__(self):
+        AttentionConfig.__post_init__(self)
+        self.check_memory()
+
+
+class MemoryBlock(nn.Module):
+    """A transformer block with a neural memory between attention and MLP."""
+
+    def __init__(self, cfg: TitansConfig):
+        super().__init__()
+        self.block = Block(cfg)
+        self.norm_mem = nn.LayerNorm(cfg.d_model)
+        self.memory = NeuralMemory(cfg.d_model, cfg)
+
+    def forward(self, h: torch.Tensor, state=None):
+        b = self.block
+        h = h + b.attn(b.norm_attn(h))
+        m, state = self.memory(self.norm_mem(h), state)
+        h = h + m
+        return h + b.mlp(b.norm_mlp(h)), state
+
+
+def memory_state_names(n_layers: int, depth: int) -> tuple[str, ...]:
+    ws = [f"w{j + 1}" for j in range(depth)]
+    ss = [f"s{j + 1}" for j in range(depth)]
+    return tuple(f"mem{i}_{n}" for i in range(n_layers) for n in (*ws, *ss))
+
+
+class MemoryLM(AttentionLM):
+    """An attention LM whose blocks return (h, state); the state is their tuples, flat."""
+
+    carries_state = True
+
+    def __init__(self, cfg, vocab_size: int, blocks: list[nn.Module], per_block: int):
+        super().__init__(cfg, vocab_size, blocks)
+        self.per_block = per_block
+
+    def hidden(self, idx: torch.Tensor, state=None):
+        h = self.embed(idx)
+        out = []
+        for i, block in enumerate(self.blocks):
+            s = None if state is None else state[i * self.per_block : (i + 1) * self.per_block]
+            h, s = block(h, s)
+            out.extend(s)
+        return self.norm_out(h), tuple(out)
+
+    def memories(self) -> list[NeuralMemory]:
+        return [m for m in self.modules() if isinstance(m, NeuralMemory)]
+
+    def inner_metrics(self) -> dict[str, float]:
+        """Counters that prove the memories wrote: training tokens written, per layer."""
+        out = {}
+        for i, mem in enumerate(self.memories()):
+            out[f"memory/{i}/writes"] = float(mem.writes.item())
+        return out
+
+
+class Titans(MemoryLM):
+    def __init__(self, cfg: TitansConfig, vocab_size: int):
+        super().__init__(
+            cfg, vocab_size, [MemoryBlock(cfg) for _ in range(cfg.n_layers)], 2 * cfg.memory_depth
+        )
+        self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)

@@ -1,0 +1,193 @@
+"""Titans neural memory: an MLP written at test time by gradient steps (Titans, sec. 3).
+
+Notation (shared notes §1; per batch row, per token t)
+    k_t = normalize(x_t W_K),  v_t = x_t W_V,  q_t = normalize(x_t W_Q)
+    M_W(k)    depth 1: k W_1;   depth 2: silu(k W_1) W_2           (W = the memory weights)
+    l_t(W)    = ||M_W(k_t) - v_t||^2                               (associative loss)
+    theta_t   = theta_max * sigmoid(x_t w_theta + b_theta)          write rate
+    eta_t     = sigmoid(x_t w_eta + b_eta)                          momentum   (0 when off)
+    alpha_t   = sigmoid(x_t w_alpha + b_alpha)                      forgetting (0 when off)
+    S_t       = eta_t S_{t-1} - theta_t grad l_t(W_{c(t)})
+    W_t       = (1 - alpha_t) W_{t-1} + S_t
+    y_t       = M_{W_t}(q_t) W_O
+c(t) is the memory at the start of t's chunk of `chunk` tokens: every gradient of a chunk is
+taken at one memory, so a chunk's gradients are one batched call and, the gradients being
+fixed, both recurrences unroll into products of the gates (`_scan`: every W_t of the chunk
+from cumulative log-gate sums, no loop over tokens); this is the parallel form. With chunk 1
+it is the token-by-token recurrence exactly. `reference_forward` is that recurrence written
+plainly (autograd gradients, one token at a time), for the equivalence tests.
+
+Update frequencies: W and S are inner state, written at every token and carried between
+calls (`state`); W_K, W_V, W_Q, W_O, the gates and W_0 (the memory every sequence starts from)
+are outer parameters, trained by backpropagation through the inner updates. `write_scale`
+multiplies theta and alpha (HOPE's teach scale; 0 makes every write, forgetting included, a
+no-op, so the memory stays at W_0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.common import require
+
+
+@dataclass
+class MemoryConfig:
+    """Titans memory settings (fields of `model:` for kinds titans and hope)."""
+
+    memory_depth: int = 2
+    """Layers of the memory MLP: 1 (linear) or 2."""
+    memory_hidden: int = 0
+    """Hidden width of a depth-2 memory (0: d_model)."""
+    memory_chunk: int = 16
+    """Tokens whose write gradients share one memory (1: token by token)."""
+    memory_momentum: bool = True
+    """Data-dependent momentum eta_t (off: eta = 0)."""
+    memory_forget: bool = True
+    """Data-dependent forgetting alpha_t (off: alpha = 0)."""
+    memory_theta_max: float = 0.1
+    """Largest per-token write rate."""
+
+    def check_memory(self):
+        require(self.memory_depth in (1, 2), "memory_depth", f"1 or 2, got {self.memory_depth}")
+        require(self.memory_hidden >= 0, "memory_hidden", f">= 0, got {self.memory_hidden}")
+        require(self.memory_chunk >= 1, "memory_chunk", f">= 1, got {self.memory_chunk}")
+        require(self.memory_theta_max > 0, "memory_theta_max", f"> 0, got {self.memory_theta_max}")
+
+
+def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+class NeuralMemory(nn.Module):
+    def __init__(self, d_model: int, cfg: MemoryConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, h = d_model, cfg.memory_hidden or d_model
+        self.proj = nn.Linear(d, 3 * d, bias=False)  # k, v, q
+        self.out = nn.Linear(d, d, bias=False)
+        self.gates = nn.Linear(d, 3)  # theta, eta, alpha
+        shapes = [(d, d)] if cfg.memory_depth == 1 else [(d, h), (h, d)]
+        self.init_weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(*s) / s[0] ** 0.5) for s in shapes]
+        )
+        with torch.no_grad():  # start with slow writes, strong momentum, little forgetting
+            self.gates.bias.copy_(torch.tensor([-2.0, 1.0, -4.0]))
+        self.write_scale = 1.0
+        # Training tokens written so far: a counter proving the memory acted; a buffer, so
+        # it checkpoints with the model.
+        self.register_buffer("writes", torch.zeros((), dtype=torch.long))
+
+    def init_state(self, batch: int):
+        ws = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
+        return (*ws, *[torch.zeros_like(w) for w in ws])
+
+    def _inputs(self, x: torch.Tensor):
+        k, v, q = self.proj(x).chunk(3, dim=-1)
+        g = self.gates(x)
+        theta = self.cfg.memory_theta_max * torch.sigmoid(g[..., 0]) * self.write_scale
+        eta = torch.sigmoid(g[..., 1]) if self.cfg.memory_momentum else torch.zeros_like(theta)
+        alpha = torch.sigmoid(g[..., 2]) if self.cfg.memory_forget else torch.zeros_like(theta)
+        alpha = (alpha * self.write_scale).clamp(max=1.0)  # forgetting is a write too
+        return F.normalize(k, dim=-1), v, F.normalize(q, dim=-1), theta, eta, alpha
+
+    @staticmethod
+    def read(ws, q: torch.Tensor) -> torch.Tensor:
+        """M_W(q) for q (B, n, d) and weights with a leading batch dim."""
+        if len(ws) == 1:
+            return q @ ws[0]
+        return F.silu(q @ ws[0]) @ ws[1]
+
+    @staticmethod
+    def grads(ws, k: torch.Tensor, v: torch.Tensor):
+        """Per-token gradients of ||M_W(k_t) - v_t||^2 at one memory W: (B, n, *w.shape)."""
+        if len(ws) == 1:
+            e = 2 * (k @ ws[0] - v)
+            return [k.unsqueeze(-1) * e.unsqueeze(-2)]
+        z = k @ ws[0]
+        a = F.silu(z)
+        e = 2 * (a @ ws[1] - v)
+        dz = (e @ ws[1].transpose(-1, -2)) * _silu_grad(z)
+        return [k.unsqueeze(-1) * dz.unsqueeze(-2), a.unsqueeze(-1) * e.unsqueeze(-2)]
+
+    def forward(self, x: torch.Tensor, state=None):
+        """x (B, T, d) -> memory read-out (B, T, d) and the state (W..., S...) after T."""
+        B, T, _ = x.shape
+        state = self.init_state(B) if state is None else state
+        n = len(self.init_weights)
+        ws, ss = list(state[:n]), list(state[n:])
+        k, v, q, theta, eta, alpha = self._inputs(x)
+        ys = []
+        b = self.cfg.memory_chunk
+        for c0 in range(0, T, b):
+            sl = slice(c0, min(c0 + b, T))
+            gs = self.grads(ws, k[:, sl], v[:, sl])  # all at the chunk-start memory
+            ws_all, ss = self._scan(ws, ss, gs, theta[:, sl], eta[:, sl], alpha[:, sl])
+            ys.append(self.read_each(ws_all, q[:, sl]))
+            ws = [w[:, -1] for w in ws_all]
+        if self.training and self.write_scale:
+            self.writes += B * T
+        return self.out(torch.cat(ys, dim=1)), (*ws, *ss)
+
+    @staticmethod
+    def _decay(rate: torch.Tensor):
+        """For per-token factors r (B, n): P[t, s] = prod_{s<u<=t} r_u (lower triangle) and
+        P0[t] = prod_{u<=t} r_u, through cumulative log sums."""
+        logs = torch.log(rate.clamp(min=1e-30)).cumsum(-1)
+        n = rate.shape[-1]
+        lower = torch.ones(n, n, dtype=torch.bool, device=rate.device).tril()
+        diff = logs.unsqueeze(-1) - logs.unsqueeze(-2)
+        return torch.exp(diff.masked_fill(~lower, float("-inf"))), torch.exp(logs)
+
+    def _scan(self, ws, ss, gs, theta, eta, alpha):
+        """Every W_t and the last S of a chunk in closed form (no loop over tokens):
+        S_t = sum_s E[t,s] u_s + E0[t] S_prev with u_s = -theta_s g_s, E from eta;
+        W_t = sum_tau F[t,tau] S_tau + F0[t] W_prev, F from 1 - alpha."""
+        E, E0 = self._decay(eta)
+        F_, F0 = self._decay(1 - alpha)
+        K = F_ @ E  # (B, n, n): weight of u_s in W_t
+        a = (F_ @ E0.unsqueeze(-1)).squeeze(-1)  # weight of S_prev in W_t
+        ws_all, new_ss = [], []
+        for w, s, g in zip(ws, ss, gs):
+            u = -theta.view(*theta.shape, 1, 1) * g  # (B, n, *w)
+            flat = u.flatten(2)
+            w_all = (K @ flat).view_as(u) + a[..., None, None] * s.unsqueeze(1)
+            ws_all.append(w_all + F0[..., None, None] * w.unsqueeze(1))
+            last = (E[:, -1:] @ flat).view(u.shape[0], *u.shape[2:])
+            new_ss.append(last + E0[:, -1, None, None] * s)
+        return ws_all, new_ss
+
+    @staticmethod
+    def read_each(ws_all, q: torch.Tensor) -> torch.Tensor:
+        """y_t = M_{W_t}(q_t) for every token of a chunk, each with its own memory."""
+        if len(ws_all) == 1:
+            return torch.einsum("bnd,bnde->bne", q, ws_all[0])
+        z = F.silu(torch.einsum("bnd,bndh->bnh", q, ws_all[0]))
+        return torch.einsum("bnh,bnhe->bne", z, ws_all[1])
+
+    def reference_forward(self, x: torch.Tensor, state=None, chunk: int = 1):
+        """The recurrence token by token, each gradient by autograd at the memory of its
+        chunk's start (chunk 1: the memory just before the token), for the tests."""
+        B, T, _ = x.shape
+        state = self.init_state(B) if state is None else state
+        n = len(self.init_weights)
+        ws, ss = list(state[:n]), list(state[n:])
+        k, v, q, theta, eta, alpha = self._inputs(x)
+        ys = []
+        for t in range(T):
+            if t % chunk == 0:
+                at = [w.detach().requires_grad_(True) for w in ws]
+            with torch.enable_grad():
+                pred = self.read(at, k[:, t : t + 1].detach())
+                loss = (pred - v[:, t : t + 1].detach()).pow(2).sum()
+                gs = torch.autograd.grad(loss, at)
+            for j in range(n):
+                ss[j] = eta[:, t].view(B, 1, 1) * ss[j] - theta[:, t].view(B, 1, 1) * gs[j]
+                ws[j] = (1 - alpha[:, t].view(B, 1, 1)) * ws[j] + ss[j]
+            ys.append(self.read(ws, q[:, t : t + 1]))
+        return self.out(torch.cat(ys, dim=1)), (*ws, *ss)

@@ -1,0 +1,107 @@
+"""Transformer: the baseline of the HOPE/Titans comparisons (pre-norm, causal SDPA attention).
+
+Notation
+    h_0        = E[x] (+ P[pos] with learned positions; rotary positions act inside attention)
+    h'_i       = h_{i-1} + Attn_i(LN(h_{i-1}))           i = 1 .. n_layers
+    h_i        = h'_i + MLP_i(LN(h'_i))
+    logits     = W_head LN(h_L)
+Update frequency: every parameter is an outer parameter on the single level "fast" (stepped
+every outer step); the model keeps no state between batches. `window` > 0 limits attention to
+the last `window` positions (the short-window baseline of the recall tests).
+
+`AttentionConfig` holds the width/depth fields every attention model shares, so `transformer`,
+`titans`, `hope_attention` and `hope` compare like for like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from models.blocks import MLP, Attention, Embedding, check_widths
+from models.common import require
+
+
+@dataclass
+class AttentionConfig:
+    """Width and depth shared by every attention model kind."""
+
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 128
+    """Hidden width of each block's MLP."""
+    positions: Literal["learned", "rotary"] = "rotary"
+    max_len: int = 1024
+    """Longest sequence with learned positions."""
+    window: int = 0
+    """Attention window in positions (0: full causal attention)."""
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        check_widths(self.d_model, self.n_heads, self.n_layers, self.d_ff)
+        require(self.max_len >= 1, "max_len", f"a positive integer, got {self.max_len}")
+        require(self.window >= 0, "window", f"0 (off) or a positive integer, got {self.window}")
+        require(0.0 <= self.dropout < 1.0, "dropout", f"a value in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TransformerConfig(AttentionConfig):
+    """`model:` section for `kind: transformer`."""
+
+    kind: Literal["transformer"] = "transformer"
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: AttentionConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm_attn = nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.n_heads, cfg.positions == "rotary", cfg.window, cfg.dropout)
+        self.norm_mlp = nn.LayerNorm(d)
+        self.mlp = MLP(d, cfg.d_ff, cfg.dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn(self.norm_attn(h))
+        return h + self.mlp(self.norm_mlp(h))
+
+
+class AttentionLM(nn.Module):
+    """Embedding -> blocks -> head; subclasses choose the blocks and the state they carry."""
+
+    levels = ("fast",)
+    state_names: tuple[str, ...] = ()
+    carries_state = False
+
+    def __init__(self, cfg: AttentionConfig, vocab_size: int, blocks: list[nn.Module]):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embedding(vocab_size, cfg.d_model, cfg.positions, cfg.max_len)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm_out = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, vocab_size)
+
+    def level_modules(self) -> dict[str, list[nn.Module]]:
+        return {"fast": [self]}
+
+    def level_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return {"fast": list(self.parameters())}
+
+    def hidden(self, idx: torch.Tensor, state=None):
+        """The head's input h (B, T, d) and the state after the batch."""
+        h = self.embed(idx)
+        for block in self.blocks:
+            h = block(h)
+        return self.norm_out(h), None
+
+    def forward(self, idx: torch.Tensor, state=None):
+        h, new_state = self.hidden(idx, state)
+        return self.head(h), new_state
+
+
+class Transformer(AttentionLM):
+    def __init__(self, cfg: TransformerConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size, [Block(cfg) for _ in range(cfg.n_layers)])

@@ -1,0 +1,67 @@
+"""Where and how a trial runs: its device, a description of the hardware for reports, the
+global RNG states (python, numpy, torch, CUDA) as plain data that checkpoints exactly, and
+how a diverging trial stops.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+
+def describe_hardware(device: torch.device, share: float = 0.0) -> str:
+    """Where a trial ran, for reports: the GPU model, or the CPU model and torch threads."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return f"GPU {name}" + (f" ({share:g} share)" if 0 < share < 1 else "")
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {model} ({os.cpu_count()} cores), torch threads: {torch.get_num_threads()}"
+
+
+def pick_device(cfg) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(sd: dict) -> None:
+    random.setstate((sd["python"][0], tuple(sd["python"][1]), sd["python"][2]))
+    name, keys, *rest = sd["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(sd["torch"])
+    if sd["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(sd["cuda"])
+
+
+DIVERGED = "diverged"
+"""Result key of a trial that stopped because its loss diverged (the value says how)."""
+
+
+class Diverged(FloatingPointError):
+    """The training loss became NaN, inf, or larger than train.diverge_above."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"training loss {loss:.6g} at step {step}")
+        self.step, self.loss = step, loss
+
+    def __reduce__(self):
+        return (Diverged, (self.step, self.loss))

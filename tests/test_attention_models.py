@@ -1,0 +1,144 @@
+"""Transformer, Titans memory and the teach signal: causality, equivalences, exact gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.blocks import window_mask
+from models.common import ConfigError
+from models.teach import IGNORE, TeachConfig, shape_signal, teach_signal
+from models.titans import Titans, TitansConfig
+from models.titans_memory import MemoryConfig, NeuralMemory
+from models.transformer import Transformer, TransformerConfig
+
+V = 23
+
+
+def tokens(B=2, T=24, seed=0):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Transformer(TransformerConfig(d_model=16, n_heads=2, d_ff=32), V),
+        lambda: Transformer(TransformerConfig(d_model=16, n_heads=2, positions="learned"), V),
+        lambda: Transformer(TransformerConfig(d_model=16, n_heads=2, window=4), V),
+        lambda: Titans(TitansConfig(d_model=16, n_heads=2, memory_chunk=4), V),
+        lambda: Titans(TitansConfig(d_model=16, n_heads=2, memory_depth=1, memory_chunk=1), V),
+    ],
+    ids=["rotary", "learned", "window", "titans", "titans-linear-mem"],
+)
+def test_outputs_never_depend_on_future_tokens(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = tokens()
+    y = x.clone()
+    y[:, 13:] = (y[:, 13:] + 1) % V
+    a, _ = model(x)
+    b, _ = model(y)
+    assert torch.allclose(a[:, :13], b[:, :13], atol=1e-5)
+    assert not torch.allclose(a[:, 13:], b[:, 13:], atol=1e-3)
+
+
+def test_window_limits_what_attention_sees():
+    mask = window_mask(6, 3, "cpu")
+    assert mask.sum(1).tolist() == [1, 2, 3, 3, 3, 3] and not mask.triu(1).any()
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(d_model=16, n_heads=2, n_layers=1, window=4), V).eval()
+    x = tokens(T=16)
+    y = x.clone()
+    y[:, 0] = (y[:, 0] + 1) % V  # outside every window from position 4 on (one layer)
+    a, _ = model(x)
+    b, _ = model(y)
+    assert torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6)
+    assert not torch.allclose(a[:, :4], b[:, :4], atol=1e-4)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("momentum, forget", [(True, True), (False, True), (True, False)])
+def test_chunk_one_equals_token_by_token(depth, momentum, forget):
+    torch.manual_seed(depth)
+    cfg = MemoryConfig(
+        memory_depth=depth, memory_chunk=1, memory_momentum=momentum, memory_forget=forget
+    )
+    mem = NeuralMemory(8, cfg).double()
+    x = torch.randn(2, 12, 8, dtype=torch.double)
+    y, state = mem(x)
+    y_ref, state_ref = mem.reference_forward(x)  # autograd gradients, one token at a time
+    assert torch.allclose(y, y_ref, atol=1e-12)
+    for s, r in zip(state, state_ref):
+        assert torch.allclose(s, r, atol=1e-12)
+    mem.cfg.memory_chunk = 4  # gradients at chunk-start memories: a different, real form
+    y4, state4 = mem(x)
+    assert not torch.allclose(y4, y, atol=1e-6)
+    y4_ref, state4_ref = mem.reference_forward(x, chunk=4)  # the closed-form scan == the loop
+    assert torch.allclose(y4, y4_ref, atol=1e-12)
+    for s, r in zip(state4, state4_ref):
+        assert torch.allclose(s, r, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_one_pass_equals_two_halves_with_state_carried(chunk):
+    torch.manual_seed(1)
+    model = Titans(TitansConfig(d_model=16, n_heads=2, memory_chunk=chunk, window=0), V).eval()
+    mem = model.blocks[0].memory
+    x = torch.randn(2, 16, 16)
+    full, s_full = mem(x)
+    a, s_a = mem(x[:, :8])
+    b, s_b = mem(x[:, 8:], s_a)
+    assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-6)
+    for u, v in zip(s_b, s_full):
+        assert torch.allclose(u, v, atol=1e-6)
+
+
+def test_memory_write_scale_zero_is_a_no_op():
+    torch.manual_seed(2)
+    mem = NeuralMemory(8, MemoryConfig(memory_chunk=4))
+    x = torch.randn(2, 8, 8)
+    mem.write_scale = 0.0
+    _, state = mem(x)
+    init = mem.init_state(2)
+    for s, i in zip(state, init):
+        assert torch.equal(s, i)
+    assert int(mem.writes) == 0
+
+
+def test_outer_gradients_reach_every_memory_parameter():
+    torch.manual_seed(3)
+    model = Titans(TitansConfig(d_model=16, n_heads=2, memory_chunk=4), V)
+    logits, _ = model(tokens(T=12))
+    logits.sum().backward()
+    for name, p in model.named_parameters():
+        if "memory" in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_teach_signal_is_the_gradient_at_the_head_input():
+    torch.manual_seed(4)
+    B, T, d = 3, 7, 10
+    h = torch.randn(B, T, d, requires_grad=True)
+    head = torch.nn.Linear(d, V)
+    y = torch.randint(0, V, (B, T))
+    y[0, :3] = IGNORE  # ignored positions: zero signal, and N counts only active ones
+    y[2, 5] = IGNORE
+    logits = head(h)
+    loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=IGNORE)
+    (grad,) = torch.autograd.grad(loss, h)
+    delta = teach_signal(h, logits, y, head.weight)
+    assert torch.allclose(delta, grad, atol=1e-7)
+    assert delta[0, :3].abs().sum() == 0
+
+
+def test_teach_scale_schedule_clip_and_gate():
+    cfg = TeachConfig(scale=0.5, warmup_steps=4, decay_start=0.5, decay_steps=0.25)
+    total = 40  # decay from step 20 over 10 steps
+    values = [cfg.scale_at(i, total) for i in (0, 1, 3, 10, 20, 25, 30, 39)]
+    assert values == pytest.approx([0.125, 0.25, 0.5, 0.5, 0.5, 0.25, 0.0, 0.0])
+    delta = torch.tensor([[[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]]])  # norms 5, 0.5, 0
+    out, stats = shape_signal(delta, 2.0, TeachConfig(clip=2.0, threshold=0.4))
+    assert out.norm(dim=-1)[0].tolist() == pytest.approx([2.0, 1.0, 0.0])
+    assert float(stats["clip_rate"]) == pytest.approx(1 / 3)
+    assert float(stats["gate_rate"]) == pytest.approx(2 / 3)
+    with pytest.raises(ConfigError, match="decay_steps"):
+        TeachConfig(decay_start=10)
