@@ -4,6 +4,7 @@
 This package never imports ray, mlflow or yaml.
 """
 
+from models.hope import Hope, HopeAttention, HopeAttentionConfig, HopeConfig
 from models.nested_lstm import NestedLSTM, NestedLSTMConfig
 from models.titans import Titans, TitansConfig
 from models.transformer import Transformer, TransformerConfig
@@ -12,6 +13,8 @@ MODEL_KINDS = {
     "nested_lstm": (NestedLSTMConfig, NestedLSTM),
     "transformer": (TransformerConfig, Transformer),
     "titans": (TitansConfig, Titans),
+    "hope_attention": (HopeAttentionConfig, HopeAttention),
+    "hope": (HopeConfig, Hope),
 }
 
-__all__ = ["MODEL_KINDS", "NestedLSTM", "NestedLSTMConfig", "Titans", "Transformer"]
+__all__ = ["MODEL_KINDS", "Hope", "HopeAttention", "NestedLSTM", "Titans", "Transformer"]

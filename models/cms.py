@@ -41,14 +41,48 @@ class CMSConfig:
     effectively froze in an earlier reproduction (notes, pitfall 4). It is a swept choice."""
     accumulate: Literal["sum", "mean"] = "sum"
     """How a level's gradients over its chunk combine: the notes' sum, or their mean."""
+    token_periods: list[int] = field(default_factory=list)
+    """hope, hope_attention: the CMS chain, one MLP block per period C_l (tokens between its
+    in-context updates), e.g. [1, 4, 32, 128]; each a multiple of the one before."""
+    inner_lr: float | list[float] = 1.0
+    """Inner learning rate of the chain's blocks (one value, or one per token period)."""
+    inner_momentum: float = 0.0
+    """Momentum mu of the chain's inner updates (0: plain steps)."""
 
     def __post_init__(self):
+        tp = self.token_periods
+        for i, c in enumerate(tp):
+            require(
+                isinstance(c, int) and c >= 1 and (i == 0 or c % tp[i - 1] == 0),
+                "token_periods",
+                f"positive integers, each a multiple of the one before, got {tp}",
+            )
+        if isinstance(self.inner_lr, list):
+            require(
+                len(self.inner_lr) == len(tp),
+                "inner_lr",
+                f"one value, or one per token period ({len(tp)}), got {self.inner_lr}",
+            )
+        require(all(x >= 0 for x in self.inner_lrs()), "inner_lr", f">= 0, got {self.inner_lr}")
+        require(
+            0 <= self.inner_momentum < 1,
+            "inner_momentum",
+            f"in [0, 1), got {self.inner_momentum}",
+        )
         for level, c in self.periods.items():
             require(
                 isinstance(c, int) and c >= 1,
                 f"periods.{level}",
                 f"a positive integer number of steps, got {c!r}",
             )
+
+    def inner_lrs(self) -> list[float]:
+        lr = self.inner_lr
+        return (
+            [float(x) for x in lr]
+            if isinstance(lr, list)
+            else [float(lr)] * len(self.token_periods)
+        )
 
     def lr_factor(self, level: str) -> float:
         c = self.periods.get(level, 1)

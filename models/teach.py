@@ -7,11 +7,14 @@ Notation (shared notes §1)
               = dL/dh_t for L = mean cross-entropy over the N active positions, exactly
     s(i)      runtime scale at outer step i: `scale` x linear warmup over `warmup_steps`,
               then linear decay to 0 from `decay_start` over `decay_steps`
-    delta'_t  = clip_c(s(i) delta_t)   per-token norm clip to `clip` (0: off)
-    gate_t    = ||delta_t|| >= `threshold`   (0: every token passes)
-Logged per evaluation: ||delta|| before and after scaling, clip rate, gate hit rate. A token
-whose gate is closed contributes no inner update. Step counts given as fractions in (0, 1)
-are fractions of the run's steps.
+    e_t       = N delta_t = (p_t - onehot(y_t)) W_head     the token's own error
+    delta'_t  = clip_c(s(i) e_t) / N    per-token norm clip to `clip` (0: off)
+    gate_t    = ||e_t|| >= `threshold`  (0: every token passes)
+Clip and threshold act on the token's own error e_t, whose norm does not shrink with the batch
+(||delta_t|| is O(1/N): a clip of 1 on it would never bind). Logged per evaluation: mean
+||e_t|| before and after scaling (and clipping), clip rate, gate hit rate. A token whose gate
+is closed contributes no inner update. Step counts given as fractions in (0, 1) are
+fractions of the run's steps.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ class TeachConfig:
     decay_steps: float = 0
     """Outer steps (or fraction) the decay to 0 takes."""
     clip: float = 0.0
-    """Largest norm of one token's scaled signal (0: no clip)."""
+    """Largest norm of one token's scaled error s e_t (0: no clip)."""
     threshold: float = 0.0
-    """Tokens whose raw signal norm is below this make no inner update (0: all do)."""
+    """Tokens whose error norm ||e_t|| is below this make no inner update (0: all do)."""
 
     def __post_init__(self):
         require(self.scale >= 0, "scale", f">= 0, got {self.scale}")
@@ -84,10 +87,12 @@ def teach_signal(
     return (err @ head_weight.detach().float() / n).to(h.dtype)
 
 
-def shape_signal(delta: torch.Tensor, scale: float, cfg: TeachConfig):
-    """Scale, clip and gate the per-token signal; returns it and its statistics (tensors)."""
-    raw = delta.norm(dim=-1)
-    out = delta * scale
+def shape_signal(delta: torch.Tensor, scale: float, cfg: TeachConfig, n_active=1):
+    """Scale, clip and gate the per-token signal (clip and gate on e_t = n_active delta_t);
+    returns it (in delta's units) and its statistics (tensors)."""
+    err = delta * n_active
+    raw = err.norm(dim=-1)
+    out = err * scale
     stats = {"norm": raw.mean(), "clip_rate": torch.zeros(()), "gate_rate": torch.ones(())}
     if cfg.clip:
         norm = out.norm(dim=-1, keepdim=True)
@@ -99,4 +104,4 @@ def shape_signal(delta: torch.Tensor, scale: float, cfg: TeachConfig):
         out = out * gate.unsqueeze(-1)
         stats["gate_rate"] = gate.float().mean()
     stats["scaled_norm"] = out.norm(dim=-1).mean()
-    return out, stats
+    return out / n_active, stats

@@ -87,6 +87,16 @@ class MemoryLM(AttentionLM):
             out[f"memory/{i}/writes"] = float(mem.writes.item())
         return out
 
+    def warnings(self, history: list[dict]) -> dict[str, str]:
+        """Inner-update paths that were configured but never fired in a run (pitfall 6)."""
+        last = history[-1] if history else {}
+        return {
+            f"memory.{k.split('/')[1]}": f"memory of layer {k.split('/')[1]} wrote no token"
+            for k, v in last.items()
+            if k.startswith("memory/") and k.endswith("/writes") and v == 0
+            and getattr(self, "teach_scale", 1.0) > 0 and getattr(self, "inner", True)
+        }  # fmt: skip
+
 
 class Titans(MemoryLM):
     def __init__(self, cfg: TitansConfig, vocab_size: int):

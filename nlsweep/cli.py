@@ -98,6 +98,61 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "run_sweep.py", *args, "--resume"])
 
 
+def format_metrics(m: dict[str, float]) -> str:
+    keys = ("train/loss", "val/loss", "val/bpc", "val/ppl", "perf/tokens_per_s")
+    keys += tuple(k for k in m if k.startswith("val/") and k.endswith("_acc"))
+    parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.6g}" for k in keys]
+    return "  ".join(parts)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`python -m nlsweep.train SPEC`: the spec's base config as one trial, without Ray."""
+    import torch
+
+    from models.common import ConfigError, param_count
+    from nlsweep.data import DataError
+    from nlsweep.spec import SpecError, load_spec
+    from nlsweep.train import Diverged, Trainer
+
+    ap = argparse.ArgumentParser(
+        prog="python -m nlsweep.train", description="Run a spec's base config as one trial."
+    )
+    ap.add_argument("spec")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--smoke", action="store_true", help="shrink steps and evaluation")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_spec(args.spec, overrides=args.set, smoke=args.smoke)
+    except SpecError as e:
+        print(e, file=sys.stderr)
+        return 2
+    cfg = spec.base
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        trainer = Trainer(cfg)
+    except DataError as e:
+        print(f"{args.spec}: {e}", file=sys.stderr)
+        return 2
+    except ConfigError as e:  # a size the data cannot fill, found once the corpus is read
+        print(f"{args.spec}: base.{e.key}: {e.expected}", file=sys.stderr)
+        return 2
+    print(
+        f"{spec.name}: {cfg.model.kind}, {param_count(trainer.model)} parameters, "
+        f"device {trainer.device}",
+        flush=True,
+    )
+    try:
+        for m in trainer.run():
+            print(format_metrics(m), flush=True)
+    except Diverged as e:
+        print(f"diverged: {e}", file=sys.stderr)
+        return 3
+    for name, why in trainer.warnings().items():
+        print(f"warning: {name}: {why}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)

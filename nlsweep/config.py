@@ -37,6 +37,8 @@ def _describe(tp) -> str:
         return " or ".join("null" if a is type(None) else _describe(a) for a in get_args(tp))
     if origin is dict:
         return "a mapping"
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if tp is float:
         return "a number"
     if tp is int:
@@ -69,6 +71,10 @@ def coerce(tp, value: Any, key: str) -> Any:
             return {
                 coerce(key_tp, k, key): coerce(val_tp, v, f"{key}.{k}") for k, v in value.items()
             }
+    elif origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, list):
+            return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return build(tp, value, key)

@@ -39,7 +39,7 @@ from nlsweep.space import (
     translate,
 )
 from nlsweep.specfile import Reporter, SpecError, apply_override, line_map
-from nlsweep.train import OBJECTIVES, TrialConfig
+from nlsweep.train import OBJECTIVES, TASK_OBJECTIVES, TrialConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 TOP_KEYS = (
@@ -262,6 +262,8 @@ def load_spec(
         base = TrialConfig.from_dict(base_raw)
     except ConfigError as e:
         err(f"base.{e.key}", e.expected)
+    if metric in TASK_OBJECTIVES and base.data.corpus != TASK_OBJECTIVES[metric]:
+        err("metric", f"{metric} is reported by corpus {TASK_OBJECTIVES[metric]} only")
 
     sections = {}
     for key, cls in (

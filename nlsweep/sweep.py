@@ -34,6 +34,7 @@ from nlsweep.preflight import prepare
 from nlsweep.report import write_report
 from nlsweep.resources import check_resources
 from nlsweep.runtime import describe_hardware
+from nlsweep.sanity import WARNING_PREFIX
 from nlsweep.space import (
     Choice,
     Grid,
@@ -65,9 +66,12 @@ from nlsweep.tracking import (
     git_commit,
 )
 from nlsweep.train import DIVERGED
-from nlsweep.trainable import make_trainable
+from nlsweep.trainable import WARNINGS, make_trainable
 
-METRIC_PREFIXES = ("train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise")
+METRIC_PREFIXES = (
+    "train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise", "memory",
+    "cms_inner", "teach",
+)  # fmt: skip
 
 
 def to_tune(dist) -> Any:
@@ -193,6 +197,8 @@ class MlflowLogger(tune.Callback):
         elif step <= self.last_step.get(trial.trial_id, 0):
             return  # logged before this trial restarted from an older checkpoint
         self.tracker.log(run_id, metrics, step=step)
+        for name, why in json.loads(result.get(WARNINGS) or "{}").items():
+            self.tracker.tag(run_id, f"{WARNING_PREFIX}.{name}", why)
         if trial.trial_id not in self.last_step and "hardware" in result:
             self.tracker.tag(run_id, TAG_HARDWARE, result["hardware"])
         self.last_step[trial.trial_id] = step

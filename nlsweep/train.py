@@ -10,7 +10,6 @@ left untouched (notes, pitfalls 1 and 7).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import random
@@ -29,17 +28,18 @@ from models.cms import CMSConfig, CMSOptimizer
 from models.common import ConfigError, check_ownership, detach_state, param_count, require
 from models.optim import OptimConfig, build_optimizer
 from models.surprise import SurpriseConfig, surprise_backward
-from models.teach import IGNORE
+from models.teach import IGNORE, TeachConfig
 from nlsweep.config import build
-from nlsweep.data import Corpus, DataConfig, DataError, load_corpus
+from nlsweep.data import Corpus, DataConfig, load_corpus
 from nlsweep.runtime import DIVERGED, Diverged, pick_device, rng_state, set_rng_state
 
 __all__ = ["DIVERGED", "Diverged", "Trainer", "TrialConfig"]
 
 STATE_FORMAT = 1
-SECTIONS = ("model", "cms", "optim", "surprise", "data", "state", "train")
+SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
-OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss")
+OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss", "val/recall_acc")
+TASK_OBJECTIVES = {"val/recall_acc": "mqar"}  # reported only by that corpus
 
 
 @dataclass
@@ -111,6 +111,7 @@ class TrialConfig:
     cms: CMSConfig = field(default_factory=CMSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
+    teach: TeachConfig = field(default_factory=TeachConfig)
     data: DataConfig = field(default_factory=DataConfig)
     state: StateConfig = field(default_factory=StateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -134,6 +135,12 @@ class TrialConfig:
             raise ConfigError(
                 "surprise.weights", f"unset: model kind {kind} has no surprise levels"
             )
+        chain = getattr(model_cls, "uses_targets", False)  # hope kinds: a teach-driven chain
+        if chain != bool(cms.token_periods):
+            want = "a list such as [1, 4, 32, 128]" if chain else "unset: no CMS chain"
+            raise ConfigError("cms.token_periods", f"{want} for model kind {kind}")
+        if d.get("teach") and not chain:
+            raise ConfigError("teach", f"unset: model kind {kind} has no teach signal")
         if state.mode != "reset" and not model_cls.carries_state:
             raise ConfigError(
                 "state.mode", f"reset: model kind {kind} keeps no state between batches"
@@ -148,6 +155,7 @@ class TrialConfig:
             cms=cms,
             optim=build(OptimConfig, d.get("optim"), "optim."),
             surprise=surprise,
+            teach=build(TeachConfig, d.get("teach"), "teach."),
             data=build(DataConfig, d.get("data"), "data."),
             state=state,
             train=build(TrainConfig, d.get("train"), "train."),
@@ -166,7 +174,10 @@ class Trainer:
         torch.manual_seed(seed)
         self.corpus = corpus or load_corpus(cfg.data)
         vocab = len(self.corpus.vocab)
-        self.model = MODEL_KINDS[cfg.model.kind][1](cfg.model, vocab).to(self.device)
+        cls = MODEL_KINDS[cfg.model.kind][1]
+        self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
+        extra = (cfg.cms, cfg.teach) if self.targets else ()
+        self.model = cls(cfg.model, vocab, *extra).to(self.device)
         groups = self.model.level_parameters()
         check_ownership(self.model, groups)
         modules = self.model.level_modules()
@@ -204,6 +215,9 @@ class Trainer:
         surprise = bool(sp.active) and self.step % sp.every_n == 0
         if surprise:
             logits, new_state, outputs = self.model.forward_levels(x, self.state)
+        elif self.targets:
+            self.model.teach_scale = self.cfg.teach.scale_at(self.step, self.cfg.train.steps)
+            logits, new_state = self.model(x, self.state, targets=y)
         else:
             logits, new_state = self.model(x, self.state)
         loss = F.cross_entropy(
@@ -244,7 +258,8 @@ class Trainer:
         for k in range(self.eval_windows):
             x, y = self.heldout.window(k)
             y = y.to(self.device)
-            logits, new_state = self.model(x.to(self.device), state if carry else None)
+            kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
+            logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
             state = new_state
             flat = y.reshape(-1)
             total += F.cross_entropy(
@@ -308,6 +323,11 @@ class Trainer:
             else:
                 self.elapsed += time.perf_counter() - t0
 
+    def warnings(self) -> dict[str, str]:
+        """Configured mechanisms that never acted during the run (name -> why)."""
+        check = getattr(self.model, "warnings", None)
+        return check(self.history) if check else {}
+
     # -- training state as data -----------------------------------------------------------
     def state_dict(self) -> dict:
         return {
@@ -340,51 +360,7 @@ class Trainer:
         self.elapsed = float(sd["elapsed"])
 
 
-def format_metrics(m: dict[str, float]) -> str:
-    keys = ("train/loss", "val/loss", "val/bpc", "val/ppl", "perf/tokens_per_s")
-    parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.6g}" for k in keys]
-    return "  ".join(parts)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from nlsweep.spec import SpecError, load_spec
-
-    ap = argparse.ArgumentParser(
-        prog="python -m nlsweep.train", description="Run a spec's base config as one trial."
-    )
-    ap.add_argument("spec")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--smoke", action="store_true", help="shrink steps and evaluation")
-    args = ap.parse_args(argv)
-    try:
-        spec = load_spec(args.spec, overrides=args.set, smoke=args.smoke)
-    except SpecError as e:
-        print(e, file=sys.stderr)
-        return 2
-    cfg = spec.base
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    try:
-        trainer = Trainer(cfg)
-    except DataError as e:
-        print(f"{args.spec}: {e}", file=sys.stderr)
-        return 2
-    except ConfigError as e:  # a size the data cannot fill, found once the corpus is read
-        print(f"{args.spec}: base.{e.key}: {e.expected}", file=sys.stderr)
-        return 2
-    print(
-        f"{spec.name}: {cfg.model.kind}, {param_count(trainer.model)} parameters, "
-        f"device {trainer.device}",
-        flush=True,
-    )
-    try:
-        for m in trainer.run():
-            print(format_metrics(m), flush=True)
-    except Diverged as e:
-        print(f"diverged: {e}", file=sys.stderr)
-        return 3
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from nlsweep.cli import train_main
+
+    sys.exit(train_main())

@@ -11,6 +11,7 @@ exactly where that left off.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -24,6 +25,9 @@ from nlsweep import checkpoint
 from nlsweep.runtime import describe_hardware
 from nlsweep.spec import Spec, swept_values
 from nlsweep.train import DIVERGED, Diverged, Trainer
+
+WARNINGS = "warnings"
+"""Result key of the final report: JSON {name: why} of configured paths that never fired."""
 
 
 def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
@@ -61,6 +65,8 @@ def run_trial(config: dict, spec: Spec) -> None:
                 **{f"perf/{k}": v for k, v in spent.items()},
                 "hardware": hardware,
             }
+            if trainer.step == cfg.train.steps:  # mechanisms that never acted, for run tags
+                metrics[WARNINGS] = json.dumps(trainer.warnings())
             t0 = time.perf_counter()
             if cfg.train.checkpoint_due(trainer.step):
                 with tempfile.TemporaryDirectory(prefix="nlsweep-ckpt-") as folder:

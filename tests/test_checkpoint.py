@@ -157,8 +157,15 @@ TITANS = {
     [
         {**TITANS, "state": {"mode": "persistent"}},
         {**TITANS, "data": {"corpus": "mqar", "seq_len": 32, "batch_size": 4, "num_kv_pairs": 4}},
+        {
+            **TITANS,
+            "model": {**TITANS["model"], "kind": "hope"},
+            "cms": {"token_periods": [1, 3], "inner_lr": 0.5, "inner_momentum": 0.5},
+            "teach": {"scale": 1.0, "warmup_steps": 3, "clip": 1e-4},
+            "state": {"mode": "persistent"},
+        },
     ],
-    ids=["titans-persistent-memory", "titans-mqar"],
+    ids=["titans-persistent-memory", "titans-mqar", "hope-persistent"],
 )
 def test_titans_restore_is_bit_identical(corpus, tmp_path, raw):
     data = None if raw["data"]["corpus"] == "mqar" else corpus

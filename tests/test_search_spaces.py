@@ -76,3 +76,37 @@ def test_persistent_states(tmp_path, monkeypatch):
         d, t = (c := spec.trial_config({"variant": name})).data, c.train
         sizes.add(t.eval_batches * d.seq_len * d.batch_size)
     assert sizes == {16 * 512}
+
+
+def test_teach_scale(tmp_path, monkeypatch):
+    for r in smoke(tmp_path, monkeypatch, "teach_scale"):
+        p, m, tags = r.data.params, r.data.metrics, r.data.tags
+        on = float(p["teach.scale"]) > 0  # 0: every inner update off, memory writes included
+        assert (m["cms_inner/0_p4/updates"] > 0) == on
+        assert (m["memory/0/writes"] > 0) == on
+        never_bound = on and float(p["teach.clip"]) > 0 and m["teach/clip_rate"] == 0
+        assert ("nlsweep.warning.teach.clip" in tags) == never_bound
+
+
+def test_hope_vs_titan(tmp_path, monkeypatch):
+    runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "hope_vs_titan")}
+    assert set(runs) == {"transformer", "titans", "hope_attention", "hope"}
+    assert {r.data.params["model.d_model"] for r in runs.values()} == {"32"}  # equal width
+    for kind, r in runs.items():
+        m = r.data.metrics
+        assert ("memory/0/writes" in m) == (kind in ("titans", "hope"))
+        assert ("cms_inner/0_p4/updates" in m) == kind.startswith("hope")
+        assert r.data.params["model.n_layers"] == "2"
+
+
+def test_hope_vs_titan_mqar(tmp_path, monkeypatch):
+    runs = smoke(tmp_path, monkeypatch, "hope_vs_titan_mqar")
+    assert {r.data.params["variant"] for r in runs} == {
+        "transformer",
+        "titans",
+        "hope_attention",
+        "hope",
+    }
+    for r in runs:
+        assert 0 <= r.data.metrics["val/recall_acc"] <= 1
+        assert r.data.params["model.window"] == "8"

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlsweep.train import Diverged, Trainer, TrialConfig, main
+from nlsweep.cli import train_main as main
+from nlsweep.train import Diverged, Trainer, TrialConfig
 
 BASE = {
     "model": {"kind": "nested_lstm", "d_model": 16, "d_ff": 24, "dropout": 0.1},

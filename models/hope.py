@@ -1,0 +1,255 @@
+"""HOPE: attention (+ Titans memory) followed by a CMS chain updated in context by the teach
+signal. `hope_attention` has attention blocks; `hope` has Titans memory blocks.
+
+Notation (shared notes §1, "token periods" reading; `models/teach.py` defines delta)
+    h            output of the attention (hope: attention + memory) blocks, (B, T, d)
+    y_0 = h,  y_l = y_{l-1} + MLP_l(LN_l(y_{l-1}))     l = 1 .. L, one CMS level per period
+    MLP_l(u)     = (W2_l + dW2_l) gelu((W1_l + dW1_l) u + b1_l) + b2_l
+    logits       = W_head LN(y_L)
+    delta_t      teach signal at the head input, scaled by s(i), clipped, gated
+    G_l         += grad_{dW_l} <MLP_l(u_t), delta_t>   for every token t (delta_t read as the
+                   error at block l's output: exact for the last block, the residual path's
+                   share for the earlier ones)
+    every C_l tokens of the level's clock:  M_l <- mu M_l + G_l;  dW_l <- dW_l - lr_l M_l;  G_l <- 0
+Update frequencies: W, b (and everything before the chain) are outer parameters, stepped by the
+outer optimizer; the fast weights dW_l, momenta M_l, pending sums G_l and the token clock are
+inner state (per batch row), changed in context every C_l tokens. Tokens are processed in
+segments that end at every boundary of the fastest level, so a prediction only ever uses fast
+weights updated from tokens before it, during training and held-out evaluation alike. Inner
+updates are computed from detached tensors (no outer gradient through them). Between batches
+the inner state resets with `state.mode: reset` (a fresh context per sequence) or is carried
+along the streams (`persistent`). The teach scale s(i) also multiplies the Titans memory's
+writes in `hope`, so s = 0 turns every inner update off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.teach import IGNORE, TeachConfig, shape_signal, teach_signal
+from models.titans import MemoryBlock, MemoryLM, TitansConfig, memory_state_names
+from models.transformer import AttentionConfig, Block
+
+
+@dataclass
+class HopeAttentionConfig(AttentionConfig):
+    """`model:` section for `kind: hope_attention` (the CMS chain is set in `cms:`)."""
+
+    kind: Literal["hope_attention"] = "hope_attention"
+    inner_updates: bool = True
+    """false: the CMS chain keeps its outer weights (an ablation; teach: is then unused)."""
+
+
+@dataclass
+class HopeConfig(TitansConfig):
+    """`model:` section for `kind: hope`."""
+
+    kind: Literal["hope"] = "hope"
+    inner_updates: bool = True
+    """false: no inner update at all (CMS chain and memory writes): the ablation."""
+
+
+def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
+    cdf = 0.5 * (1 + torch.erf(z / 2**0.5))
+    return cdf + z * torch.exp(-0.5 * z * z) / (2 * torch.pi) ** 0.5
+
+
+class CMSBlock(nn.Module):
+    """One CMS level: a residual MLP whose weights carry per-row fast weights."""
+
+    def __init__(self, d: int, d_ff: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.w1 = nn.Linear(d, d_ff)
+        self.w2 = nn.Linear(d_ff, d)
+
+    def forward(self, y: torch.Tensor, dw1: torch.Tensor, dw2: torch.Tensor):
+        """y (B, n, d) -> (y + MLP(LN y), u, z, a) with u, z, a kept for the inner update."""
+        u = self.norm(y)
+        # (W + dW) u through the module, so that optimizers hooking nn.Linear inputs (the
+        # delta rule) see the block's inputs
+        z = self.w1(u) + torch.einsum("bnd,bfd->bnf", u, dw1)
+        a = F.gelu(z)
+        return y + self.w2(a) + torch.einsum("bnf,bdf->bnd", a, dw2), (u, z, a)
+
+    def inner_grads(self, delta, u, z, a, dw2):
+        """Summed over the segment's tokens: grads of <MLP(u_t), delta_t> w.r.t. W1, W2."""
+        g2 = torch.einsum("bnd,bnf->bdf", delta, a)
+        back = torch.einsum("bnd,bdf->bnf", delta, self.w2.weight.detach() + dw2) * _gelu_grad(z)
+        return torch.einsum("bnf,bnd->bfd", back, u), g2
+
+
+class CMSChain(nn.Module):
+    """The chain of CMS blocks with token periods, its inner state and its counters."""
+
+    def __init__(self, d: int, d_ff: int, periods, lr, momentum: float, teach: TeachConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(CMSBlock(d, d_ff) for _ in periods)
+        self.periods, self.lr, self.momentum, self.teach = list(periods), list(lr), momentum, teach
+        self.register_buffer("updates", torch.zeros(len(periods), dtype=torch.long))
+        self.register_buffer("last_norm", torch.zeros(len(periods)))
+        self.stats: dict[str, float] = {}
+
+    def init_state(self, B: int, device) -> tuple:
+        out = []
+        for b in self.blocks:
+            w1, w2 = b.w1.weight, b.w2.weight
+            for shape in (w1.shape, w2.shape):  # dW, M, G for W1 then for W2
+                out += [torch.zeros(B, *shape, device=device) for _ in range(3)]
+        return (*out, torch.zeros(B, dtype=torch.float64, device=device))
+
+    def _add_stats(self, st: dict) -> None:
+        for k, v in st.items():
+            self.stats[k] = self.stats.get(k, 0.0) + float(v)
+        self.stats["segments"] = self.stats.get("segments", 0.0) + 1
+
+    def forward(self, h, state, head: nn.Linear, norm_out, targets, scale: float):
+        """Logits of every position, predicting each segment with the fast weights of the
+        tokens before it; with targets and scale > 0 the fast weights learn as they go."""
+        B, T, _ = h.shape
+        state = self.init_state(B, h.device) if state is None else state
+        fast = [list(state[6 * i : 6 * i + 6]) for i in range(len(self.blocks))]
+        clock = state[-1]
+        learn = targets is not None and scale > 0
+        n_active = None if targets is None else (targets != IGNORE).sum().clamp(min=1)
+        step, t0, logits_all = self.periods[0], 0, []
+        while t0 < T:
+            t1 = min(T, t0 + step - int(clock[0].item() + t0) % step)
+            y, saved = h[:, t0:t1], []
+            for blk, f in zip(self.blocks, fast):
+                y, cache = blk(y, f[0], f[3])
+                saved.append(cache)
+            hn = norm_out(y)
+            logits = head(hn)
+            logits_all.append(logits)
+            if learn:
+                self._learn(hn, logits, targets[:, t0:t1], head, n_active, saved, fast, scale)
+            t0 = t1
+            ends = clock + t0
+            for i, (p, f) in enumerate(zip(self.periods, fast)):
+                if learn and int(ends[0].item()) % p == 0:
+                    self._step_level(i, f)
+        new_state = tuple(t for f in fast for t in f) + (clock + T,)
+        return torch.cat(logits_all, dim=1), new_state
+
+    def _learn(self, hn, logits, targets, head, n_active, saved, fast, scale):
+        with torch.no_grad():
+            # teach_signal divides by this segment's active positions; the batch loss by all
+            here = (targets != IGNORE).sum().clamp(min=1)
+            raw = teach_signal(hn, logits, targets, head.weight) * (here / n_active)
+            delta, st = shape_signal(raw, scale, self.teach, n_active)
+            if self.training:
+                self._add_stats({**st, "scale": scale})
+            for blk, (u, z, a), f in zip(self.blocks, saved, fast):
+                g1, g2 = blk.inner_grads(delta, u.detach(), z.detach(), a.detach(), f[3])
+                f[2] = f[2] + g1
+                f[5] = f[5] + g2
+
+    def _step_level(self, i: int, f: list) -> None:
+        with torch.no_grad():
+            for dw, m, g in ((0, 1, 2), (3, 4, 5)):
+                f[m] = self.momentum * f[m] + f[g]
+                step = self.lr[i] * f[m]
+                f[dw] = f[dw] - step
+                f[g] = torch.zeros_like(f[g])
+            if self.training:
+                self.updates[i] += 1
+                self.last_norm[i] = step.flatten(1).norm(dim=1).mean()
+
+    def read_stats(self) -> dict[str, float]:
+        """Inner-update counters and the teach signal's statistics since the last read."""
+        out = {}
+        for i, p in enumerate(self.periods):
+            out[f"cms_inner/{i}_p{p}/updates"] = float(self.updates[i].item())
+            out[f"cms_inner/{i}_p{p}/update_norm"] = float(self.last_norm[i].item())
+        n = self.stats.pop("segments", 0.0)
+        for k, v in self.stats.items():
+            out[f"teach/{k}"] = v / max(n, 1)
+        self.stats = {}
+        return out
+
+
+class _Hope:
+    """What both HOPE kinds add to their attention LM: the chain, targets, teach scale."""
+
+    uses_targets = True
+    carries_state = True
+    teach_scale = 1.0
+
+    def _hope_init(self, cfg, cms, teach):
+        self.inner = cfg.inner_updates
+        self.chain = CMSChain(
+            cfg.d_model, cfg.d_ff, cms.token_periods, cms.inner_lrs(), cms.inner_momentum, teach
+        )
+        self.n_chain = 6 * len(cms.token_periods) + 1
+        self.state_names = (*self.state_names, *self.chain_state_names(len(cms.token_periods)))
+
+    @staticmethod
+    def chain_state_names(n: int) -> tuple[str, ...]:
+        parts = ("dw1", "m1", "g1", "dw2", "m2", "g2")
+        return (*(f"cms{i}_{p}" for i in range(n) for p in parts), "cms_clock")
+
+    def forward(self, idx: torch.Tensor, state=None, targets=None):
+        scale = self.teach_scale if self.inner else 0.0
+        for mem in self.memories():
+            mem.write_scale = scale
+        inner_state = None if state is None else state[: len(state) - self.n_chain]
+        chain_state = None if state is None else state[len(state) - self.n_chain :]
+        h, inner_state = self.body(idx, inner_state)
+        logits, chain_state = self.chain(h, chain_state, self.head, self.norm_out, targets, scale)
+        return logits, (*(inner_state or ()), *chain_state)
+
+    def inner_metrics(self) -> dict[str, float]:
+        return {**super().inner_metrics(), **self.chain.read_stats()}
+
+    def warnings(self, history: list[dict]) -> dict[str, str]:
+        out = super().warnings(history)
+        if not history or not self.inner or not any(m.get("teach/scale", 0) for m in history):
+            return out  # inner updates off by design (ablation, or scale 0)
+        for k, v in history[-1].items():
+            if k.startswith("cms_inner/") and k.endswith("/updates") and v == 0:
+                out[f"cms_inner.{k.split('/')[1]}"] = f"CMS block {k.split('/')[1]} never updated"
+        teach = self.chain.teach
+        if teach.clip and not any(m.get("teach/clip_rate", 0) for m in history):
+            biggest = max(m.get("teach/scaled_norm", 0) for m in history)
+            out["teach.clip"] = f"teach.clip {teach.clip:g} never bound (mean scaled norm "
+            out["teach.clip"] += f"up to {biggest:.3g})"
+        if teach.threshold and not any(m.get("teach/gate_rate", 0) for m in history):
+            out["teach.threshold"] = f"teach.threshold {teach.threshold:g} closed the gate on "
+            out["teach.threshold"] += "every token: no inner update could fire"
+        return out
+
+
+class HopeAttention(_Hope, MemoryLM):
+    def __init__(self, cfg: HopeAttentionConfig, vocab_size: int, cms, teach: TeachConfig):
+        MemoryLM.__init__(self, cfg, vocab_size, [Block(cfg) for _ in range(cfg.n_layers)], 0)
+        self.state_names = ()
+        self._hope_init(cfg, cms, teach)
+
+    def body(self, idx, state):
+        h = self.embed(idx)
+        for block in self.blocks:
+            h = block(h)
+        return h, ()
+
+
+class Hope(_Hope, MemoryLM):
+    def __init__(self, cfg: HopeConfig, vocab_size: int, cms, teach: TeachConfig):
+        blocks = [MemoryBlock(cfg) for _ in range(cfg.n_layers)]
+        MemoryLM.__init__(self, cfg, vocab_size, blocks, 2 * cfg.memory_depth)
+        self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)
+        self._hope_init(cfg, cms, teach)
+
+    def body(self, idx, state):
+        h = self.embed(idx)
+        out = []
+        for i, block in enumerate(self.blocks):
+            s = None if not state else state[i * self.per_block : (i + 1) * self.per_block]
+            h, s = block(h, s)
+            out.extend(s)
+        return h, tuple(out)
