@@ -33,7 +33,7 @@ from torch import nn
 
 from models.teach import IGNORE, TeachConfig, shape_signal, teach_signal
 from models.titans import MemoryBlock, MemoryLM, TitansConfig, memory_state_names
-from models.transformer import AttentionConfig, Block
+from models.transformer import AttentionConfig, AttentionLM, Block
 
 
 @dataclass
@@ -231,11 +231,7 @@ class HopeAttention(_Hope, MemoryLM):
         self.state_names = ()
         self._hope_init(cfg, cms, teach)
 
-    def body(self, idx, state):
-        h = self.embed(idx)
-        for block in self.blocks:
-            h = block(h)
-        return h, ()
+    body = AttentionLM.body  # plain blocks, nothing carried but the chain's state
 
 
 class Hope(_Hope, MemoryLM):
@@ -244,12 +240,3 @@ class Hope(_Hope, MemoryLM):
         MemoryLM.__init__(self, cfg, vocab_size, blocks, 2 * cfg.memory_depth)
         self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)
         self._hope_init(cfg, cms, teach)
-
-    def body(self, idx, state):
-        h = self.embed(idx)
-        out = []
-        for i, block in enumerate(self.blocks):
-            s = None if not state else state[i * self.per_block : (i + 1) * self.per_block]
-            h, s = block(h, s)
-            out.extend(s)
-        return h, tuple(out)

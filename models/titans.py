@@ -68,14 +68,14 @@ class MemoryLM(AttentionLM):
         super().__init__(cfg, vocab_size, blocks)
         self.per_block = per_block
 
-    def hidden(self, idx: torch.Tensor, state=None):
+    def body(self, idx: torch.Tensor, state=None):
         h = self.embed(idx)
         out = []
         for i, block in enumerate(self.blocks):
-            s = None if state is None else state[i * self.per_block : (i + 1) * self.per_block]
+            s = state[i * self.per_block : (i + 1) * self.per_block] if state else None
             h, s = block(h, s)
             out.extend(s)
-        return self.norm_out(h), tuple(out)
+        return h, tuple(out)
 
     def memories(self) -> list[NeuralMemory]:
         return [m for m in self.modules() if isinstance(m, NeuralMemory)]

@@ -87,6 +87,12 @@ class NeuralMemory(nn.Module):
         ws = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
         return (*ws, *[torch.zeros_like(w) for w in ws])
 
+    def _split(self, batch: int, state):
+        """(weights, momenta) as lists, from `state` or the initial memory."""
+        state = self.init_state(batch) if state is None else state
+        n = len(self.init_weights)
+        return list(state[:n]), list(state[n:])
+
     def _inputs(self, x: torch.Tensor):
         k, v, q = self.proj(x).chunk(3, dim=-1)
         g = self.gates(x)
@@ -118,9 +124,7 @@ class NeuralMemory(nn.Module):
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, d) -> memory read-out (B, T, d) and the state (W..., S...) after T."""
         B, T, _ = x.shape
-        state = self.init_state(B) if state is None else state
-        n = len(self.init_weights)
-        ws, ss = list(state[:n]), list(state[n:])
+        ws, ss = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
         ys = []
         b = self.cfg.memory_chunk
@@ -174,9 +178,7 @@ class NeuralMemory(nn.Module):
         """The recurrence token by token, each gradient by autograd at the memory of its
         chunk's start (chunk 1: the memory just before the token), for the tests."""
         B, T, _ = x.shape
-        state = self.init_state(B) if state is None else state
-        n = len(self.init_weights)
-        ws, ss = list(state[:n]), list(state[n:])
+        ws, ss = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
         ys = []
         for t in range(T):
@@ -186,7 +188,7 @@ class NeuralMemory(nn.Module):
                 pred = self.read(at, k[:, t : t + 1].detach())
                 loss = (pred - v[:, t : t + 1].detach()).pow(2).sum()
                 gs = torch.autograd.grad(loss, at)
-            for j in range(n):
+            for j in range(len(ws)):
                 ss[j] = eta[:, t].view(B, 1, 1) * ss[j] - theta[:, t].view(B, 1, 1) * gs[j]
                 ws[j] = (1 - alpha[:, t].view(B, 1, 1)) * ws[j] + ss[j]
             ys.append(self.read(ws, q[:, t : t + 1]))

@@ -90,12 +90,17 @@ class AttentionLM(nn.Module):
     def level_parameters(self) -> dict[str, list[nn.Parameter]]:
         return {"fast": list(self.parameters())}
 
-    def hidden(self, idx: torch.Tensor, state=None):
-        """The head's input h (B, T, d) and the state after the batch."""
+    def body(self, idx: torch.Tensor, state=None):
+        """The blocks' output (B, T, d) and the state they carry after the batch."""
         h = self.embed(idx)
         for block in self.blocks:
             h = block(h)
-        return self.norm_out(h), None
+        return h, ()
+
+    def hidden(self, idx: torch.Tensor, state=None):
+        """The head's input h (B, T, d) and the state after the batch (None: stateless)."""
+        h, new_state = self.body(idx, state)
+        return self.norm_out(h), new_state or None
 
     def forward(self, idx: torch.Tensor, state=None):
         h, new_state = self.hidden(idx, state)
