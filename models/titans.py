@@ -81,10 +81,12 @@ class MemoryLM(AttentionLM):
         return [m for m in self.modules() if isinstance(m, NeuralMemory)]
 
     def inner_metrics(self) -> dict[str, float]:
-        """Counters that prove the memories wrote: training tokens written, per layer."""
+        """Counters that prove the memories wrote, per layer: training tokens written, and the
+        norm of the update (momentum) S after the last training batch."""
         out = {}
         for i, mem in enumerate(self.memories()):
             out[f"memory/{i}/writes"] = float(mem.writes.item())
+            out[f"memory/{i}/update_norm"] = float(mem.update_norm.item())
         return out
 
     def warnings(self, history: list[dict]) -> dict[str, str]:

@@ -82,6 +82,7 @@ class NeuralMemory(nn.Module):
         # Training tokens written so far: a counter proving the memory acted; a buffer, so
         # it checkpoints with the model.
         self.register_buffer("writes", torch.zeros((), dtype=torch.long))
+        self.register_buffer("update_norm", torch.zeros(()))  # ||S|| after the last batch
 
     def init_state(self, batch: int):
         ws = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
@@ -136,6 +137,8 @@ class NeuralMemory(nn.Module):
             ws = [w[:, -1] for w in ws_all]
         if self.training and self.write_scale:
             self.writes += B * T
+            with torch.no_grad():
+                self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
         return self.out(torch.cat(ys, dim=1)), (*ws, *ss)
 
     @staticmethod

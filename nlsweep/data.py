@@ -70,7 +70,7 @@ class DataError(RuntimeError):
 class DataConfig:
     """`data:` section."""
 
-    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text", "mqar"] = "pydoc"
+    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text", "mqar", "passkey"] = "pydoc"
     """A text corpus (characters), or a synthetic memory task (`nlsweep/tasks.py`)."""
     path: str = ""
     """Folder holding the corpus files (a file for `text`); empty = NLSWEEP_DATA / cache."""
@@ -81,13 +81,36 @@ class DataConfig:
     val_fraction: float | None = None
     """Held-out tail of single-file corpora (default 0.1); not allowed for wikitext2."""
     vocab_size: int | None = None
-    """mqar: tokens in the vocabulary (default 64; 0 is filler, then keys, then values)."""
+    """mqar: tokens in the vocabulary (default 64; 0 is filler, then keys, then values);
+    passkey: default 32 (2 markers, filler tokens, the 10 digits last)."""
     num_kv_pairs: int | None = None
     """mqar: key-value pairs per sequence, all queried at its end (default 8)."""
+    key_len: int | None = None
+    """passkey: digits in the key (default 4)."""
+    eval_lengths: list[int] | None = None
+    """passkey: further held-out sequence lengths to report accuracy at (default none)."""
     task_seed: int = 0
-    """mqar: seed of the generated training and held-out sequences."""
+    """mqar, passkey: seed of the generated training and held-out sequences."""
 
     def __post_init__(self):
+        task_fields = {"mqar": ("num_kv_pairs",), "passkey": ("key_len", "eval_lengths")}
+        for task, fields in task_fields.items():
+            for key in fields if self.corpus != task else ():
+                require(getattr(self, key) is None, key, f"unset unless corpus is {task}")
+        if self.corpus == "passkey":
+            self.vocab_size = 32 if self.vocab_size is None else self.vocab_size
+            self.key_len = 4 if self.key_len is None else self.key_len
+            require(self.key_len >= 1, "key_len", f">= 1, got {self.key_len}")
+            require(
+                self.vocab_size >= 14, "vocab_size", f">= 14 for passkey, got {self.vocab_size}"
+            )
+            shortest = 2 * self.key_len + 3
+            for n in [self.seq_len, *(self.eval_lengths or [])]:
+                require(
+                    n >= shortest,
+                    "seq_len" if n == self.seq_len else "eval_lengths",
+                    f"at least 2 x key_len + 3 = {shortest} tokens, got {n}",
+                )
         if self.corpus == "mqar":
             self.vocab_size = 64 if self.vocab_size is None else self.vocab_size
             self.num_kv_pairs = 8 if self.num_kv_pairs is None else self.num_kv_pairs
@@ -103,12 +126,12 @@ class DataConfig:
                 "seq_len",
                 f"at least 4 x num_kv_pairs = {4 * self.num_kv_pairs}, got {self.seq_len}",
             )
+        if self.corpus in TASKS:
             require(not self.path, "path", "unset for a generated task")
             require(self.task_seed >= 0, "task_seed", f">= 0, got {self.task_seed}")
-        else:
-            for key in ("vocab_size", "num_kv_pairs"):
-                require(getattr(self, key) is None, key, "unset unless corpus is mqar")
-            require(self.task_seed == 0, "task_seed", "unset unless corpus is mqar")
+        if self.corpus not in TASKS:
+            require(self.vocab_size is None, "vocab_size", "unset unless corpus is a task")
+            require(self.task_seed == 0, "task_seed", "unset unless corpus is mqar or passkey")
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
         require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
         if self.val_fraction is not None:
@@ -304,6 +327,9 @@ class Corpus:
     val_unk_rate: float
     accuracy_key: str | None = None
     """Text corpora report no accuracy; tasks name theirs (e.g. val/recall_acc)."""
+
+    def extra_evals(self, batch_size: int) -> dict:
+        return {}  # tasks add held-out sets at other lengths
 
     def batchers(self, batch_size: int, seq_len: int):
         """(training, held-out) batchers of B contiguous streams."""

@@ -7,6 +7,12 @@ value; the loss and the accuracy (`val/recall_acc`) count only the positions who
 queried value. Every query sits at least seq_len - 4D positions after its pair, so a model
 whose attention window is shorter must recall through something else (its memory).
 
+`passkey`: a key of `key_len` digits after a KEY marker, hidden at a random depth in random
+filler, and asked for at the end after a QUERY marker; the loss and the accuracy
+(`val/passkey_acc`, per digit) count only the key's digits after the query. Held-out accuracy
+is also reported at every length of `eval_lengths` (`val/passkey_acc/lenL`), the key at a
+random depth each time: recall by context length.
+
 Training batch i is generated from (task_seed, i), so the data cursor is one integer and a
 resumed trial sees exactly the batches it would have seen. Held-out sequences come from a
 separate seed; training and held-out sequences are disjoint by construction (a sequence
@@ -23,7 +29,8 @@ import torch
 from models.teach import IGNORE
 
 HELDOUT_SEED = 1 << 40
-TASKS = ("mqar",)
+TASKS = ("mqar", "passkey")
+KEY, QUERY, FILLER0 = 1, 2, 3  # passkey markers; filler tokens from 3, the 10 digits last
 
 
 class TokenVocab:
@@ -62,6 +69,35 @@ def mqar_batch(
     return x, y
 
 
+def passkey_batch(
+    gen: torch.Generator, n: int, seq_len: int, vocab: int, key_len: int, split: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n passkey sequences of the given split: inputs and targets (the digits after QUERY)."""
+    digits0 = vocab - 10
+    weights = torch.randint(1, 2**31, (key_len + 1,), generator=torch.Generator().manual_seed(7))
+    x = torch.randint(FILLER0, digits0, (n, seq_len), generator=gen)
+    keys = torch.empty(n, key_len, dtype=torch.long)
+    depth = torch.empty(n, dtype=torch.long)
+    todo = torch.arange(n)
+    last = seq_len - 2 * key_len - 2  # the key and its marker end before the query
+    while len(todo):
+        m = len(todo)
+        k = torch.randint(digits0, vocab, (m, key_len), generator=gen)
+        d = torch.randint(0, last + 1, (m,), generator=gen)
+        ok = (torch.cat([k, d[:, None]], 1) * weights).sum(1) % 2 == split
+        keys[todo[ok]], depth[todo[ok]] = k[ok], d[ok]
+        todo = todo[~ok]
+    rows = torch.arange(n)[:, None]
+    x[rows, depth[:, None]] = KEY
+    x[rows, depth[:, None] + 1 + torch.arange(key_len)] = keys
+    q = seq_len - key_len - 1
+    x[:, q] = QUERY
+    x[:, q + 1 :] = keys
+    y = torch.full_like(x, IGNORE)
+    y[:, q : q + key_len] = keys  # digit j predicted at QUERY + j
+    return x, y
+
+
 class TaskBatcher:
     """Batches of generated sequences with the StreamBatcher interface."""
 
@@ -95,24 +131,44 @@ class TaskCorpus:
 
     name: str
     vocab: TokenVocab
-    seq_len: int
-    pairs: int
+    size: int
+    """mqar: key-value pairs; passkey: digits of the key."""
     seed: int
+    eval_lengths: tuple[int, ...] = ()
+    """passkey: extra held-out lengths, each reported as `<accuracy_key>/len<L>`."""
     val_overlap: float = 0.0
     val_unk_rate: float = 0.0
-    accuracy_key: str = "val/recall_acc"
+
+    @property
+    def accuracy_key(self) -> str:
+        return {"mqar": "val/recall_acc", "passkey": "val/passkey_acc"}[self.name]
+
+    def _make(self, seq_len: int):
+        fn = mqar_batch if self.name == "mqar" else passkey_batch
+
+        def make(gen, n, split):
+            return fn(gen, n, seq_len, len(self.vocab), self.size, split)
+
+        return make
 
     def batchers(self, batch_size: int, seq_len: int):
-        def make(gen, n, split):
-            return mqar_batch(gen, n, seq_len, len(self.vocab), self.pairs, split)
-
         return (
-            TaskBatcher(make, batch_size, self.seed, 0),
-            TaskBatcher(make, batch_size, self.seed + HELDOUT_SEED, 1),
+            TaskBatcher(self._make(seq_len), batch_size, self.seed, 0),
+            TaskBatcher(self._make(seq_len), batch_size, self.seed + HELDOUT_SEED, 1),
         )
+
+    def extra_evals(self, batch_size: int) -> dict:
+        """Held-out batchers at the other lengths, by metric name."""
+        return {
+            f"{self.accuracy_key}/len{n}": TaskBatcher(
+                self._make(n), batch_size, self.seed + HELDOUT_SEED + n, 1
+            )
+            for n in self.eval_lengths
+        }
 
 
 def load_task(cfg) -> TaskCorpus:
     """The task a `data:` section names (its fields were checked by DataConfig)."""
-    return TaskCorpus(cfg.corpus, TokenVocab(cfg.vocab_size), cfg.seq_len, cfg.num_kv_pairs,
-                      cfg.task_seed)  # fmt: skip
+    size = cfg.num_kv_pairs if cfg.corpus == "mqar" else cfg.key_len
+    return TaskCorpus(cfg.corpus, TokenVocab(cfg.vocab_size), size, cfg.task_seed,
+                      tuple(cfg.eval_lengths or ()))  # fmt: skip

@@ -38,8 +38,8 @@ __all__ = ["DIVERGED", "Diverged", "Trainer", "TrialConfig"]
 STATE_FORMAT = 1
 SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
-OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss", "val/recall_acc")
-TASK_OBJECTIVES = {"val/recall_acc": "mqar"}  # reported only by that corpus
+OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc")
+TASK_OBJECTIVES = {"val/recall_acc": "mqar", "val/passkey_acc": "passkey"}  # only they report
 
 
 @dataclass
@@ -189,6 +189,7 @@ class Trainer:
         B, T = cfg.data.batch_size, cfg.data.seq_len
         self.batcher, self.heldout = self.corpus.batchers(B, T)
         self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
+        self.extra_evals = self.corpus.extra_evals(B)
         self.step = 0
         # Recurrent training state carried between batches (None: zeros at the next batch).
         self.state = None
@@ -248,15 +249,17 @@ class Trainer:
         self._since_eval["surprise_steps"] = self._since_eval.get("surprise_steps", 0) + 1
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean held-out cross-entropy (nats/token) over the fixed evaluation windows."""
+    def evaluate(self, heldout=None) -> float:
+        """Mean held-out cross-entropy (nats/token) over the fixed evaluation windows (of
+        `heldout`, default the held-out split); sets `accuracy` and `eval_tokens`."""
+        heldout = heldout or self.heldout
         was_training = self.model.training
         self.model.eval()
         total, count, hits = 0.0, 0, 0
         state = None  # evaluation's own state, never the training state (notes, pitfall 7)
         carry = self.cfg.state.mode != "reset"
         for k in range(self.eval_windows):
-            x, y = self.heldout.window(k)
+            x, y = heldout.window(k)
             y = y.to(self.device)
             kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
             logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
@@ -293,6 +296,9 @@ class Trainer:
         }
         if self.corpus.accuracy_key:
             m[self.corpus.accuracy_key] = self.accuracy
+        for name, batcher in self.extra_evals.items():  # e.g. recall by context length
+            self.evaluate(batcher)
+            m[name] = self.accuracy
         m.update(self.cms.metrics())
         if hasattr(self.model, "inner_metrics"):
             m.update(self.model.inner_metrics())
