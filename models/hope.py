@@ -115,11 +115,12 @@ class CMSChain(nn.Module):
         state = self.init_state(B, h.device) if state is None else state
         fast = [list(state[6 * i : 6 * i + 6]) for i in range(len(self.blocks))]
         clock = state[-1]
+        c0 = int(clock[0].item())  # rows move in lockstep: one host read per call
         learn = targets is not None and scale > 0
         n_active = None if targets is None else (targets != IGNORE).sum().clamp(min=1)
         step, t0, logits_all = self.periods[0], 0, []
         while t0 < T:
-            t1 = min(T, t0 + step - int(clock[0].item() + t0) % step)
+            t1 = min(T, t0 + step - (c0 + t0) % step)
             y, saved = h[:, t0:t1], []
             for blk, f in zip(self.blocks, fast):
                 y, cache = blk(y, f[0], f[3])
@@ -130,9 +131,8 @@ class CMSChain(nn.Module):
             if learn:
                 self._learn(hn, logits, targets[:, t0:t1], head, n_active, saved, fast, scale)
             t0 = t1
-            ends = clock + t0
             for i, (p, f) in enumerate(zip(self.periods, fast)):
-                if learn and int(ends[0].item()) % p == 0:
+                if learn and (c0 + t0) % p == 0:
                     self._step_level(i, f)
         new_state = tuple(t for f in fast for t in f) + (clock + T,)
         return torch.cat(logits_all, dim=1), new_state
@@ -208,9 +208,9 @@ class _Hope:
         return {**super().inner_metrics(), **self.chain.read_stats()}
 
     def warnings(self, history: list[dict]) -> dict[str, str]:
-        out = super().warnings(history)
         if not history or not self.inner or not any(m.get("teach/scale", 0) for m in history):
-            return out  # inner updates off by design (ablation, or scale 0)
+            return {}  # inner updates off by design (ablation, or scale 0): nothing to fire
+        out = super().warnings(history)
         for k, v in history[-1].items():
             if k.startswith("cms_inner/") and k.endswith("/updates") and v == 0:
                 out[f"cms_inner.{k.split('/')[1]}"] = f"CMS block {k.split('/')[1]} never updated"

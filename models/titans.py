@@ -96,8 +96,7 @@ class MemoryLM(AttentionLM):
             f"memory.{k.split('/')[1]}": f"memory of layer {k.split('/')[1]} wrote no token"
             for k, v in last.items()
             if k.startswith("memory/") and k.endswith("/writes") and v == 0
-            and getattr(self, "teach_scale", 1.0) > 0 and getattr(self, "inner", True)
-        }  # fmt: skip
+        }
 
 
 class Titans(MemoryLM):

@@ -129,7 +129,7 @@ class DataConfig:
         if self.corpus in TASKS:
             require(not self.path, "path", "unset for a generated task")
             require(self.task_seed >= 0, "task_seed", f">= 0, got {self.task_seed}")
-        if self.corpus not in TASKS:
+        else:
             require(self.vocab_size is None, "vocab_size", "unset unless corpus is a task")
             require(self.task_seed == 0, "task_seed", "unset unless corpus is mqar or passkey")
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")

@@ -289,8 +289,10 @@ def run_sweep(
                 parent_id, TAG_RESUMED, str(int(tracker.tags(parent_id).get(TAG_RESUMED, 0)) + 1)
             )
             base_tags = sweep_tags(spec)
-            logger = MlflowLogger(tracker, spec, parent_id, base_tags, tracker.children(parent_id))
-            out(f"resuming {path} ({trial_counts(spec, path)[0]} trials finished before)")
+            known = tracker.children(parent_id)
+            logger = MlflowLogger(tracker, spec, parent_id, base_tags, known)
+            done = sum(r.info.status == "FINISHED" for r in known.values())
+            out(f"resuming {path} ({done} of its {len(known)} trial runs had finished)")
         _ACTIVE.append(logger)
         try:
             tuner = make_tuner(spec, logger) if marker is None else restore_tuner(spec, path)
