@@ -44,8 +44,11 @@ class CMSConfig:
     token_periods: list[int] = field(default_factory=list)
     """hope, hope_attention: the CMS chain, one MLP block per period C_l (tokens between its
     in-context updates), e.g. [1, 4, 32, 128]; each a multiple of the one before."""
-    inner_lr: float | list[float] = 1.0
-    """Inner learning rate of the chain's blocks (one value, or one per token period)."""
+    inner_lr: float | list[float] = 1e-3
+    """Inner learning rate of the chain's blocks (one value, or one per token period), per
+    token of loss: a block's fast weights move by -inner_lr x the summed gradient of the
+    scaled token losses of its period. (Until nlsweep 0.1 the signal was divided by the
+    batch's active tokens N; 1e-3 per token equals the old 1.0 at N ~ 1000, e.g. 16 x 64.)"""
     inner_momentum: float = 0.0
     """Momentum mu of the chain's inner updates (0: plain steps)."""
 

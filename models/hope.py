@@ -1,16 +1,24 @@
 """HOPE: attention (+ Titans memory) followed by a CMS chain updated in context by the teach
 signal. `hope_attention` has attention blocks; `hope` has Titans memory blocks.
 
-Notation (shared notes §1, "token periods" reading; `models/teach.py` defines delta)
+Notation (shared notes §1, "token periods" reading; `models/teach.py` defines e_t)
     h            output of the attention (hope: attention + memory) blocks, (B, T, d)
     y_0 = h,  y_l = y_{l-1} + MLP_l(LN_l(y_{l-1}))     l = 1 .. L, one CMS level per period
     MLP_l(u)     = (W2_l + dW2_l) gelu((W1_l + dW1_l) u + b1_l) + b2_l
-    logits       = W_head LN(y_L)
-    delta_t      teach signal at the head input, scaled by s(i), clipped, gated
-    G_l         += grad_{dW_l} <MLP_l(u_t), delta_t>   for every token t (delta_t read as the
-                   error at block l's output: exact for the last block, the residual path's
-                   share for the earlier ones)
+    logits       = W_head LN_out(y_L)
+    l_t          the cross-entropy of token t alone (0 where its target is ignored)
+    e'_t         its error at the head input, dl_t/d LN_out(y_L), scaled by s(i), clipped, gated
+    g_{L,t}      = e'_t J_LN_out(y_L,t)          carried back through the final norm
+    g_{l-1,t}    = g_{l,t} + g_{l,t} J_{MLP_l o LN_l}(y_{l-1,t})     through block l
+                 so g_{l,t} = s(i) dl_t / dy_{l,t} exactly (without clip or gate)
+    G_l         += grad_{dW_l} <MLP_l(LN_l(y_{l-1,t})), g_{l,t}>  = s(i) dl_t / d dW_l
     every C_l tokens of the level's clock:  M_l <- mu M_l + G_l;  dW_l <- dW_l - lr_l M_l;  G_l <- 0
+Every block's inner gradient is the exact gradient of the scaled token losses of its period
+with respect to its fast weights (tested against autograd in float64); the vector-Jacobian
+products are per token and in closed form (no second backward pass). The inner step of a
+sequence depends only on its own tokens up to the segment's end: nothing is divided by a
+batch count, so batch size, other rows and ignored later positions cannot change it, and
+`inner_lr` is a step size per token of loss.
 Update frequencies: W, b (and everything before the chain) are outer parameters, stepped by the
 outer optimizer; the fast weights dW_l, momenta M_l, pending sums G_l and the token clock are
 inner state (per batch row), changed in context every C_l tokens. Tokens are processed in
@@ -31,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.teach import IGNORE, TeachConfig, shape_signal, teach_signal
+from models.teach import IGNORE, TeachConfig, shape_signal, token_error
 from models.titans import MemoryBlock, MemoryLM, TitansConfig, memory_state_names
 from models.transformer import AttentionConfig, AttentionLM, Block
 
@@ -59,6 +67,16 @@ def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
     return cdf + z * torch.exp(-0.5 * z * z) / (2 * torch.pi) ** 0.5
 
 
+def layernorm_vjp(x: torch.Tensor, g: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """g J_LN(x) per token: the error at LayerNorm's input given the error g at its output."""
+    xc = x - x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + norm.eps)
+    xhat = xc * rstd
+    if norm.weight is not None:
+        g = g * norm.weight.detach()
+    return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+
+
 class CMSBlock(nn.Module):
     """One CMS level: a residual MLP whose weights carry per-row fast weights."""
 
@@ -69,19 +87,28 @@ class CMSBlock(nn.Module):
         self.w2 = nn.Linear(d_ff, d)
 
     def forward(self, y: torch.Tensor, dw1: torch.Tensor, dw2: torch.Tensor):
-        """y (B, n, d) -> (y + MLP(LN y), u, z, a) with u, z, a kept for the inner update."""
+        """y (B, n, d) -> (y + MLP(LN y), (y, u, z, a)) with the cache kept for the inner
+        update."""
         u = self.norm(y)
         # (W + dW) u through the module, so that optimizers hooking nn.Linear inputs (the
         # delta rule) see the block's inputs
         z = self.w1(u) + torch.einsum("bnd,bfd->bnf", u, dw1)
         a = F.gelu(z)
-        return y + self.w2(a) + torch.einsum("bnf,bdf->bnd", a, dw2), (u, z, a)
+        return y + self.w2(a) + torch.einsum("bnf,bdf->bnd", a, dw2), (y, u, z, a)
 
-    def inner_grads(self, delta, u, z, a, dw2):
-        """Summed over the segment's tokens: grads of <MLP(u_t), delta_t> w.r.t. W1, W2."""
-        g2 = torch.einsum("bnd,bnf->bdf", delta, a)
-        back = torch.einsum("bnd,bdf->bnf", delta, self.w2.weight.detach() + dw2) * _gelu_grad(z)
-        return torch.einsum("bnf,bnd->bfd", back, u), g2
+    def inner_grads(self, g, cache, dw1, dw2, carry: bool):
+        """For the error g (B, n, d) at the block's output: the grads of <MLP(u_t), g_t>
+        w.r.t. W1 and W2 summed over the segment's tokens, and (when `carry`) the error at
+        the block's input, g + g J_{MLP o LN}."""
+        y, u, z, a = (c.detach() for c in cache)
+        g2 = torch.einsum("bnd,bnf->bdf", g, a)
+        w2 = self.w2.weight.detach() + dw2
+        back = torch.einsum("bnd,bdf->bnf", g, w2) * _gelu_grad(z)
+        g1 = torch.einsum("bnf,bnd->bfd", back, u)
+        if not carry:
+            return g1, g2, None
+        du = torch.einsum("bnf,bfd->bnd", back, self.w1.weight.detach() + dw1)
+        return g1, g2, g + layernorm_vjp(y, du, self.norm)
 
 
 class CMSChain(nn.Module):
@@ -95,29 +122,32 @@ class CMSChain(nn.Module):
         self.register_buffer("last_norm", torch.zeros(len(periods)))
         self.stats: dict[str, float] = {}
 
-    def init_state(self, B: int, device) -> tuple:
+    def init_state(self, B: int, device, dtype=None) -> tuple:
         out = []
         for b in self.blocks:
             w1, w2 = b.w1.weight, b.w2.weight
             for shape in (w1.shape, w2.shape):  # dW, M, G for W1 then for W2
-                out += [torch.zeros(B, *shape, device=device) for _ in range(3)]
+                out += [
+                    torch.zeros(B, *shape, device=device, dtype=dtype or w1.dtype) for _ in range(3)
+                ]
         return (*out, torch.zeros(B, dtype=torch.float64, device=device))
 
-    def _add_stats(self, st: dict) -> None:
+    def _add_stats(self, st: dict, n: torch.Tensor) -> None:
+        """Accumulate per-token means weighted by the segment's active tokens `n`."""
+        w = float(n)
         for k, v in st.items():
-            self.stats[k] = self.stats.get(k, 0.0) + float(v)
-        self.stats["segments"] = self.stats.get("segments", 0.0) + 1
+            self.stats[k] = self.stats.get(k, 0.0) + float(v) * w
+        self.stats["tokens"] = self.stats.get("tokens", 0.0) + w
 
     def forward(self, h, state, head: nn.Linear, norm_out, targets, scale: float):
         """Logits of every position, predicting each segment with the fast weights of the
         tokens before it; with targets and scale > 0 the fast weights learn as they go."""
         B, T, _ = h.shape
-        state = self.init_state(B, h.device) if state is None else state
+        state = self.init_state(B, h.device, h.dtype) if state is None else state
         fast = [list(state[6 * i : 6 * i + 6]) for i in range(len(self.blocks))]
         clock = state[-1]
         c0 = int(clock[0].item())  # rows move in lockstep: one host read per call
         learn = targets is not None and scale > 0
-        n_active = None if targets is None else (targets != IGNORE).sum().clamp(min=1)
         step, t0, logits_all = self.periods[0], 0, []
         while t0 < T:
             t1 = min(T, t0 + step - (c0 + t0) % step)
@@ -129,7 +159,7 @@ class CMSChain(nn.Module):
             logits = head(hn)
             logits_all.append(logits)
             if learn:
-                self._learn(hn, logits, targets[:, t0:t1], head, n_active, saved, fast, scale)
+                self._learn(y, logits, targets[:, t0:t1], head, norm_out, saved, fast, scale)
             t0 = t1
             for i, (p, f) in enumerate(zip(self.periods, fast)):
                 if learn and (c0 + t0) % p == 0:
@@ -137,16 +167,17 @@ class CMSChain(nn.Module):
         new_state = tuple(t for f in fast for t in f) + (clock + T,)
         return torch.cat(logits_all, dim=1), new_state
 
-    def _learn(self, hn, logits, targets, head, n_active, saved, fast, scale):
+    def _learn(self, y, logits, targets, head, norm_out, saved, fast, scale):
         with torch.no_grad():
-            # teach_signal divides by this segment's active positions; the batch loss by all
-            here = (targets != IGNORE).sum().clamp(min=1)
-            raw = teach_signal(hn, logits, targets, head.weight) * (here / n_active)
-            delta, st = shape_signal(raw, scale, self.teach, n_active)
+            active = targets != IGNORE
+            err = token_error(logits, targets, head.weight).to(y.dtype)
+            err, st = shape_signal(err, scale, self.teach, active)
             if self.training:
-                self._add_stats({**st, "scale": scale})
-            for blk, (u, z, a), f in zip(self.blocks, saved, fast):
-                g1, g2 = blk.inner_grads(delta, u.detach(), z.detach(), a.detach(), f[3])
+                self._add_stats({**st, "scale": scale}, active.sum())
+            g = layernorm_vjp(y.detach(), err, norm_out)  # the error at y_L
+            for i in reversed(range(len(self.blocks))):
+                f = fast[i]
+                g1, g2, g = self.blocks[i].inner_grads(g, saved[i], f[0], f[3], carry=i > 0)
                 f[2] = f[2] + g1
                 f[5] = f[5] + g2
 
@@ -167,7 +198,7 @@ class CMSChain(nn.Module):
         for i, p in enumerate(self.periods):
             out[f"cms_inner/{i}_p{p}/updates"] = float(self.updates[i].item())
             out[f"cms_inner/{i}_p{p}/update_norm"] = float(self.last_norm[i].item())
-        n = self.stats.pop("segments", 0.0)
+        n = self.stats.pop("tokens", 0.0)
         for k, v in self.stats.items():
             out[f"teach/{k}"] = v / max(n, 1)
         self.stats = {}

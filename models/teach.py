@@ -2,19 +2,21 @@
 
 Notation (shared notes §1)
     h_t       head input (B, T, d);  logits_t = W_head h_t + b;  p_t = softmax(logits_t)
+    l_t       = -log p_t[y_t], the token's own cross-entropy (0 at ignored positions)
+    e_t       = dl_t/dh_t = (p_t - onehot(y_t)) W_head        the token's own error
     N         positions whose target is not ignored (N_active)
-    delta_t   = (p_t - onehot(y_t)) W_head / N      (0 at ignored positions)
-              = dL/dh_t for L = mean cross-entropy over the N active positions, exactly
+    delta_t   = e_t / N = dL/dh_t for L = mean cross-entropy over the N active positions
     s(i)      runtime scale at outer step i: `scale` x linear warmup over `warmup_steps`,
               then linear decay to 0 from `decay_start` over `decay_steps`
-    e_t       = N delta_t = (p_t - onehot(y_t)) W_head     the token's own error
-    delta'_t  = clip_c(s(i) e_t) / N    per-token norm clip to `clip` (0: off)
-    gate_t    = ||e_t|| >= `threshold`  (0: every token passes)
-Clip and threshold act on the token's own error e_t, whose norm does not shrink with the batch
-(||delta_t|| is O(1/N): a clip of 1 on it would never bind). Logged per evaluation: mean
-||e_t|| before and after scaling (and clipping), clip rate, gate hit rate. A token whose gate
-is closed contributes no inner update. Step counts given as fractions in (0, 1) are
-fractions of the run's steps.
+    e'_t      = gate_t clip_c(s(i) e_t)   per-token norm clip to `clip` (0: off)
+    gate_t    = ||e_t|| >= `threshold`    (0: every token passes)
+HOPE's in-context updates are driven by e'_t, the token's own error: it depends on the token
+and its prefix only, never on the batch size, on other rows or on which later positions are
+ignored (a signal divided by the batch's N would make a sequence's in-context step size depend
+on all of those). Clip and threshold act on e_t, whose norm is O(1). Logged per evaluation:
+mean ||e_t|| over the active tokens before and after scaling (and clipping), clip rate and
+gate hit rate among them. A token whose gate is closed makes no inner update. Step counts
+given as fractions in (0, 1) are fractions of the run's steps.
 """
 
 from __future__ import annotations
@@ -75,33 +77,43 @@ class TeachConfig:
         return s
 
 
+def token_error(
+    logits: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor
+) -> torch.Tensor:
+    """e_t = (softmax(logits_t) - onehot(y_t)) W_head, zero where y_t is ignored: the gradient
+    of the token's own cross-entropy at the head input (in the dtype of `logits`' compute)."""
+    active = targets != IGNORE
+    # float32 at least (bf16 logits), float64 when the model is
+    p = F.softmax(logits.detach().to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    onehot = F.one_hot(targets.clamp(min=0), logits.shape[-1]).to(p.dtype)
+    err = (p - onehot) * active.unsqueeze(-1)
+    return err @ head_weight.detach().to(p.dtype)
+
+
 def teach_signal(
     h: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, head_weight: torch.Tensor
 ) -> torch.Tensor:
-    """delta = (softmax(logits) - onehot(y)) W_head / N_active, zero where y is ignored."""
-    active = targets != IGNORE
-    n = active.sum().clamp(min=1)
-    p = F.softmax(logits.detach().float(), dim=-1)
-    onehot = F.one_hot(targets.clamp(min=0), logits.shape[-1]).to(p.dtype)
-    err = (p - onehot) * active.unsqueeze(-1)
-    return (err @ head_weight.detach().float() / n).to(h.dtype)
+    """delta = e_t / N_active = dL/dh for the batch's mean cross-entropy."""
+    n = (targets != IGNORE).sum().clamp(min=1)
+    return (token_error(logits, targets, head_weight) / n).to(h.dtype)
 
 
-def shape_signal(delta: torch.Tensor, scale: float, cfg: TeachConfig, n_active=1):
-    """Scale, clip and gate the per-token signal (clip and gate on e_t = n_active delta_t);
-    returns it (in delta's units) and its statistics (tensors)."""
-    err = delta * n_active
+def shape_signal(err: torch.Tensor, scale: float, cfg: TeachConfig, active: torch.Tensor):
+    """Scale, clip and gate the per-token errors e_t (B, n, d) of the `active` positions;
+    returns e'_t and its statistics over the active positions (tensors)."""
     raw = err.norm(dim=-1)
     out = err * scale
-    stats = {"norm": raw.mean(), "clip_rate": torch.zeros(()), "gate_rate": torch.ones(())}
+    n = active.sum().clamp(min=1)
+    zero, one = torch.zeros((), device=err.device), torch.ones((), device=err.device)
+    stats = {"norm": raw.sum() / n, "clip_rate": zero, "gate_rate": one}
     if cfg.clip:
         norm = out.norm(dim=-1, keepdim=True)
         clipped = norm > cfg.clip
         out = torch.where(clipped, out * (cfg.clip / norm.clamp(min=1e-30)), out)
-        stats["clip_rate"] = clipped.float().mean()
+        stats["clip_rate"] = (clipped.squeeze(-1) & active).sum() / n
     if cfg.threshold:
         gate = raw >= cfg.threshold
         out = out * gate.unsqueeze(-1)
-        stats["gate_rate"] = gate.float().mean()
-    stats["scaled_norm"] = out.norm(dim=-1).mean()
-    return out / n_active, stats
+        stats["gate_rate"] = (gate & active).sum() / n
+    stats["scaled_norm"] = out.norm(dim=-1).sum() / n
+    return out, stats

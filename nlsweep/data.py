@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from models.common import ConfigError, require
+from models.teach import IGNORE
 from nlsweep.tasks import TASKS, load_task
 
 DEFAULT_VAL_FRACTION = 0.1
@@ -287,6 +288,7 @@ class StreamBatcher:
                 f"{batch_size} streams, got {seq_len}",
             )
         n = batch_size * row_len
+        self.tokens = tokens
         self.x = tokens[:n].view(batch_size, row_len)
         self.y = tokens[1 : n + 1].view(batch_size, row_len)
         self.seq_len = seq_len
@@ -311,6 +313,21 @@ class StreamBatcher:
         sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
         return self.x[:, sl], self.y[:, sl]
 
+    def full_windows(self, window: int | None = None):
+        """The whole split, every target predicted exactly once: B contiguous rows of
+        ceil((n - 1) / B) tokens (the last row's tail padded with ignored targets), in
+        windows of `window` (default seq_len) tokens, the last one possibly shorter."""
+        n = len(self.tokens) - 1
+        B = self.x.shape[0]
+        row = -(-n // B)
+        x = torch.zeros(B * row, dtype=self.tokens.dtype)
+        y = torch.full((B * row,), IGNORE, dtype=self.tokens.dtype)
+        x[:n], y[:n] = self.tokens[:-1], self.tokens[1:]
+        x, y = x.view(B, row), y.view(B, row)
+        w = window or self.seq_len
+        for c in range(0, row, w):
+            yield x[:, c : c + w], y[:, c : c + w]
+
     def state_dict(self) -> dict:
         return {"cursor": self.cursor, "epoch": self.epoch}
 
@@ -327,6 +344,8 @@ class Corpus:
     val_unk_rate: float
     accuracy_key: str | None = None
     """Text corpora report no accuracy; tasks name theirs (e.g. val/recall_acc)."""
+    generated = False
+    """A text corpus has a finite held-out split that a final evaluation can score whole."""
 
     def extra_evals(self, batch_size: int) -> dict:
         return {}  # tasks add held-out sets at other lengths

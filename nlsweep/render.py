@@ -51,6 +51,35 @@ def _ci(ci) -> str:
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
 
 
+TEXT_CORPORA = ("pydoc", "tinyshakespeare", "wikitext2", "text")
+
+
+def metric_label(m: str, trials: list[Trial]) -> str:
+    """The metric's name with its unit where readers could misread it: a character-level
+    perplexity is not comparable with the word-level perplexities of papers."""
+    if not m.endswith("/ppl"):
+        return f"`{m}`"
+    corpora = {t.run.params.get("data.corpus", "pydoc") for t in trials}
+    unit = "per character" if corpora <= set(TEXT_CORPORA) else "per token"
+    return f"`{m}` ({unit})"
+
+
+def final_note(trials: list[Trial]) -> str:
+    """What the final value of each run scored, from its logged `eval/full_split` and
+    `data/val_tokens` (older runs lack the marker: they were scored on sampled windows)."""
+    done = [t for t in trials if t.final is not None]
+    if not done:
+        return "final: no finished run"
+    full = [t for t in done if t.run.metrics.get("eval/full_split") == 1.0]
+    counts = sorted({int(t.run.metrics.get("data/val_tokens", 0)) for t in done})
+    n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,} to {counts[-1]:,}"
+    if len(full) == len(done):
+        return f"final: whole held-out split, {n} tokens"
+    if not full:
+        return f"final: the sampled held-out windows of every evaluation, {n} tokens"
+    return f"final: whole held-out split for {len(full)} of {len(done)} runs, {n} tokens"
+
+
 def rerun_command(spec_file: str, trial: Trial, variants: dict) -> str:
     """`python -m nlsweep.train SPEC --set ...`: the spec's base with this trial's values."""
     spec = os.path.relpath(spec_file) if spec_file.startswith(os.getcwd()) else spec_file
@@ -81,11 +110,12 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
     names = short_names(ctx.factors)
     best = _best_row(rows, ctx.mode)
     m = ctx.metric
+    trials = [t for r in rows for t in r.trials]
     header = [
         "row",
         *(names[f] for f in ctx.factors),
         "n",
-        f"{m} mean ± std",
+        f"{metric_label(m, trials).replace('`', '')} mean ± std",
         "95% CI",
         "Δ vs baseline [95% CI]",
         "p (Holm)",
@@ -122,8 +152,10 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
             cells = [f"**{c}**" for c in cells]
         body.append(cells)
     out = [
-        f"Main table: the **final** held-out `{m}` of each run (the value at its last "
-        f"evaluation), pooled over seeds; 'best during training' is the mean of each run's "
+        f"Main table: the **final** held-out {metric_label(m, trials)} of each run (the value "
+        f"at its last evaluation; {final_note(trials)}), pooled over seeds; the learning "
+        "curves' earlier points score the sampled windows. 'best during training' is the "
+        "mean of each run's "
         f"best evaluation. Bold: the best row ({ctx.mode}). ≈ : the 95% CI of the "
         "difference contains 0, so the row is not distinguishable from the baseline. "
         "Intervals are per row (unadjusted); p-values are Holm-adjusted across the rows "
@@ -178,7 +210,8 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
     ]
     out = [
         f"{ctx.algorithm} search: {len(trials)} trials, {len(done)} finished. The top "
-        f"{min(TOP_K, len(done))} by final held-out `{m}` ({ctx.mode}):",
+        f"{min(TOP_K, len(done))} by final held-out {metric_label(m, trials)} ({ctx.mode}; "
+        f"{final_note(trials)}):",
         "",
     ]
     out += _table(header, body)
@@ -232,7 +265,11 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
         ["dates", f"{_date(p.start_ms)} to {_date(p.end_ms)}"],
         ["hardware", "; ".join(hw) or "not recorded"],
         ["compute", f"{len(trials)} trials, {compute:.1f} trial-seconds ({compute / 3600:.3f} h)"],
-        ["objective", f"`{ctx.metric}` ({ctx.mode}) on held-out data; {ctx.algorithm} search"],
+        [
+            "objective",
+            f"{metric_label(ctx.metric, trials)} ({ctx.mode}) on held-out data; "
+            f"{ctx.algorithm} search; {final_note(trials)}",
+        ],
         ["report generated", _date(datetime.now(timezone.utc).timestamp() * 1000)],
     ]
     desc = p.tags.get("mlflow.note.content", "")

@@ -129,6 +129,9 @@ class TaskBatcher:
 class TaskCorpus:
     """A synthetic task in the place of a text corpus (see `nlsweep.data.Corpus`)."""
 
+    generated = True
+    """No end to the held-out split: its fixed `eval_batches` batches are the whole of it."""
+
     name: str
     vocab: TokenVocab
     size: int

@@ -51,7 +51,13 @@ class TrainConfig:
     eval_every: int = 100
     """Evaluate on held-out data every this many steps, and after the last step."""
     eval_batches: int = 8
-    """Held-out windows of B x seq_len tokens per evaluation (the same windows every time)."""
+    """Held-out windows of B x seq_len tokens per periodic evaluation (the same windows
+    every time)."""
+    final_eval: Literal["full", "sampled"] = "full"
+    """The evaluation after the last step: `full` scores the entire held-out split (every
+    held-out token once, in B contiguous streams), `sampled` the `eval_batches` windows like
+    every other evaluation. A generated task's held-out split is its `eval_batches` batches,
+    so the two coincide there."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = the GPU Ray assigned to the trial if any, else CPU."""
@@ -248,18 +254,30 @@ class Trainer:
             acc[k] = acc.get(k, 0.0) + v
         self._since_eval["surprise_steps"] = self._since_eval.get("surprise_steps", 0) + 1
 
-    @torch.no_grad()
-    def evaluate(self, heldout=None) -> float:
-        """Mean held-out cross-entropy (nats/token) over the fixed evaluation windows (of
-        `heldout`, default the held-out split); sets `accuracy` and `eval_tokens`."""
+    def sampled_windows(self, heldout=None):
+        """The fixed windows of every periodic evaluation (of `heldout`, default the split)."""
         heldout = heldout or self.heldout
+        return (heldout.window(k) for k in range(self.eval_windows))
+
+    def final_windows(self, window: int | None = None):
+        """The windows of the final evaluation: the whole held-out split (`full`, in windows
+        of `window` tokens, default seq_len) or the sampled ones."""
+        if self.cfg.train.final_eval == "sampled" or self.corpus.generated:
+            return self.sampled_windows()
+        return self.heldout.full_windows(window)
+
+    @torch.no_grad()
+    def evaluate(self, windows=None) -> float:
+        """Mean held-out cross-entropy (nats/token) over `windows` (default the sampled
+        ones), consecutive windows continuing each row's stream; sets `accuracy` and
+        `eval_tokens`."""
+        windows = self.sampled_windows() if windows is None else windows
         was_training = self.model.training
         self.model.eval()
         total, count, hits = 0.0, 0, 0
         state = None  # evaluation's own state, never the training state (notes, pitfall 7)
         carry = self.cfg.state.mode != "reset"
-        for k in range(self.eval_windows):
-            x, y = heldout.window(k)
+        for x, y in windows:
             y = y.to(self.device)
             kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
             logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
@@ -279,7 +297,10 @@ class Trainer:
     def _metrics(self) -> dict[str, float]:
         B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
         since = self._since_eval
-        val_loss = self.evaluate()
+        final = self.step == self.cfg.train.steps
+        t0 = time.perf_counter()
+        val_loss = self.evaluate(self.final_windows() if final else None)
+        eval_s = time.perf_counter() - t0
         m = {
             "step": self.step,
             "tokens": self.step * B * T,
@@ -293,11 +314,16 @@ class Trainer:
             "data/val_overlap": self.corpus.val_overlap,
             "data/val_unk_rate": self.corpus.val_unk_rate,
             "data/val_tokens": float(self.eval_tokens),
+            "perf/eval_s": eval_s,
+            # 1: this evaluation scored the whole held-out split (the report marks it)
+            "eval/full_split": float(
+                final and self.cfg.train.final_eval == "full" and not self.corpus.generated
+            ),
         }
         if self.corpus.accuracy_key:
             m[self.corpus.accuracy_key] = self.accuracy
         for name, batcher in self.extra_evals.items():  # e.g. recall by context length
-            self.evaluate(batcher)
+            self.evaluate(self.sampled_windows(batcher))
             m[name] = self.accuracy
         m.update(self.cms.metrics())
         if hasattr(self.model, "inner_metrics"):

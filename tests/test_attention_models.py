@@ -135,11 +135,14 @@ def test_teach_scale_schedule_clip_and_gate():
     total = 40  # decay from step 20 over 10 steps
     values = [cfg.scale_at(i, total) for i in (0, 1, 3, 10, 20, 25, 30, 39)]
     assert values == pytest.approx([0.125, 0.25, 0.5, 0.5, 0.5, 0.25, 0.0, 0.0])
-    delta = torch.tensor([[[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]]]) / 10  # N = 10: e_t norms 5, .5, 0
-    out, stats = shape_signal(delta, 2.0, TeachConfig(clip=2.0, threshold=0.4), 10)
-    assert (out * 10).norm(dim=-1)[0].tolist() == pytest.approx([2.0, 1.0, 0.0])
-    assert float(stats["norm"]) == pytest.approx(5.5 / 3)
+    # e_t norms 5, .5, 0.1 and an ignored position (zero error, left out of every statistic)
+    err = torch.tensor([[[3.0, 4.0], [0.3, 0.4], [0.06, 0.08], [0.0, 0.0]]])
+    active = torch.tensor([[True, True, True, False]])
+    out, stats = shape_signal(err, 2.0, TeachConfig(clip=2.0, threshold=0.4), active)
+    assert out.norm(dim=-1)[0].tolist() == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    assert float(stats["norm"]) == pytest.approx(5.6 / 3)
     assert float(stats["clip_rate"]) == pytest.approx(1 / 3)
     assert float(stats["gate_rate"]) == pytest.approx(2 / 3)
+    assert float(stats["scaled_norm"]) == pytest.approx(3.0 / 3)
     with pytest.raises(ConfigError, match="decay_steps"):
         TeachConfig(decay_start=10)

@@ -59,31 +59,53 @@ def same(a: dict, b: dict) -> bool:
     )
 
 
+def _scored(model, pieces, carry=False):
+    """Summed cross-entropy and count of the non-ignored targets, by hand."""
+    total, n, state = 0.0, 0, None
+    model.eval()
+    with torch.no_grad():
+        for x, y in pieces:
+            logits, new = model(x, state if carry else None)
+            state = new
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum",
+                ignore_index=-100,
+            ).item()  # fmt: skip
+            n += int((y != -100).sum())
+    return total, n
+
+
 def test_metrics_are_held_out(corpus):
     t = make(corpus)
     reports = list(t.run())
     assert [m["step"] for m in reports] == [3, 6]
-    last = reports[-1]
-    # Recompute the held-out loss by hand over the same windows.
-    t.model.eval()
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for k in range(2):
-            x, y = t.heldout.window(k)
-            logits, _ = t.model(x)
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
-            ).item()
-            n += y.numel()
+    first, last = reports
+    # the periodic evaluation: the fixed sampled windows
+    assert first["data/val_tokens"] == 2 * 4 * 16 and first["eval/full_split"] == 0.0
+    # the final one: the whole held-out split, every held-out token predicted exactly once,
+    # as 4 contiguous rows of ceil((n - 1) / 4) tokens, scored here in windows of 16
+    val = corpus.val
+    row = -(-(len(val) - 1) // 4)
+    xs = torch.zeros(4 * row, dtype=torch.long)
+    ys = torch.full((4 * row,), -100, dtype=torch.long)
+    xs[: len(val) - 1], ys[: len(val) - 1] = val[:-1], val[1:]
+    xs, ys = xs.view(4, row), ys.view(4, row)
+    total, n = _scored(t.model, [(xs[:, c : c + 16], ys[:, c : c + 16]) for c in range(0, row, 16)])
+    assert n == len(val) - 1 == last["data/val_tokens"] and last["eval/full_split"] == 1.0
     assert last["val/loss"] == pytest.approx(total / n, rel=1e-6)
     assert last["val/bpc"] == pytest.approx(last["val/loss"] / math.log(2))
     assert last["val/ppl"] == pytest.approx(math.exp(last["val/loss"]))
-    assert last["data/val_tokens"] == 2 * 4 * 16
     assert last["cms/fast/updates"] == 6 and last["cms/medium/updates"] == 3
     assert last["cms/slow/updates"] == 1
     assert 0 <= last["data/val_overlap"] <= 1 and last["perf/tokens_per_s"] > 0
     # held-out windows come from the held-out tokens, not the training stream
     assert torch.equal(t.heldout.window(0)[0][0], corpus.val[:16])
+    # sampled: today's behaviour, the last report scores the same windows as the others
+    s = make(corpus, final_eval="sampled")
+    last = list(s.run())[-1]
+    total, n = _scored(s.model, [s.heldout.window(k) for k in range(2)])
+    assert n == last["data/val_tokens"] == 2 * 4 * 16 and last["eval/full_split"] == 0.0
+    assert last["val/loss"] == pytest.approx(total / n, rel=1e-6)
 
 
 def test_evaluation_leaves_training_state_untouched(corpus):
@@ -123,7 +145,7 @@ def test_state_round_trip_is_exact(corpus, tmp_path, variant):
     rest = list(resumed.run())
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
-    drop = ("perf/tokens_per_s", "perf/step_ms", "perf/elapsed_s")
+    drop = ("perf/tokens_per_s", "perf/step_ms", "perf/elapsed_s", "perf/eval_s")
     strip = [{k: v for k, v in m.items() if k not in drop} for m in full]
     assert [{k: v for k, v in m.items() if k not in drop} for m in rest] == strip
     assert resumed.cms.updates == straight.cms.updates
