@@ -12,8 +12,9 @@ Notation
     W_{t+1} = W_t - alpha W_t (X^T X / N) - lr D_t          (both terms use W_t)
 Parameters that are not covered matrices (biases, norms, embeddings, the LSTM's
 hidden-to-hidden weight, whose inputs are internal) get the plain update W - lr D_t.
-With alpha > 0 a covered matrix that captured no input raises: an earlier reproduction's
-"delta rule" silently ran as plain Adam because inputs were never captured (pitfall 3).
+With alpha > 0, an optimizer that covers no matrix raises when it is built, and a covered
+matrix that captured no input raises when it steps: an earlier reproduction's "delta rule"
+silently ran as plain Adam because inputs were never captured (pitfall 3).
 The input statistics live in the optimizer's per-parameter state, so they checkpoint with it.
 """
 
@@ -61,6 +62,13 @@ class DeltaRule(torch.optim.Optimizer):
         owned = {id(p) for g in self.param_groups for p in g["params"]}
         pairs = [(mod, w) for mod, w in covered_matrices(modules) if id(w) in owned]
         self.covered = {id(w): w for _, w in pairs}
+        if decay_rate > 0 and not self.covered:
+            # the decay would apply to nothing: the optimizer would be its plain base
+            raise ValueError(
+                f"delta rule: decay_rate {decay_rate} but none of its parameters is a covered "
+                "matrix (an nn.Linear or single-layer LSTM input weight of the given modules); "
+                "refusing to run as the plain optimizer"
+            )
         self._hooks = [mod.register_forward_pre_hook(self._capture(w)) for mod, w in pairs]
         self.last_decay_norm = 0.0
 

@@ -40,7 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.teach import IGNORE, TeachConfig, shape_signal, token_error
-from models.titans import MemoryBlock, MemoryLM, TitansConfig, memory_state_names
+from models.titans import (
+    MemoryBlock,
+    MemoryLM,
+    TitansConfig,
+    memory_state_names,
+    memory_state_size,
+)
 from models.transformer import AttentionConfig, AttentionLM, Block
 
 
@@ -268,6 +274,6 @@ class HopeAttention(_Hope, MemoryLM):
 class Hope(_Hope, MemoryLM):
     def __init__(self, cfg: HopeConfig, vocab_size: int, cms, teach: TeachConfig):
         blocks = [MemoryBlock(cfg) for _ in range(cfg.n_layers)]
-        MemoryLM.__init__(self, cfg, vocab_size, blocks, 2 * cfg.memory_depth)
+        MemoryLM.__init__(self, cfg, vocab_size, blocks, memory_state_size(cfg.memory_depth))
         self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)
         self._hope_init(cfg, cms, teach)

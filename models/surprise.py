@@ -5,12 +5,15 @@ Notation (Nested Learning: backpropagation as associative memory; shared notes Â
     y_l      output of level l, (B, T, d); y_{l,t} its vector at token t
     u_l      = dL/dy_l, the level's local error ("surprise"); O(1/N) for a mean loss
     s        signal scale: 1 (`none`, the faithful form) or N (`tokens`: per-token O(1))
-    c        per-token clip: s u_{l,t} is shrunk to norm c when longer (c = 0: off)
+    c        per-token clip: clip(v) = v min(1, c / ||v||), s u_{l,t} shrunk to norm c when
+             longer (c = 0: off)
     aux_l    = w_l * (1/N) sum_t || y_{l,t} - clip(s u_{l,t}) ||^2
     loss     = L + sum_l aux_l      on every `every_n`-th step; L alone on the others
 Target modes: `detached` takes u_l from autograd.grad without create_graph, so no second-order
 graph exists and aux_l's gradient flows through y_l only; `differentiable` builds that graph
-(create_graph=True) and the gradient also flows through u_l. With s = 1 the signal is about
+(create_graph=True) and the gradient also flows through u_l, the clip included: the factor
+c / ||s u_{l,t}|| is differentiated like the rest of the objective (tested against autograd of
+the formula above). With s = 1 the signal is about
 1/N of ||y_l||, so aux_l is close to w_l ||y_l||^2 / N: an activation penalty. The logged norms
 of s u_l and y_l show which regime a run is in.
 """
@@ -36,7 +39,8 @@ class SurpriseConfig:
     every_n: int = 1
     """Add the objective on every n-th step only."""
     clip: float = 0.0
-    """Maximum norm of each token's (scaled) signal vector; 0 = no clip."""
+    """Maximum norm of each token's (scaled) signal vector; 0 = no clip. With a differentiable
+    target the clip's factor c / ||s u|| is differentiated too (the objective as written)."""
 
     def __post_init__(self):
         for level, w in self.weights.items():
@@ -58,13 +62,14 @@ def _signal(u: torch.Tensor, cfg: SurpriseConfig):
     """(scaled and clipped signal, per-token norms before the clip, clip rate)."""
     n_tokens = u.shape[0] * u.shape[1]
     signal = u * n_tokens if cfg.signal_scale == "tokens" else u
-    norms = signal.detach().norm(dim=-1, keepdim=True)
+    # not detached: with a differentiable target the clip factor is part of the objective
+    norms = signal.norm(dim=-1, keepdim=True)
     clipped = 0.0
     if cfg.clip > 0:
-        over = norms > cfg.clip
+        over = norms.detach() > cfg.clip
         clipped = float(over.float().mean())
-        signal = signal * torch.where(over, cfg.clip / norms.clamp_min(1e-30), 1.0)
-    return signal, norms, clipped
+        signal = torch.where(over, signal * (cfg.clip / norms.clamp_min(1e-30)), signal)
+    return signal, norms.detach(), clipped
 
 
 def _stats(level: str, aux, norms, y, clipped) -> dict[str, float]:

@@ -56,7 +56,14 @@ class MemoryBlock(nn.Module):
 def memory_state_names(n_layers: int, depth: int) -> tuple[str, ...]:
     ws = [f"w{j + 1}" for j in range(depth)]
     ss = [f"s{j + 1}" for j in range(depth)]
-    return tuple(f"mem{i}_{n}" for i in range(n_layers) for n in (*ws, *ss))
+    cs = [f"c{j + 1}" for j in range(depth)]  # the memory at the current chunk's start
+    names = (*ws, *ss, *cs, "pos")
+    return tuple(f"mem{i}_{n}" for i in range(n_layers) for n in names)
+
+
+def memory_state_size(depth: int) -> int:
+    """State tensors per memory: W, S and W_c per layer of the memory, and the position."""
+    return 3 * depth + 1
 
 
 class MemoryLM(AttentionLM):
@@ -102,6 +109,9 @@ class MemoryLM(AttentionLM):
 class Titans(MemoryLM):
     def __init__(self, cfg: TitansConfig, vocab_size: int):
         super().__init__(
-            cfg, vocab_size, [MemoryBlock(cfg) for _ in range(cfg.n_layers)], 2 * cfg.memory_depth
+            cfg,
+            vocab_size,
+            [MemoryBlock(cfg) for _ in range(cfg.n_layers)],
+            memory_state_size(cfg.memory_depth),
         )
         self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)

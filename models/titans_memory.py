@@ -16,12 +16,15 @@ fixed, both recurrences unroll into products of the gates (`_scan`: every W_t of
 from cumulative log-gate sums, no loop over tokens); this is the parallel form. With chunk 1
 it is the token-by-token recurrence exactly. `reference_forward` is that recurrence written
 plainly (autograd gradients, one token at a time), for the equivalence tests.
+The chunk grid runs along the stream, not along each call: the state carries W_{c(t)} and
+the position within the current chunk, so a call that ends mid-chunk leaves the rest of that
+chunk to the next call, and any split of a stream into calls equals one pass over it.
 
 Update frequencies: W and S are inner state, written at every token and carried between
-calls (`state`); W_K, W_V, W_Q, W_O, the gates and W_0 (the memory every sequence starts from)
-are outer parameters, trained by backpropagation through the inner updates. `write_scale`
-multiplies theta and alpha (HOPE's teach scale; 0 makes every write, forgetting included, a
-no-op, so the memory stays at W_0).
+calls (`state`: W, S, W_c, the position in the chunk); W_K, W_V, W_Q, W_O, the gates and W_0
+(the memory every sequence starts from) are outer parameters, trained by backpropagation
+through the inner updates. `write_scale` multiplies theta and alpha (HOPE's teach scale; 0
+makes every write, forgetting included, a no-op, so the memory stays at W_0).
 """
 
 from __future__ import annotations
@@ -85,14 +88,24 @@ class NeuralMemory(nn.Module):
         self.register_buffer("update_norm", torch.zeros(()))  # ||S|| after the last batch
 
     def init_state(self, batch: int):
+        """(W..., S..., W_c..., pos): memory, momentum, the memory at the start of the
+        current chunk, and the tokens already in that chunk (per row; rows in lockstep)."""
         ws = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
-        return (*ws, *[torch.zeros_like(w) for w in ws])
+        pos = torch.zeros(batch, dtype=torch.float64, device=ws[0].device)
+        return (*ws, *[torch.zeros_like(w) for w in ws], *ws, pos)
 
     def _split(self, batch: int, state):
-        """(weights, momenta) as lists, from `state` or the initial memory."""
+        """(weights, momenta, chunk-start weights, position in chunk) from `state` or the
+        initial memory; one host read of the position per call."""
         state = self.init_state(batch) if state is None else state
         n = len(self.init_weights)
-        return list(state[:n]), list(state[n:])
+        pos = int(state[3 * n][0].item()) if state[3 * n].numel() else 0
+        return list(state[:n]), list(state[n : 2 * n]), list(state[2 * n : 3 * n]), pos
+
+    @staticmethod
+    def _state(ws, ss, cs, pos: int):
+        p = torch.full((ws[0].shape[0],), float(pos), dtype=torch.float64, device=ws[0].device)
+        return (*ws, *ss, *cs, p)
 
     def _inputs(self, x: torch.Tensor):
         k, v, q = self.proj(x).chunk(3, dim=-1)
@@ -123,23 +136,28 @@ class NeuralMemory(nn.Module):
         return [k.unsqueeze(-1) * dz.unsqueeze(-2), a.unsqueeze(-1) * e.unsqueeze(-2)]
 
     def forward(self, x: torch.Tensor, state=None):
-        """x (B, T, d) -> memory read-out (B, T, d) and the state (W..., S...) after T."""
+        """x (B, T, d) -> memory read-out (B, T, d) and the state after T."""
         B, T, _ = x.shape
-        ws, ss = self._split(B, state)
+        ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
         ys = []
-        b = self.cfg.memory_chunk
-        for c0 in range(0, T, b):
-            sl = slice(c0, min(c0 + b, T))
-            gs = self.grads(ws, k[:, sl], v[:, sl])  # all at the chunk-start memory
+        b, t0 = self.cfg.memory_chunk, 0
+        while t0 < T:
+            t1 = min(T, t0 + b - pos)  # the rest of the current chunk
+            sl = slice(t0, t1)
+            gs = self.grads(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
             ws_all, ss = self._scan(ws, ss, gs, theta[:, sl], eta[:, sl], alpha[:, sl])
             ys.append(self.read_each(ws_all, q[:, sl]))
             ws = [w[:, -1] for w in ws_all]
+            pos = (pos + t1 - t0) % b
+            if pos == 0:
+                cs = ws
+            t0 = t1
         if self.training and self.write_scale:
             self.writes += B * T
             with torch.no_grad():
                 self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
-        return self.out(torch.cat(ys, dim=1)), (*ws, *ss)
+        return self.out(torch.cat(ys, dim=1)), self._state(ws, ss, cs, pos)
 
     @staticmethod
     def _decay(rate: torch.Tensor):
@@ -177,15 +195,18 @@ class NeuralMemory(nn.Module):
         z = F.silu(torch.einsum("bnd,bndh->bnh", q, ws_all[0]))
         return torch.einsum("bnh,bnhe->bne", z, ws_all[1])
 
-    def reference_forward(self, x: torch.Tensor, state=None, chunk: int = 1):
+    def reference_forward(self, x: torch.Tensor, state=None, chunk: int | None = None):
         """The recurrence token by token, each gradient by autograd at the memory of its
-        chunk's start (chunk 1: the memory just before the token), for the tests."""
+        chunk's start (chunk 1: the memory just before the token), the chunk grid continuing
+        from `state`'s position, for the tests."""
         B, T, _ = x.shape
-        ws, ss = self._split(B, state)
+        chunk = chunk or self.cfg.memory_chunk
+        ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
+        at = [c.detach().requires_grad_(True) for c in cs]
         ys = []
         for t in range(T):
-            if t % chunk == 0:
+            if pos == 0:
                 at = [w.detach().requires_grad_(True) for w in ws]
             with torch.enable_grad():
                 pred = self.read(at, k[:, t : t + 1].detach())
@@ -195,4 +216,6 @@ class NeuralMemory(nn.Module):
                 ss[j] = eta[:, t].view(B, 1, 1) * ss[j] - theta[:, t].view(B, 1, 1) * gs[j]
                 ws[j] = (1 - alpha[:, t].view(B, 1, 1)) * ws[j] + ss[j]
             ys.append(self.read(ws, q[:, t : t + 1]))
-        return self.out(torch.cat(ys, dim=1)), (*ws, *ss)
+            pos = (pos + 1) % chunk
+        cs = ws if pos == 0 else [a.detach() for a in at]
+        return self.out(torch.cat(ys, dim=1)), self._state(ws, ss, cs, pos)

@@ -92,6 +92,33 @@ def test_one_pass_equals_two_halves_with_state_carried(chunk):
         assert torch.allclose(u, v, atol=1e-6)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("chunk", [4, 5])
+@pytest.mark.parametrize("pieces", [[3, 13], [7, 9], [1, 5, 2, 8], [16]])
+def test_any_split_equals_one_pass(depth, chunk, pieces):
+    """The chunk grid runs along the stream: calls that end mid-chunk leave the rest of the
+    chunk (and its chunk-start memory) in the state, so any split equals one pass."""
+    torch.manual_seed(5)
+    mem = NeuralMemory(8, MemoryConfig(memory_depth=depth, memory_chunk=chunk)).double()
+    x = torch.randn(2, 16, 8, dtype=torch.double)
+    full, s_full = mem(x)
+    outs, state, t = [], None, 0
+    for n in pieces:
+        y, state = mem(x[:, t : t + n], state)
+        outs.append(y)
+        t += n
+    assert torch.allclose(torch.cat(outs, 1), full, atol=1e-12, rtol=0)
+    for u, v in zip(state, s_full):
+        assert torch.allclose(u, v, atol=1e-12, rtol=0)
+    assert float(state[-1][0]) == 16 % chunk  # the position within the chunk
+    # the token-by-token reference continues a carried state the same way
+    head, s_head = mem(x[:, :3])
+    ref, s_ref = mem.reference_forward(x[:, 3:], s_head)
+    assert torch.allclose(torch.cat([head, ref], 1), full, atol=1e-12, rtol=0)
+    for u, v in zip(s_ref, s_full):
+        assert torch.allclose(u, v, atol=1e-12, rtol=0)
+
+
 def test_memory_write_scale_zero_is_a_no_op():
     torch.manual_seed(2)
     mem = NeuralMemory(8, MemoryConfig(memory_chunk=4))

@@ -111,6 +111,18 @@ def test_decay_without_captured_inputs_raises():
         opt.step()
 
 
+@pytest.mark.parametrize("modules", ["none", "other"])
+def test_decay_covering_no_matrix_raises_when_built(modules):
+    # Built directly with no module (or another model's): no weight it owns is covered,
+    # so it would run as plain Adam with decay_rate silently ignored.
+    model, other = mlp(), mlp()
+    given = [] if modules == "none" else [other]
+    with pytest.raises(ValueError, match="decay_rate 0.1 but none of its parameters"):
+        DeltaRule(model.parameters(), given, kind="adam", lr=0.01, decay_rate=0.1)
+    # decay 0 covering nothing is the documented control (the plain update), not an error
+    DeltaRule(model.parameters(), given, kind="adam", lr=0.01, decay_rate=0.0)
+
+
 def test_evaluation_does_not_capture():
     model = mlp()
     opt = DeltaRule(model.parameters(), [model], kind="sgd", lr=0.01, decay_rate=0.1)

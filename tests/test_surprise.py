@@ -133,3 +133,38 @@ def test_single_pass_equals_two_pass(level, scale, clip):
     for p, g in zip(model.parameters(), want):
         assert torch.allclose(p.grad, g, atol=1e-7), level
     assert stats == pytest.approx(want_stats)
+
+
+@pytest.mark.parametrize("target", ["differentiable", "detached"])
+def test_clip_gradient_is_the_formulas(target):
+    """The parameters' gradients equal autograd of L + w ||y - clip(s u)||^2 / N written out
+    in float64: with a differentiable target the clip factor c / ||s u|| is differentiated
+    (the factor held constant gives other gradients), with a detached one u is constant."""
+    torch.manual_seed(7)
+    model = NestedLSTM(NestedLSTMConfig(d_model=6, d_ff=8), 11).double()
+    x, y = torch.randint(0, 11, (2, 5)), torch.randint(0, 11, (2, 5))
+    cfg = SurpriseConfig(weights={"medium": 0.3}, target=target, signal_scale="tokens", clip=2.0)
+
+    def main_loss():
+        state = tuple(t.double() for t in model.init_state(2))
+        logits, _, outputs = model.forward_levels(x, state)
+        return F.cross_entropy(logits.reshape(-1, 11), y.reshape(-1)), outputs
+
+    loss, outputs = main_loss()
+    stats = surprise_backward(loss, outputs, cfg)
+    got = [p.grad.clone() for p in model.parameters()]
+    assert 0 < stats["surprise/medium/clip_rate"] < 1  # some tokens clipped, some not
+
+    model.zero_grad()
+    loss, outputs = main_loss()
+    ym = outputs["medium"]
+    (u,) = torch.autograd.grad(
+        loss, [ym], retain_graph=True, create_graph=target == "differentiable"
+    )
+    s = u * 10
+    n = s.norm(dim=-1, keepdim=True)
+    s = torch.where(n > 2.0, s * 2.0 / n, s)
+    (loss + 0.3 * ((ym - s) ** 2).sum(-1).mean()).backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-9), (a - b).abs().max()
