@@ -64,17 +64,31 @@ def metric_label(m: str, trials: list[Trial]) -> str:
     return f"`{m}` ({unit})"
 
 
+def _scored_whole_split(t: Trial) -> bool:
+    """A run's final evaluation scored the whole held-out split: its `eval/full_split`
+    marker, or its config (`train.final_eval: full` on a text corpus; runs from before that
+    field existed scored the sampled windows)."""
+    if "eval/full_split" in t.run.metrics:
+        return t.run.metrics["eval/full_split"] == 1.0
+    p = t.run.params
+    return p.get("train.final_eval") == "full" and p.get("data.corpus", "pydoc") in TEXT_CORPORA
+
+
 def final_note(trials: list[Trial]) -> str:
-    """What the final value of each run scored, from its logged `eval/full_split` and
-    `data/val_tokens` (older runs lack the marker: they were scored on sampled windows)."""
+    """What the final value of each run scored, and how many held-out tokens."""
     done = [t for t in trials if t.final is not None]
     if not done:
         return "final: no finished run"
-    full = [t for t in done if t.run.metrics.get("eval/full_split") == 1.0]
+    full = [t for t in done if _scored_whole_split(t)]
     counts = sorted({int(t.run.metrics.get("data/val_tokens", 0)) for t in done})
     n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,} to {counts[-1]:,}"
     if len(full) == len(done):
         return f"final: whole held-out split, {n} tokens"
+    if not full and all(t.run.params.get("data.corpus") in ("mqar", "passkey") for t in done):
+        return (
+            "final: the generated held-out set (the same batches every evaluation), "
+            f"{n} scored tokens"
+        )
     if not full:
         return f"final: the sampled held-out windows of every evaluation, {n} tokens"
     return f"final: whole held-out split for {len(full)} of {len(done)} runs, {n} tokens"

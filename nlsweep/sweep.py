@@ -70,7 +70,7 @@ from nlsweep.trainable import WARNINGS, make_trainable
 
 METRIC_PREFIXES = (
     "train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise", "memory",
-    "cms_inner", "teach",
+    "cms_inner", "teach", "eval",
 )  # fmt: skip
 
 

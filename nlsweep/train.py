@@ -35,7 +35,7 @@ from nlsweep.runtime import DIVERGED, Diverged, pick_device, rng_state, set_rng_
 
 __all__ = ["DIVERGED", "Diverged", "Trainer", "TrialConfig"]
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the Titans memory state carries its chunk position and chunk-start memory
 SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
 OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc")

@@ -120,7 +120,7 @@ def test_checkpoint_loads_with_weights_only(corpus, tmp_path):
     next(t.run())
     checkpoint.save(t, tmp_path)
     state = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
-    assert state["format"] == 1 and state["step"] == 2
+    assert state["format"] == 2 and state["step"] == 2
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -128,7 +128,7 @@ def test_bad_checkpoints_fail_with_the_file_named(corpus, tmp_path):
     with pytest.raises(CheckpointError, match="trainer.pt: missing"):
         checkpoint.load(tmp_path)
     torch.save({"format": 99}, tmp_path / CHECKPOINT_FILE)
-    with pytest.raises(CheckpointError, match="format 99, expected 1"):
+    with pytest.raises(CheckpointError, match="format 99, expected 2"):
         checkpoint.load(tmp_path)
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="trainer.pt: unreadable"):
@@ -138,7 +138,7 @@ def test_bad_checkpoints_fail_with_the_file_named(corpus, tmp_path):
         def __reduce__(self):
             return (print, ("code ran",))
 
-    torch.save({"format": 1, "x": Evil()}, tmp_path / CHECKPOINT_FILE)
+    torch.save({"format": 2, "x": Evil()}, tmp_path / CHECKPOINT_FILE)
     with pytest.raises(CheckpointError, match="unreadable"):
         checkpoint.load(tmp_path)  # weights_only refuses to run the pickled call
 

@@ -275,3 +275,30 @@ def test_params_read_back_as_numbers():
 
     assert _parse("1e-06") == 1e-06 and _parse("8") == 8 and _parse("adam") == "adam"
     assert _parse("True") is True and _parse("[1, 2]") == [1, 2]
+
+
+def _trial(params, metrics, final=2.0):
+    from nlsweep.results import Trial
+    from nlsweep.tracking import RunData
+
+    run = RunData("r", "r", "FINISHED", 0, 1, params, {}, metrics)
+    return Trial(run=run, factors={}, seed=0, final=final, best=final)
+
+
+def test_final_note_and_ppl_unit():
+    from nlsweep.render import final_note, metric_label
+
+    text = {"data.corpus": "tinyshakespeare", "train.final_eval": "full"}
+    full = _trial(text, {"data/val_tokens": 111539.0, "eval/full_split": 1.0})
+    by_config = _trial(text, {"data/val_tokens": 111539.0})  # marker not logged
+    old = _trial({"data.corpus": "tinyshakespeare"}, {"data/val_tokens": 16384.0})
+    sampled = _trial({**text, "train.final_eval": "sampled"}, {"data/val_tokens": 16384.0})
+    task = _trial({"data.corpus": "mqar", "train.final_eval": "full"}, {"data/val_tokens": 96.0})
+    assert final_note([full, by_config]) == "final: whole held-out split, 111,539 tokens"
+    assert final_note([old]).startswith("final: the sampled held-out windows")
+    assert final_note([sampled]).startswith("final: the sampled held-out windows")
+    assert "whole held-out split for 1 of 2 runs, 16,384 to 111,539" in final_note([full, old])
+    assert final_note([task]).startswith("final: the generated held-out set")
+    assert metric_label("val/ppl", [full]) == "`val/ppl` (per character)"
+    assert metric_label("val/ppl", [task]) == "`val/ppl` (per token)"
+    assert metric_label("val/bpc", [full]) == "`val/bpc`"

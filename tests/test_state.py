@@ -122,3 +122,19 @@ def test_state_config_rules():
         StateConfig(mode="reset_every")
     with pytest.raises(ConfigError, match="unset unless mode is reset_every"):
         StateConfig(mode="persistent", every=4)
+
+
+def test_whole_split_in_one_pass_equals_windows_with_state_carried(corpus):
+    """The final evaluation's score does not depend on the window it is computed in when
+    the model carries its state (every held-out token once, rows of the whole split)."""
+    t = trainer(corpus, mode="persistent")
+    for _ in range(2):
+        t.train_step()
+    before = tuple(s.clone() for s in t.state)
+    windows = t.evaluate(t.final_windows())  # windows of seq_len 8
+    n_windows = t.eval_tokens
+    odd = t.evaluate(t.final_windows(window=37))
+    one_pass = t.evaluate(t.final_windows(window=10**6))
+    assert t.eval_tokens == n_windows == len(corpus.val) - 1
+    assert windows == pytest.approx(one_pass, rel=1e-5) and odd == pytest.approx(one_pass, rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, t.state))  # training state untouched
