@@ -47,8 +47,8 @@ class CMSConfig:
     inner_lr: float | list[float] = 1e-3
     """Inner learning rate of the chain's blocks (one value, or one per token period), per
     token of loss: a block's fast weights move by -inner_lr x the summed gradient of the
-    scaled token losses of its period. (Until nlsweep 0.1 the signal was divided by the
-    batch's active tokens N; 1e-3 per token equals the old 1.0 at N ~ 1000, e.g. 16 x 64.)"""
+    scaled token losses of its period. (Earlier versions divided the signal by the batch's
+    active tokens N; 1e-3 per token equals their 1.0 at N ~ 1000, e.g. 16 x 64.)"""
     inner_momentum: float = 0.0
     """Momentum mu of the chain's inner updates (0: plain steps)."""
 

@@ -99,7 +99,7 @@ class NeuralMemory(nn.Module):
         initial memory; one host read of the position per call."""
         state = self.init_state(batch) if state is None else state
         n = len(self.init_weights)
-        pos = int(state[3 * n][0].item()) if state[3 * n].numel() else 0
+        pos = int(state[3 * n][0].item())
         return list(state[:n]), list(state[n : 2 * n]), list(state[2 * n : 3 * n]), pos
 
     @staticmethod

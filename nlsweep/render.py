@@ -16,6 +16,7 @@ from nlsweep import figures
 from nlsweep.results import SEED, Context, Row, Trial
 from nlsweep.space import short_names
 from nlsweep.spec import VARIANT
+from nlsweep.tasks import TASKS
 from nlsweep.tracking import (
     TAG_COMMIT,
     TAG_HARDWARE,
@@ -51,16 +52,13 @@ def _ci(ci) -> str:
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
 
 
-TEXT_CORPORA = ("pydoc", "tinyshakespeare", "wikitext2", "text")
-
-
 def metric_label(m: str, trials: list[Trial]) -> str:
     """The metric's name with its unit where readers could misread it: a character-level
     perplexity is not comparable with the word-level perplexities of papers."""
     if not m.endswith("/ppl"):
         return f"`{m}`"
     corpora = {t.run.params.get("data.corpus", "pydoc") for t in trials}
-    unit = "per character" if corpora <= set(TEXT_CORPORA) else "per token"
+    unit = "per token" if corpora & set(TASKS) else "per character"
     return f"`{m}` ({unit})"
 
 
@@ -71,7 +69,7 @@ def _scored_whole_split(t: Trial) -> bool:
     if "eval/full_split" in t.run.metrics:
         return t.run.metrics["eval/full_split"] == 1.0
     p = t.run.params
-    return p.get("train.final_eval") == "full" and p.get("data.corpus", "pydoc") in TEXT_CORPORA
+    return p.get("train.final_eval") == "full" and p.get("data.corpus", "pydoc") not in TASKS
 
 
 def final_note(trials: list[Trial]) -> str:
@@ -84,7 +82,7 @@ def final_note(trials: list[Trial]) -> str:
     n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,} to {counts[-1]:,}"
     if len(full) == len(done):
         return f"final: whole held-out split, {n} tokens"
-    if not full and all(t.run.params.get("data.corpus") in ("mqar", "passkey") for t in done):
+    if not full and all(t.run.params.get("data.corpus") in TASKS for t in done):
         return (
             "final: the generated held-out set (the same batches every evaluation), "
             f"{n} scored tokens"

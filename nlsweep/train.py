@@ -259,10 +259,16 @@ class Trainer:
         heldout = heldout or self.heldout
         return (heldout.window(k) for k in range(self.eval_windows))
 
+    @property
+    def final_whole_split(self) -> bool:
+        """Whether the final evaluation scores the whole held-out split (a generated task's
+        split has no end: its sampled batches are all of it)."""
+        return self.cfg.train.final_eval == "full" and not self.corpus.generated
+
     def final_windows(self, window: int | None = None):
-        """The windows of the final evaluation: the whole held-out split (`full`, in windows
-        of `window` tokens, default seq_len) or the sampled ones."""
-        if self.cfg.train.final_eval == "sampled" or self.corpus.generated:
+        """The windows of the final evaluation: the whole held-out split (in windows of
+        `window` tokens, default seq_len) or the sampled ones."""
+        if not self.final_whole_split:
             return self.sampled_windows()
         return self.heldout.full_windows(window)
 
@@ -316,9 +322,7 @@ class Trainer:
             "data/val_tokens": float(self.eval_tokens),
             "perf/eval_s": eval_s,
             # 1: this evaluation scored the whole held-out split (the report marks it)
-            "eval/full_split": float(
-                final and self.cfg.train.final_eval == "full" and not self.corpus.generated
-            ),
+            "eval/full_split": float(final and self.final_whole_split),
         }
         if self.corpus.accuracy_key:
             m[self.corpus.accuracy_key] = self.accuracy
