@@ -1,9 +1,10 @@
 """`nlsweep` command line: `run` a sweep, `validate` a spec, `report` a sweep.
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
-setup (tracking store, storage, resources, an earlier run of the sweep that is neither
-resumed nor restarted), reported as one line before anything starts; 130 interrupted
-(the message gives the command that resumes the sweep).
+setup (tracking store, storage, resources, the cluster at $RAY_ADDRESS, an earlier run of
+the sweep that is neither resumed nor restarted), reported as one line before any trial
+starts; 3 the tracking store stayed away mid-sweep (resume once it is back); 130
+interrupted (the message gives the command that resumes the sweep).
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         dry_run(spec)
         return 0
     from nlsweep import sweep
+    from nlsweep.cluster import ClusterError
     from nlsweep.experiment import ExperimentError
     from nlsweep.tracking import TrackingError
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return sweep.run_sweep(
             spec, resume=args.resume, restart=args.restart, resume_command=resume_command(argv)
         )
-    except (SpecError, TrackingError, ExperimentError) as e:
+    except (SpecError, TrackingError, ExperimentError, ClusterError) as e:
         print(e, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

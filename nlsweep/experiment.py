@@ -12,6 +12,7 @@ No Ray import here: the sweep runner asks Ray how many trials finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -127,3 +128,38 @@ def refusal(path: str, finished: int, total: int) -> ExperimentError:
         f"{path}: an earlier run of this sweep exists ({state}: {finished} of {total} trials "
         "finished); pass --resume to continue it, or --restart to archive it and start over"
     )
+
+
+PENDING = "nlsweep-pending.json"
+"""MLflow writes a sweep could not make before the tracking store stayed away too long."""
+
+
+def write_pending(path: str, ops: list[dict]) -> str:
+    """Keep the unwritten tracking operations beside the experiment; returns the file."""
+    fs, p = _fs(path)
+    fs.create_dir(p, recursive=True)
+    target = f"{p.rstrip('/')}/{PENDING}"
+    with fs.open_output_stream(target) as f:
+        f.write(json.dumps(ops).encode())
+    return f"{path.rstrip('/')}/{PENDING}"
+
+
+def read_pending(path: str) -> list[dict]:
+    """The operations a stopped sweep left unwritten (none: an empty list)."""
+    fs, p = _fs(path)
+    try:
+        with fs.open_input_stream(f"{p.rstrip('/')}/{PENDING}") as f:
+            ops = json.loads(f.read().decode())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as e:
+        raise ExperimentError(f"{path}/{PENDING}: unreadable ({e})") from None
+    if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
+        raise ExperimentError(f"{path}/{PENDING}: not a list of tracking operations")
+    return ops
+
+
+def clear_pending(path: str) -> None:
+    fs, p = _fs(path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(f"{p.rstrip('/')}/{PENDING}")

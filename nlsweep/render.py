@@ -22,6 +22,7 @@ from nlsweep.tracking import (
     TAG_HARDWARE,
     TAG_SHA,
     TAG_SPEC,
+    TAG_SPEC_SHOWN,
     TAG_SPEC_TEXT,
     run_link,
 )
@@ -184,7 +185,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         figures.learning_curves(curves, m, fig_dir / "curves.png")
         out += ["", f"![learning curves]({rel(fig_dir / 'curves.png', md_dir)})"]
     out += ["", "### Rows: MLflow runs and how to re-run one trial", ""]
-    spec_file = ctx.sweep.parent.tags.get(TAG_SPEC, "SPEC")
+    spec_file = spec_shown(ctx.sweep.parent.tags, "SPEC")
     for i, r in enumerate(rows, 1):
         links = ", ".join(
             run_link(ctx.sweep.tracking_uri, ctx.sweep.experiment_id, t.run.run_id)
@@ -239,7 +240,7 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
             f"![search history]({rel(fig_dir / 'history.png', md_dir)})",
         ]
     if ranked:
-        cmd = rerun_command(ctx.sweep.parent.tags.get(TAG_SPEC, "SPEC"), ranked[0], ctx.variants)
+        cmd = rerun_command(spec_shown(ctx.sweep.parent.tags, "SPEC"), ranked[0], ctx.variants)
         out += ["", f"Re-run the best trial alone: `{cmd}`"]
     with open(fig_dir / "table.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -266,9 +267,9 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
     p = ctx.sweep.parent
     hw = sorted({t.run.tags[TAG_HARDWARE] for t in trials if TAG_HARDWARE in t.run.tags})
     compute = sum(t.run.metrics.get("perf/elapsed_s", 0.0) for t in trials)
-    spec_file = p.tags.get(TAG_SPEC, "?")
+    spec_file = spec_shown(p.tags, "?")
     rows = [
-        ["spec", f"`{_display_path(spec_file)}` (sha256 `{p.tags.get(TAG_SHA, '?')[:16]}`)"],
+        ["spec", f"`{spec_file}` (sha256 `{p.tags.get(TAG_SHA, '?')[:16]}`)"],
         ["project commit", f"`{p.tags.get(TAG_COMMIT, 'unknown')}`"],
         [
             "sweep",
@@ -304,7 +305,11 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
     return out
 
 
-def _display_path(path: str) -> str:
+def spec_shown(tags: dict, default: str) -> str:
+    """The spec path as the sweep recorded it for reports; older sweeps: relative to here."""
+    if TAG_SPEC_SHOWN in tags:
+        return tags[TAG_SPEC_SHOWN]
+    path = tags.get(TAG_SPEC, default)
     return os.path.relpath(path) if path.startswith(os.getcwd()) else path
 
 

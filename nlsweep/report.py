@@ -12,17 +12,20 @@ A report can be regenerated any time, from any machine that reaches the tracking
     curves       the objective against the training step per configuration
     sanity       probable no-op factors, leaking splits, failed / diverged / stopped /
                  killed runs, and mechanisms that never fired
-Next to `reports/<name>.md` go its figures (`reports/<name>/*.png`) and the table as CSV.
+Next to `reports/<name>.md` go its figures (`reports/<name>/*.png`) and the table as CSV;
+all of them are also uploaded to the sweep's parent run in MLflow (`report/`), replacing
+the previous upload, so the tracking server shows the report beside the numbers.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from nlsweep.render import grid_section, header_section, rel, sampled_section, write_csv
 from nlsweep.results import build_rows, read_context, read_trial
 from nlsweep.sanity import sanity_section
-from nlsweep.tracking import read_sweep
+from nlsweep.tracking import TrackingError, publish_report, read_sweep
 
 
 def write_report(
@@ -51,4 +54,8 @@ def write_report(
     tmp = out.with_name(out.name + ".part")
     tmp.write_text("\n".join(lines))
     tmp.replace(out)  # a reader never sees half a report
+    try:
+        publish_report(tracking_uri, sweep.parent.run_id, out, fig_dir)
+    except TrackingError as e:
+        print(f"warning: {e}", file=sys.stderr)
     return out

@@ -39,6 +39,7 @@ from nlsweep.space import (
     translate,
 )
 from nlsweep.specfile import Reporter, SpecError, apply_override, line_map
+from nlsweep.tracking import TrackingConfig
 from nlsweep.train import OBJECTIVES, TASK_OBJECTIVES, TrialConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
@@ -58,6 +59,7 @@ TOP_KEYS = (
     "max_failures",
     "storage",
     "tracking_uri",
+    "tracking",
 )
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_MAX_FAILURES = 1
@@ -94,6 +96,8 @@ class Spec:
     """Named bundles of base overrides (dotted path -> value), swept by `space.variant`."""
     max_failures: int = DEFAULT_MAX_FAILURES
     """Times a trial that raised is retried from its newest checkpoint before it is FAILED."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """What reaches MLflow besides metrics; not part of the fingerprint (no trial changes)."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -270,6 +274,7 @@ def load_spec(
         ("search", SearchConfig),
         ("scheduler", SchedulerConfig),
         ("resources", Resources),
+        ("tracking", TrackingConfig),
     ):
         try:
             sections[key] = build(cls, data.get(key), f"{key}.")
@@ -328,6 +333,7 @@ def load_spec(
         resources=sections["resources"],
         max_concurrent=concurrent,
         max_failures=failures,
+        tracking=sections["tracking"],
         storage=store,
         tracking_uri=uri,
         path=str(Path(path).resolve()),
@@ -356,11 +362,13 @@ def _parse_baseline(raw, space: dict[str, Distribution], err: Reporter) -> dict[
 
 
 def _smoke(base_raw: dict) -> dict:
-    """A CI-sized copy of the base config: few steps, two evaluations of two windows."""
+    """A CI-sized copy of the base config: few steps, two evaluations of two windows (the
+    last one too: scoring a whole held-out split would dominate a smoke run)."""
     train = dict(base_raw.get("train") or {})
     steps = train.get("steps", 300)
     steps = min(steps, SMOKE_STEPS) if isinstance(steps, int) else SMOKE_STEPS
     train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2, checkpoint_every=0)
+    train.update(final_eval="sampled")
     return {**base_raw, "train": train}
 
 
@@ -381,6 +389,6 @@ def describe(spec: Spec) -> dict[str, Any]:
     """Flat, loggable summary of the spec's top-level settings."""
     keys = ("name", "metric", "mode", "max_concurrent", "max_failures", "storage", "tracking_uri")
     out = {k: getattr(spec, k) for k in keys}
-    sections = ("search", "scheduler", "resources")
+    sections = ("search", "scheduler", "resources", "tracking")
     out.update(flatten({k: to_dict(getattr(spec, k)) for k in sections}))
     return out

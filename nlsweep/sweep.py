@@ -1,10 +1,12 @@
 """The sweep runner: a validated Spec -> a Ray Tune experiment, every trial logged to MLflow.
 
 Order of work, so that a bad setup fails before anything exists: the spec was validated by
-`load_spec`; then the tracking store is checked and the storage folder made writable; then
-Ray starts (or connects to $RAY_ADDRESS, whose resources are checked against the spec);
-only then is the MLflow parent run created and the trials launched. MLflow writes happen
-here in the driver, from Tune callbacks, never in the trial processes.
+`load_spec`; then the tracking store is checked and the storage (folder or URI) takes a
+probe write; then Ray starts (or joins $RAY_ADDRESS, whose resources are checked against
+the spec, and whose node count decides whether the storage must be shared); only then is
+the MLflow parent run created (with the spec file as an artifact) and the trials launched.
+MLflow writes happen in the process that runs Tune's callbacks (the driver, or the head
+node's actor under Ray Client), never in the trial processes.
 """
 
 from __future__ import annotations
@@ -24,54 +26,32 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from models.common import ConfigError
 from nlsweep.cluster import start_ray
 from nlsweep.config import flatten, to_dict
-from nlsweep.experiment import (
-    ExperimentError,
-    Marker,
-    experiment_path,
-    write_marker,
-)
-from nlsweep.preflight import prepare
+from nlsweep.experiment import ExperimentError, Marker, experiment_path, write_marker
+from nlsweep.preflight import check_shared_storage, prepare
 from nlsweep.report import write_report
 from nlsweep.resources import check_resources
+from nlsweep.runlog import RunLogger, TrackingOutage
 from nlsweep.runtime import describe_hardware
-from nlsweep.sanity import WARNING_PREFIX
-from nlsweep.space import (
-    Choice,
-    Grid,
-    LogUniform,
-    RandInt,
-    Uniform,
-    as_spec,
-    short_names,
-    trial_label,
-)
-from nlsweep.spec import VARIANT, Spec, SpecError, describe, swept_values
+from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, as_spec, short_names
+from nlsweep.spec import Spec, SpecError, describe
 from nlsweep.summary import print_summary, summarize
 from nlsweep.tracking import (
     TAG_BASELINE,
     TAG_COMMIT,
-    TAG_DIVERGED,
-    TAG_ERROR,
     TAG_HARDWARE,
     TAG_RESUMED,
     TAG_ROLE,
     TAG_SHA,
     TAG_SPACE,
     TAG_SPEC,
+    TAG_SPEC_SHOWN,
     TAG_SPEC_TEXT,
-    TAG_STOPPED,
-    TAG_TRIAL,
     TAG_VARIANTS,
     Tracker,
+    bound_http_calls,
     git_commit,
 )
-from nlsweep.train import DIVERGED
-from nlsweep.trainable import WARNINGS, make_trainable
-
-METRIC_PREFIXES = (
-    "train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise", "memory",
-    "cms_inner", "teach", "eval",
-)  # fmt: skip
+from nlsweep.trainable import make_trainable
 
 
 def to_tune(dist) -> Any:
@@ -124,123 +104,36 @@ def make_scheduler(spec: Spec):
     )
 
 
-class MlflowLogger(tune.Callback):
-    """Writes each trial's child run from the driver as Tune reports results.
+class MlflowCallback(tune.Callback):
+    """Tune's hooks -> the sweep's `RunLogger` (which pickles as settings and rebuilds its
+    state from MLflow in whatever process Tune runs it: driver, or Ray Client's actor)."""
 
-    After a resume (`known`: the parent's existing child runs by trial id) a trial keeps its
-    run: it is reopened, and results at steps it already logged (a trial restarts from its
-    newest checkpoint, which may be older than its last report) are not logged twice.
-    """
-
-    def __init__(self, tracker: Tracker, spec: Spec, parent_id: str, base_tags: dict, known=None):
-        self.tracker = tracker
-        self.spec = spec
-        self.parent_id = parent_id
-        self.base_tags = base_tags
-        self.known = dict(known or {})
-        self.runs: dict[str, str] = {}
-        self.ended: set[str] = set()
-        self.diverged: set[str] = set()
-        self.steps: dict[str, int] = {}
-        self.last_step: dict[str, int] = {}
-        for run in self.known.values():
-            if run.info.status in ("RUNNING", "KILLED"):  # its trial continues now
-                tracker.reopen(run.info.run_id)
-
-    def __reduce__(self):
-        # Tune pickles its callbacks into the experiment folder; a restored experiment must
-        # call this driver's logger (live MLflow client, this session's state), not a copy.
-        return (active_logger, ())
+    def __init__(self, log: RunLogger):
+        self.log = log
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        tid = trial.trial_id
-        if tid in self.runs:
-            return  # a retry within this run: same MLflow run, already open
-        values = swept_values(self.spec, trial.config)
-        cfg = self.spec.trial_config(values)
-        self.steps[tid] = cfg.train.steps
-        if tid in self.known:
-            run = self.known[tid]
-            run_id = run.info.run_id
-            self.tracker.reopen(run_id)
-            self.tracker.untag(run_id, TAG_ERROR)
-            resumed = int(run.data.tags.get(TAG_RESUMED, "0")) + 1
-            self.tracker.tag(run_id, TAG_RESUMED, str(resumed))
-            self.last_step[tid] = self.tracker.last_step(run_id, self.spec.metric)
-            self.runs[tid] = run_id
-            return
-        params = flatten(to_dict(cfg))
-        if VARIANT in values:
-            params[VARIANT] = values[VARIANT]
-        tags = {**self.base_tags, TAG_TRIAL: tid, TAG_ROLE: "trial"}
-        self.runs[tid] = self.tracker.start_run(
-            trial_label(values), params, tags, parent_id=self.parent_id
-        )
+        self.log.trial_started(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
-        metrics = {
-            k: v
-            for k, v in result.items()
-            if k.split("/")[0] in METRIC_PREFIXES
-            and "/" in k
-            and isinstance(v, (int, float))
-            and not isinstance(v, bool)
-        }
-        step = int(result["step"])
-        if DIVERGED in result:
-            self.diverged.add(trial.trial_id)
-            self.tracker.tag(run_id, TAG_DIVERGED, result[DIVERGED])
-            metrics = {}  # its +-inf objective stays out of the metric history
-        elif step <= self.last_step.get(trial.trial_id, 0):
-            return  # logged before this trial restarted from an older checkpoint
-        self.tracker.log(run_id, metrics, step=step)
-        for name, why in json.loads(result.get(WARNINGS) or "{}").items():
-            self.tracker.tag(run_id, f"{WARNING_PREFIX}.{name}", why)
-        if trial.trial_id not in self.last_step and "hardware" in result:
-            self.tracker.tag(run_id, TAG_HARDWARE, result["hardware"])
-        self.last_step[trial.trial_id] = step
+        self.log.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
-        if trial.trial_id in self.diverged:
-            self._end(trial.trial_id, "FAILED")
-            return
-        if self.last_step.get(trial.trial_id, 0) < self.steps[trial.trial_id]:
-            self.tracker.tag(run_id, TAG_STOPPED, self.spec.scheduler.kind)
-        self._end(trial.trial_id, "FINISHED")
+        self.log.trial_completed(trial.trial_id, _checkpoint_uri(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
-            return
-        self.tracker.tag(run_id, TAG_ERROR, _last_error_line(trial))
-        self._end(trial.trial_id, "FAILED")
+        self.log.trial_errored(trial.trial_id, _last_error_line(trial))
 
-    def _end(self, trial_id: str, status: str) -> None:
-        self.tracker.end(self.runs[trial_id], status)
-        self.ended.add(trial_id)
-
-    def close_open(self) -> int:
-        """Mark runs of trials that never completed (the sweep was stopped) as KILLED."""
-        open_ids = [t for t in self.runs if t not in self.ended]
-        for t in open_ids:
-            self._end(t, "KILLED")
-        return len(open_ids)
+    def on_experiment_end(self, trials, **info):
+        self.log.finish()
 
 
-_ACTIVE: list[MlflowLogger] = []
-
-
-def active_logger() -> MlflowLogger:
-    """The logger of the sweep this driver is running (what a pickled logger stands for)."""
-    if not _ACTIVE:
-        raise RuntimeError("no nlsweep sweep is running in this process")
-    return _ACTIVE[-1]
+def _checkpoint_uri(trial) -> str | None:
+    """Where Ray keeps the trial's newest checkpoint, as a path or a storage URI."""
+    ckpt = getattr(trial, "checkpoint", None)
+    if ckpt is None:
+        return None
+    kind = ckpt.filesystem.type_name
+    return ckpt.path if kind == "local" else f"{kind}://{ckpt.path}"
 
 
 def _last_error_line(trial) -> str:
@@ -249,6 +142,27 @@ def _last_error_line(trial) -> str:
         return lines[-1] if lines else "unknown error"
     except (OSError, TypeError):
         return "unknown error"
+
+
+def _outage(e: BaseException) -> TrackingOutage | None:
+    """The tracking outage behind an error Tune or Ray Client wrapped, if that is what it is."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, TrackingOutage):
+            return e
+        lines = [ln for ln in str(e).splitlines() if "TrackingOutage: " in ln]
+        if lines:  # rebuilt from its text by Ray Client or Tune
+            return TrackingOutage(lines[-1].split("TrackingOutage: ", 1)[1].strip())
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def close_open_runs(tracker: Tracker, parent_id: str) -> int:
+    """Mark the runs of trials that never ended (the sweep was stopped) KILLED."""
+    open_runs = [r for r in tracker.children(parent_id).values() if r.info.status == "RUNNING"]
+    for r in open_runs:
+        tracker.end(r.info.run_id, "KILLED")
+    return len(open_runs)
 
 
 def run_sweep(
@@ -260,22 +174,31 @@ def run_sweep(
     resume_command: str = "",
 ) -> int:
     """Run (or resume) the whole sweep and write its report; the exit code: 0 every trial
-    finished, 1 some failed, 130 interrupted (the message says how to resume)."""
+    finished, 1 some failed, 3 the tracking store stayed away (resume once it is back),
+    130 interrupted (the message says how to resume)."""
+    bound_http_calls()
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
     marker = prepare(spec, resume, restart, trial_counts, out)
     path = experiment_path(spec.storage, spec.name)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table below
-    started, available, where = start_ray()
+    cluster = start_ray()
     try:
         try:
-            check_resources(spec.resources, available, where)
+            check_resources(spec.resources, cluster.resources, cluster.where)
         except ConfigError as e:
             raise SpecError.at(spec, e.key, e.expected) from None
+        check_shared_storage(spec, cluster.nodes)
+        if cluster.client and not spec.tracking_uri.startswith(("http://", "https://")):
+            raise SpecError.at(
+                spec,
+                "tracking_uri",
+                "an MLflow server (http://HOST:PORT) with a Ray Client address: Tune writes "
+                f"the runs from the cluster's head node, which cannot reach {spec.tracking_uri}",
+            )
         if marker is None:
             parent_id, base_tags = open_sweep_run(tracker, spec)
             write_marker(path, Marker(parent_id, spec.tracking_uri, spec.fingerprint, spec.path))
-            logger = MlflowLogger(tracker, spec, parent_id, base_tags)
         else:
             parent_id = marker.parent_run_id
             if not tracker.has_run(parent_id):
@@ -290,22 +213,23 @@ def run_sweep(
             )
             base_tags = sweep_tags(spec)
             known = tracker.children(parent_id)
-            logger = MlflowLogger(tracker, spec, parent_id, base_tags, known)
             done = sum(r.info.status == "FINISHED" for r in known.values())
             out(f"resuming {path} ({done} of its {len(known)} trial runs had finished)")
-        _ACTIVE.append(logger)
+        callback = MlflowCallback(RunLogger(spec, parent_id, base_tags, path))
         try:
-            tuner = make_tuner(spec, logger) if marker is None else restore_tuner(spec, path)
+            tuner = make_tuner(spec, callback) if marker is None else restore_tuner(spec, path)
             results = tuner.fit()
         except BaseException as e:
-            logger.close_open()
+            lost = _outage(e)
+            if lost is not None:
+                out(f"{lost}\nresume with: {resume_command}")
+                return 3
+            close_open_runs(tracker, parent_id)
             tracker.end(parent_id, "KILLED")
             if isinstance(e, KeyboardInterrupt):
                 out(f"interrupted; resume with: {resume_command}")
             raise
-        finally:
-            _ACTIVE.remove(logger)
-        killed = logger.close_open()
+        killed = close_open_runs(tracker, parent_id)
         unfinished = len(results) - results.num_terminated - results.num_errors
         if unfinished or len(results) < spec.plan.trials:
             tracker.end(parent_id, "KILLED")
@@ -319,13 +243,13 @@ def run_sweep(
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         print_summary(spec, rows, best, failed, parent_id, out)
         if report_dir is not None:
-            path = write_report(
+            report = write_report(
                 spec.tracking_uri, spec.name, report_dir / f"{spec.name}.md", parent_id
             )
-            out(f"report: {path}")
+            out(f"report: {report} (and in MLflow, parent run {parent_id[:8]}: report/)")
         return 0 if not failed else 1
     finally:
-        if started:
+        if cluster.started_here:
             ray.shutdown()
 
 
@@ -349,7 +273,7 @@ def restore_tuner(spec: Spec, path: str) -> tune.Tuner:
     )
 
 
-def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
+def make_tuner(spec: Spec, callback: MlflowCallback) -> tune.Tuner:
     """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback."""
     names = short_names(list(spec.space))
     reporter = tune.CLIReporter(
@@ -377,7 +301,7 @@ def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
             storage_path=spec.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[logger],
+            callbacks=[callback],
             progress_reporter=reporter,
             verbose=1,
         ),
@@ -386,7 +310,8 @@ def make_tuner(spec: Spec, logger: MlflowLogger) -> tune.Tuner:
 
 def sweep_tags(spec: Spec) -> dict[str, str]:
     """Tags every run of the sweep carries: spec file, its hash, the code's commit."""
-    tags = {TAG_SPEC: spec.path, TAG_SHA: spec.sha256}
+    shown = os.path.relpath(spec.path) if spec.path.startswith(os.getcwd() + os.sep) else spec.path
+    tags = {TAG_SPEC: spec.path, TAG_SPEC_SHOWN: shown, TAG_SHA: spec.sha256}
     commit = git_commit()
     if commit:
         tags[TAG_COMMIT] = commit
@@ -408,4 +333,6 @@ def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
         TAG_VARIANTS: json.dumps(spec.variants),
         TAG_HARDWARE: describe_hardware(torch.device("cpu")),
     }
-    return tracker.start_run(spec.name, params, tags), base_tags
+    parent_id = tracker.start_run(spec.name, params, tags)
+    tracker.log_text(parent_id, spec.text, f"spec/{Path(spec.path).name}")
+    return parent_id, base_tags

@@ -16,16 +16,26 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from models.common import require
 
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
+# mlflow itself is imported where a client is made: loading a spec (which builds the
+# TrackingConfig below) or printing a dry run must not pay for it.
+
+
+def _quiet() -> None:
+    """MLflow's INFO lines (store creation, migrations) are noise in a sweep's output; set
+    after mlflow's import, which configures its own logger."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
 
 TAG_TRIAL = "nlsweep.trial_id"
 TAG_SPEC = "nlsweep.spec_file"
+TAG_SPEC_SHOWN = "nlsweep.spec_shown"
+"""The spec path as reports print it: relative to the folder the sweep ran from (absolute
+when outside it), so a report does not depend on where it is regenerated."""
 TAG_SHA = "nlsweep.spec_sha256"
 TAG_COMMIT = "nlsweep.git_commit"
 TAG_ROLE = "nlsweep.role"
@@ -42,6 +52,57 @@ MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LEN = 6000
+
+
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+"""Every HTTP call to a tracking server ends within about 90 s (MLflow's defaults retry for
+about 4 minutes per call); a longer outage is bridged by buffering (`nlsweep.runlog`)."""
+
+
+@dataclass
+class TrackingConfig:
+    """`tracking:` section: what reaches MLflow besides metrics, and how long it may be away."""
+
+    log_checkpoints: Literal["none", "final"] = "none"
+    """final: each trial's last checkpoint becomes an artifact of its run (`checkpoint/`)."""
+    outage_s: float = 600.0
+    """Seconds the tracking store may be unreachable mid-sweep: writes wait in order in a
+    buffer meanwhile; past this the sweep stops (trials keep their checkpoints, the buffer
+    is kept beside the experiment) and `--resume` writes the buffer first."""
+
+    def __post_init__(self):
+        require(
+            self.log_checkpoints in ("none", "final"),
+            "log_checkpoints",
+            f"none or final, got {self.log_checkpoints!r}",
+        )
+        require(self.outage_s > 0, "outage_s", f"a positive number of seconds, got {self.outage_s}")
+
+
+def bound_http_calls() -> None:
+    """Bound every MLflow HTTP call of this process (and, through the shipped environment, of
+    the cluster's); settings the user made win."""
+    for k, v in HTTP_BOUNDS.items():
+        os.environ.setdefault(k, v)
+
+
+def transient(e: BaseException) -> bool:
+    """Whether a failed tracking call may succeed later (server away, overloaded, locked)."""
+    seen = 0
+    while e is not None and seen < 8:
+        text = f"{type(e).__name__} {e}".lower()
+        markers = ("connection", "timed out", "timeout", "max retries", "temporarily",
+                   "database is locked", " 502", " 503", " 504", "bad gateway",
+                   "service unavailable", "remotedisconnected", "broken pipe")  # fmt: skip
+        if isinstance(e, (ConnectionError, TimeoutError)) or any(m in text for m in markers):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 class TrackingError(RuntimeError):
@@ -118,6 +179,9 @@ class Tracker:
     def __init__(self, uri: str):
         self.uri = uri
         self.experiment_id: str | None = None
+        from mlflow.tracking import MlflowClient
+
+        _quiet()
         try:
             self.client = MlflowClient(tracking_uri=uri)
         except Exception as e:  # noqa: BLE001 - e.g. a SQLite path whose folder cannot exist
@@ -150,6 +214,8 @@ class Tracker:
     ) -> str:
         if parent_id:
             tags = {**tags, PARENT_TAG: parent_id}
+        from mlflow.entities import Param
+
         tags = {k: clip_tag(v) for k, v in tags.items()}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         run_id = run.info.run_id
@@ -159,12 +225,16 @@ class Tracker:
         return run_id
 
     def log(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
     def tag(self, run_id: str, key: str, value: str) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(run_id, tags=[RunTag(key, clip_tag(value))])
 
     def end(self, run_id: str, status: str) -> None:
@@ -178,8 +248,30 @@ class Tracker:
         if key in self.tags(run_id):
             self.client.delete_tag(run_id, key)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """A text artifact (the run's artifact store: the server's, or the local store's)."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
+        """Every file under `folder`, replacing artifacts of the same names."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def artifacts(self, run_id: str, path: str | None = None) -> list[str]:
+        """Paths of the run's artifacts (files, recursively) under `path`."""
+        out, todo = [], [path]
+        while todo:
+            for f in self.client.list_artifacts(run_id, todo.pop()):
+                (todo if f.is_dir else out).append(f.path)
+        return sorted(out)
+
+    def download(self, run_id: str, path: str, dst: str | Path) -> str:
+        return self.client.download_artifacts(run_id, path, str(dst))
+
     def tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
+
+    def experiment_of(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.experiment_id
 
     def has_run(self, run_id: str) -> bool:
         try:
@@ -293,6 +385,21 @@ def read_sweep(
         parent=_run_data(client, parent, ()),
         trials=[_run_data(client, r, history_keys) for r in children],
     )
+
+
+def publish_report(uri: str, parent_id: str, md: Path, fig_dir: Path) -> None:
+    """The report beside its sweep in MLflow: `report/NAME.md` and `report/NAME/*` (figures,
+    CSV), so the markdown's relative links hold in the artifact view; same names replace the
+    older upload."""
+    tracker = Tracker(uri)
+    try:
+        tracker.client.log_artifact(parent_id, str(md), "report")
+        if fig_dir.is_dir():
+            tracker.log_artifacts(parent_id, fig_dir, f"report/{fig_dir.name}")
+    except Exception as e:  # noqa: BLE001 - the report on disk stands; say what did not
+        raise TrackingError(
+            f"tracking_uri {uri}: the report was written but not uploaded ({_one_line(e)})"
+        ) from None
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:

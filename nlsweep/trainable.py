@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import tempfile
 import time
 
@@ -22,12 +24,10 @@ import torch
 from ray import tune
 
 from nlsweep import checkpoint
+from nlsweep.runlog import GPU_KEY, WARNINGS
 from nlsweep.runtime import describe_hardware
 from nlsweep.spec import Spec, swept_values
 from nlsweep.train import DIVERGED, Diverged, Trainer
-
-WARNINGS = "warnings"
-"""Result key of the final report: JSON {name: why} of configured paths that never fired."""
 
 
 def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
@@ -37,7 +37,12 @@ def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
             raise RuntimeError("train.device is cuda but Ray assigned this trial no GPU")
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"Ray assigned GPUs {gpu_ids} but torch sees no CUDA device")
+        # Ray's GPUs are bookkeeping; training on CPU here would pass silently for a GPU run.
+        raise RuntimeError(
+            f"resources.gpu: Ray gave this trial GPU {gpu_ids} (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES')}) on {socket.gethostname()}, but torch "
+            "sees no CUDA device there; fix that node's CUDA, or set train.device: cpu"
+        )
     if 0 < spec.resources.gpu < 1:
         torch.cuda.set_per_process_memory_fraction(spec.resources.gpu, 0)
     return torch.device("cuda", 0)
@@ -54,6 +59,8 @@ def run_trial(config: dict, spec: Spec) -> None:
         with resumed.as_directory() as folder:
             checkpoint.restore(trainer, folder)
     hardware = describe_hardware(device, share=spec.resources.gpu)
+    gpus = ray.get_gpu_ids()
+    placement = f"ray {gpus} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
     # Seconds this trial (this attempt) spent in reports with and without a checkpoint (the
     # difference per report is the checkpoint's cost; both include Ray's hand-over); reported
     # one evaluation late, since a report's own time is known only once it returns.
@@ -64,6 +71,7 @@ def run_trial(config: dict, spec: Spec) -> None:
                 **metrics,
                 **{f"perf/{k}": v for k, v in spent.items()},
                 "hardware": hardware,
+                **({GPU_KEY: placement} if gpus else {}),
             }
             if trainer.step == cfg.train.steps:  # mechanisms that never acted, for run tags
                 metrics[WARNINGS] = json.dumps(trainer.warnings())

@@ -148,7 +148,8 @@ TITANS = {
               "memory_chunk": 4},
     "optim": {"kind": "delta_adam", "lr": 3e-3, "decay_rate": 1e-3},
     "data": {"corpus": "pydoc", "seq_len": 8, "batch_size": 3},
-    "train": {"steps": 8, "eval_every": 2, "eval_batches": 2, "seed": 5, "threads": 1},
+    "train": {"steps": 8, "eval_every": 2, "eval_batches": 2, "seed": 5, "threads": 1,
+              "final_eval": "sampled"},  # fmt: skip
 }  # fmt: skip
 
 

@@ -4,8 +4,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from nlsweep.runlog import RunLogger
 from nlsweep.spec import load_spec
-from nlsweep.sweep import MlflowLogger
+from nlsweep.sweep import close_open_runs
 from nlsweep.tracking import (
     PARENT_TAG,
     TAG_ERROR,
@@ -33,7 +34,17 @@ def setup(tmp_path, write_spec):
     tracker.check()
     tracker.experiment(spec.name)
     parent = tracker.start_run("sweep", {"a": 1}, {"nlsweep.role": "sweep"})
-    return spec, tracker, parent, MlflowLogger(tracker, spec, parent, {"k": "v"})
+    return (
+        spec,
+        tracker,
+        parent,
+        RunLogger(spec_at(spec, tracker), parent, {"k": "v"}, str(tmp_path / "exp")),
+    )
+
+
+def spec_at(spec, tracker):
+    spec.tracking_uri = tracker.uri
+    return spec
 
 
 def result(step, bpc):
@@ -50,15 +61,16 @@ def test_callback_lifecycle(setup, tmp_path):
     broken = FakeTrial("t2", {"cms.periods.medium": 2, "train.seed": 1}, str(err_file))
     running = FakeTrial("t3", {"cms.periods.medium": 1, "train.seed": 0})
     for t in (done, stopped, broken, running):
-        log.on_trial_start(0, [], t)
-    log.on_trial_start(0, [], done)  # a restart of the same trial reuses its run
+        log.trial_started(t.trial_id, t.config)
+    log.trial_started(done.trial_id, done.config)  # a restart of the same trial reuses its run
     for step in (4, 8):
-        log.on_trial_result(0, [], done, result(step, 3.0 / step))
-    log.on_trial_result(0, [], stopped, result(4, 2.0))
-    log.on_trial_complete(0, [], done)
-    log.on_trial_complete(0, [], stopped)
-    log.on_trial_error(0, [], broken)
-    assert log.close_open() == 1
+        log.trial_result(done.trial_id, result(step, 3.0 / step))
+    log.trial_result(stopped.trial_id, result(4, 2.0))
+    log.trial_completed(done.trial_id, None)
+    log.trial_completed(stopped.trial_id, None)
+    log.trial_errored(broken.trial_id, "ValueError: boom")
+    log.finish()
+    assert close_open_runs(tracker, parent) == 1
 
     runs = {r.data.tags[TAG_TRIAL]: r for r in tracker.runs(spec.name) if TAG_TRIAL in r.data.tags}
     assert len(runs) == 4
@@ -92,3 +104,27 @@ def test_unusable_store_is_one_line(tmp_path):
 def test_ui_command_binds_localhost():
     assert ui_command("sqlite:///mlflow.db") == (
         "mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1")  # fmt: skip
+
+
+def test_logger_pickles_as_settings_and_a_copy_continues_the_same_runs(setup):
+    """Tune rebuilds the callback in another process (Ray Client's actor, a resumed sweep):
+    the copy carries no client or state, finds the trial's run in MLflow, and logs no step
+    twice."""
+    import pickle
+
+    spec, tracker, parent, log = setup
+    trial = FakeTrial("t0", {"cms.periods.medium": 2, "train.seed": 0})
+    log.trial_started(trial.trial_id, trial.config)
+    log.trial_result(trial.trial_id, result(4, 1.5))
+    blob = pickle.dumps(log)
+    assert b"sqlalchemy" not in blob and b"MlflowClient" not in blob
+    copy = pickle.loads(blob)
+    copy.trial_started(trial.trial_id, trial.config)  # the trial restarts from a checkpoint
+    copy.trial_result(trial.trial_id, result(4, 9.9))  # a step its run already holds
+    copy.trial_result(trial.trial_id, result(8, 1.0))
+    copy.trial_completed(trial.trial_id, None)
+    runs = [r for r in tracker.runs(spec.name) if r.data.tags.get(TAG_TRIAL) == "t0"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["nlsweep.resumed"] == "1"
+    hist = tracker.history(runs[0].info.run_id, "val/bpc")
+    assert [(m.step, m.value) for m in hist] == [(4, 1.5), (8, 1.0)]
