@@ -130,6 +130,13 @@ class CMSOptimizer:
             for p in ps:
                 p.grad = None
 
+    def flush_inputs(self, reduce=None) -> None:
+        """Fold the inputs of the last forward pass into every delta-rule level's statistics,
+        summed over data-parallel workers by `reduce` (see `DeltaRule.flush_inputs`)."""
+        for opt in self.optimizers.values():
+            if hasattr(opt, "flush_inputs"):
+                opt.flush_inputs(reduce)
+
     def due(self, level: str) -> bool:
         """Whether `level` steps at the next call of `step()`."""
         return (self.clock + 1) % self.periods[level] == 0

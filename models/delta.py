@@ -16,12 +16,15 @@ With alpha > 0, an optimizer that covers no matrix raises when it is built, and 
 matrix that captured no input raises when it steps: an earlier reproduction's "delta rule"
 silently ran as plain Adam because inputs were never captured (pitfall 3).
 The input statistics live in the optimizer's per-parameter state, so they checkpoint with it.
+A forward pass adds its inputs to a pending X^T X first; `flush_inputs(reduce)` moves them into
+the state, summed over data-parallel workers when `reduce` is given, so every replica decays
+with the whole global batch's statistics (a level's own step flushes too).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -70,6 +73,7 @@ class DeltaRule(torch.optim.Optimizer):
                 "refusing to run as the plain optimizer"
             )
         self._hooks = [mod.register_forward_pre_hook(self._capture(w)) for mod, w in pairs]
+        self._pending: dict[int, list] = {}  # id(W) -> [X^T X, N] since the last flush
         self.last_decay_norm = 0.0
 
     def _capture(self, weight: nn.Parameter):
@@ -78,15 +82,37 @@ class DeltaRule(torch.optim.Optimizer):
             if not (module.training and torch.is_grad_enabled()):
                 return
             x = args[0].detach().reshape(-1, weight.shape[1]).to(weight.dtype)
-            st = self.state[weight]
-            if "xtx" not in st:
-                st["xtx"] = torch.zeros(weight.shape[1], weight.shape[1], dtype=weight.dtype,
-                                        device=weight.device)  # fmt: skip
-                st["n"] = 0
-            st["xtx"].add_(x.T @ x)
-            st["n"] += x.shape[0]
+            pending = self._pending.setdefault(id(weight), self._empty(weight))
+            pending[0].add_(x.T @ x)
+            pending[1] += x.shape[0]
 
         return hook
+
+    @staticmethod
+    def _empty(weight: torch.Tensor) -> list:
+        return [weight.new_zeros(weight.shape[1], weight.shape[1]), 0]
+
+    @torch.no_grad()
+    def flush_inputs(self, reduce: Callable[[list[torch.Tensor]], None] | None = None) -> None:
+        """Move the pending input statistics into the state; `reduce` sums a list of tensors
+        in place over the data-parallel workers (every worker must flush at the same step)."""
+        if reduce is not None and self.covered:
+            # every matrix, in one order on every worker (one that saw no input adds zeros)
+            pending = [self._pending.setdefault(i, self._empty(w)) for i, w in self.covered.items()]
+            counts = torch.tensor([float(n) for _, n in pending], dtype=torch.float64,
+                                  device=pending[0][0].device)  # fmt: skip
+            reduce([*(xtx for xtx, _ in pending), counts])
+            for entry, n in zip(pending, counts.tolist()):
+                entry[1] = int(n)
+        for i, (xtx, n) in self._pending.items():
+            if not n:
+                continue
+            st = self.state[self.covered[i]]
+            if "xtx" not in st:
+                st["xtx"], st["n"] = torch.zeros_like(xtx), 0
+            st["xtx"].add_(xtx)
+            st["n"] += n
+        self._pending.clear()
 
     def _direction(self, p: torch.Tensor, group: dict) -> torch.Tensor:
         g, st = p.grad, self.state[p]
@@ -114,6 +140,7 @@ class DeltaRule(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        self.flush_inputs()
         sq = 0.0
         for group in self.param_groups:
             alpha = group["decay_rate"]

@@ -69,6 +69,7 @@ class NestedLSTM(nn.Module):
     levels = LEVELS
     state_names = ("h", "c")
     carries_state = True
+    state_batch_dim = 1  # nn.LSTM state is (layers, B, d); other kinds keep rows first
 
     def __init__(self, cfg: NestedLSTMConfig, vocab_size: int):
         super().__init__()

@@ -26,10 +26,15 @@ class CheckpointError(RuntimeError):
 
 def save(trainer: Trainer, folder: str | Path) -> float:
     """Write the trainer's state into `folder`; returns the seconds it took."""
+    return save_state(trainer.state_dict(), folder)
+
+
+def save_state(state: dict, folder: str | Path) -> float:
+    """Write a `Trainer.state_dict()` into `folder`; returns the seconds it took."""
     t0 = time.perf_counter()
     path = Path(folder) / CHECKPOINT_FILE
     tmp = path.with_suffix(".tmp")
-    torch.save(trainer.state_dict(), tmp)
+    torch.save(state, tmp)
     os.replace(tmp, path)  # a reader never sees half a file
     return time.perf_counter() - t0
 

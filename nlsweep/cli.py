@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the expanded trials and the resource plan; start nothing",
     )
+    run.add_argument(
+        "--probe",
+        action="store_true",
+        help="with --dry-run: train the largest trial a few steps here and print its step "
+        "time and peak memory, and how many fit on a GPU at the spec's share",
+    )
     val = sub.add_parser("validate", help="check a spec and exit (0 valid, 2 invalid)")
     _spec_args(val)
     rep = sub.add_parser("report", help="write the markdown ablation report of a sweep")
@@ -175,10 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"{args.spec}: ok ({spec.plan.trials} trials, {spec.plan.algorithm} search)")
         return 0
+    if getattr(args, "probe", False) and not args.dry_run:
+        print(f"{args.spec}: --probe: only with --dry-run", file=sys.stderr)
+        return 2
     if args.dry_run:  # prints the plan; imports no Ray
         from nlsweep.summary import dry_run
 
         dry_run(spec)
+        if args.probe:
+            from nlsweep.probe import probe
+
+            probe(spec)
         return 0
     from nlsweep import sweep
     from nlsweep.cluster import ClusterError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -13,17 +14,28 @@ class Resources:
     """`resources:` section: what each trial is given."""
 
     cpu: float = 1.0
+    """CPUs of each worker of the trial."""
     gpu: float = 0.0
-    """Fractional (0.25: four trials share a GPU) or whole (1, 2)."""
+    """GPU of each worker: a fraction (0.25: four workers share a GPU) or 1."""
+    workers: int = 1
+    """Data-parallel workers of one trial (Ray Train, DDP): each trains B/workers rows of
+    every batch on its own `cpu` and `gpu`; several GPUs for one trial = several workers."""
 
     def __post_init__(self):
         require(self.cpu > 0, "cpu", f"a positive number of CPUs, got {self.cpu}")
         require(self.gpu >= 0, "gpu", f">= 0, got {self.gpu}")
         require(
-            self.gpu <= 1 or float(self.gpu).is_integer(),
+            self.gpu <= 1,
             "gpu",
-            f"a fraction of one GPU or a whole number of GPUs, got {self.gpu}",
+            f"at most 1 per worker, got {self.gpu:g}; for {self.gpu:g} GPUs set "
+            f"resources.workers: {math.ceil(self.gpu)} with gpu: 1 (one data-parallel worker each)",
         )
+        require(
+            isinstance(self.workers, int) and not isinstance(self.workers, bool)
+            and self.workers >= 1,
+            "workers",
+            f"a positive integer, got {self.workers!r}",
+        )  # fmt: skip
 
 
 def local_resources() -> dict[str, float]:
@@ -49,3 +61,10 @@ def check_resources(res: Resources, available: dict[str, float], where: str) -> 
         raise ConfigError(
             "resources.cpu", f"at most {available.get('CPU', 0):g} CPUs ({where}), got {res.cpu:g}"
         )
+    for key, per in (("CPU", res.cpu), ("GPU", res.gpu)):
+        if per and res.workers * per > available.get(key, 0):
+            raise ConfigError(
+                "resources.workers",
+                f"at most {int(available.get(key, 0) // per)}: {res.workers} workers x {per:g} "
+                f"{key}s exceed the {available.get(key, 0):g} of {where}",
+            )

@@ -251,9 +251,11 @@ class RunLogger:
         self._flush()
 
     def finish(self) -> None:
-        """The experiment ended: write what is queued, waiting up to `outage_s` for it."""
-        if self._ready:
-            self._flush(wait=True)
+        """The experiment ended: write what is queued, waiting up to `outage_s` for it. A
+        resumed sweep whose trials had all ended (during the outage that stopped it) sends no
+        trial event, so its held-back records are written here."""
+        self._setup()
+        self._flush(wait=True)
 
 
 def _one_line(e: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import resource
 
 import numpy as np
 import torch
@@ -25,6 +26,26 @@ def describe_hardware(device: torch.device, share: float = 0.0) -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU {model} ({os.cpu_count()} cores), torch threads: {torch.get_num_threads()}"
+
+
+def memory_peaks(device: torch.device) -> dict[str, float]:
+    """Peak memory so far, in MiB: this process's resident set (CPU), and on a GPU what
+    torch allocated on it (what a share of the GPU has to hold)."""
+    out = {"perf/cpu_rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["perf/gpu_mem_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def out_of_share(device: torch.device, share: float) -> str:
+    """The one line for a trial that ran out of its fraction of a GPU."""
+    total = torch.cuda.get_device_properties(device).total_memory / 2**20
+    peak = torch.cuda.max_memory_reserved(device) / 2**20
+    return (
+        f"resources.gpu: {share:g} of this {total:.0f} MiB GPU ({share * total:.0f} MiB) is "
+        f"too small for this trial (it had reserved {peak:.0f} MiB when an allocation failed); "
+        "raise the share, or measure with nlsweep run SPEC --dry-run --probe"
+    )
 
 
 def pick_device(cfg) -> torch.device:

@@ -171,6 +171,23 @@ def _check_variant_factor(dist, variants: dict, space_raw: dict, err: Reporter) 
             err(f"space.{p}", f"not also set by a variant ({clash[0]}): which would win?")
 
 
+def _check_batch_split(workers: int, base, space: dict, variants: dict, err: Reporter) -> None:
+    """Every batch size a trial can get splits evenly over the trial's workers."""
+    if workers == 1:
+        return
+    path = "data.batch_size"
+    where = {f"base.{path}": [base.data.batch_size]}
+    if path in space:
+        where[f"space.{path}"] = list(candidate_values(space[path]))
+    for name, overrides in variants.items():
+        if path in overrides:
+            where[f"variants.{name}.{path}"] = [overrides[path]]
+    for key, sizes in where.items():
+        for b in sizes:
+            if b % workers:
+                err(key, f"a multiple of resources.workers ({workers}), got {b}")
+
+
 def _parse_space(
     space_raw, base: TrialConfig, base_raw: dict, variants: dict, err: Reporter
 ) -> dict:
@@ -296,6 +313,7 @@ def load_spec(
         translate(space, sections["search"])
     except ConfigError as e:
         err(f"space.{e.key}", e.expected)
+    _check_batch_split(sections["resources"].workers, base, space, variants, err)
 
     concurrent = data.get("max_concurrent", 1)
     if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:

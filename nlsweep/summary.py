@@ -21,9 +21,10 @@ from nlsweep.train import DIVERGED
 def concurrency(spec: Spec, available: dict[str, float]) -> int:
     """How many trials run at once: the spec's cap, the trial count and the resources."""
     n = min(spec.max_concurrent, spec.plan.trials)
-    n = min(n, int(available.get("CPU", 1) // spec.resources.cpu))
-    if spec.resources.gpu > 0:
-        n = min(n, int(available.get("GPU", 0) // spec.resources.gpu))
+    res = spec.resources
+    n = min(n, int(available.get("CPU", 1) // (res.cpu * res.workers)))
+    if res.gpu > 0:
+        n = min(n, int(available.get("GPU", 0) // (res.gpu * res.workers)))
     return max(n, 1)
 
 
@@ -44,6 +45,8 @@ def dry_run(spec: Spec, out=print) -> None:
             out(f"  {p}: {d}")
     res = spec.resources
     per = f"{res.cpu:g} CPU" + (f", {res.gpu:g} GPU" if res.gpu else "")
+    if res.workers > 1:
+        per = f"{res.workers} data-parallel workers x ({per})"
     if available:
         have = f"{available['CPU']:g} CPUs, {available['GPU']:g} GPUs on this machine"
         out(

@@ -31,7 +31,15 @@ from models.surprise import SurpriseConfig, surprise_backward
 from models.teach import IGNORE, TeachConfig
 from nlsweep.config import build
 from nlsweep.data import Corpus, DataConfig, load_corpus
-from nlsweep.runtime import DIVERGED, Diverged, pick_device, rng_state, set_rng_state
+from nlsweep.parallel import DataParallel, Forward
+from nlsweep.runtime import (
+    DIVERGED,
+    Diverged,
+    memory_peaks,
+    pick_device,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = ["DIVERGED", "Diverged", "Trainer", "TrialConfig"]
 
@@ -65,6 +73,12 @@ class TrainConfig:
     """torch CPU threads; 0 = one per CPU the trial was given (all cores outside Ray)."""
     diverge_above: float = 0.0
     """Stop the trial as diverged when its training loss exceeds this (0: only NaN or inf)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the forward passes and the loss run under `torch.autocast` with bfloat16 (on
+    CPU too); weights, gradients, optimizer moments and delta-rule statistics stay float32."""
+    compile: bool = False
+    """`torch.compile` the training forward (inductor: on CPU it needs a C++ compiler).
+    Evaluation runs eagerly. A model that cannot compile stops the trial with one line."""
     checkpoint_every: int = 0
     """In a sweep, save the complete training state every this many steps (a multiple of
     eval_every, since a checkpoint travels with an evaluation's report) and after the last
@@ -169,10 +183,24 @@ class TrialConfig:
 
 
 class Trainer:
+    """One trial's training state and loop. With `dp` (several data-parallel workers, see
+    `nlsweep/parallel.py`) every worker builds one and trains its rows of each batch; only
+    rank 0's evaluations carry metrics, and `state_dict` is collective."""
+
     def __init__(
-        self, cfg: TrialConfig, device: torch.device | None = None, corpus: Corpus | None = None
+        self,
+        cfg: TrialConfig,
+        device: torch.device | None = None,
+        corpus: Corpus | None = None,
+        dp: DataParallel | None = None,
     ):
         self.cfg = cfg
+        self.dp = dp or DataParallel()
+        if cfg.data.batch_size % self.dp.world:
+            raise ConfigError(
+                "data.batch_size",
+                f"a multiple of resources.workers ({self.dp.world}), got {cfg.data.batch_size}",
+            )
         self.device = device or pick_device(cfg.train)
         seed = cfg.train.seed
         random.seed(seed)
@@ -184,6 +212,10 @@ class Trainer:
         self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
         extra = (cfg.cms, cfg.teach) if self.targets else ()
         self.model = cls(cfg.model, vocab, *extra).to(self.device)
+        self.forward = self.dp.wrap(Forward(self.model))  # DDP with several workers
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
+        self.state_dim = getattr(cls, "state_batch_dim", 0)  # where a state keeps its rows
         groups = self.model.level_parameters()
         check_ownership(self.model, groups)
         modules = self.model.level_modules()
@@ -208,7 +240,8 @@ class Trainer:
     def train_step(self) -> float:
         t0 = time.perf_counter()
         x, y, streams_restart = self.batcher.next()
-        x, y = x.to(self.device), y.to(self.device)
+        rows = self.dp.rows(x.shape[0])
+        x, y = x[rows].to(self.device), y[rows].to(self.device)
         sc = self.cfg.state
         if (
             sc.mode == "reset"
@@ -220,17 +253,26 @@ class Trainer:
         self.model.train()
         sp = self.cfg.surprise
         surprise = bool(sp.active) and self.step % sp.every_n == 0
-        if surprise:
-            logits, new_state, outputs = self.model.forward_levels(x, self.state)
-        elif self.targets:
+        if self.targets:
             self.model.teach_scale = self.cfg.teach.scale_at(self.step, self.cfg.train.steps)
-            logits, new_state = self.model(x, self.state, targets=y)
+        mode = "levels" if surprise else "targets" if self.targets else "plain"
+        with self.precision():
+            try:
+                out = self.forward(x, self.state, mode, y if self.targets else None)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                first = str(e).strip().splitlines()[0][:200]
+                raise RuntimeError(
+                    f"train.compile: torch.compile failed for model kind {self.cfg.model.kind} "
+                    f"({type(e).__name__}: {first}); set train.compile: false"
+                ) from None
+            logits, new_state, outputs = out if surprise else (*out, None)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
+            )
+        if self.dp.active:
+            loss, value = self._global_mean(loss, y)
         else:
-            logits, new_state = self.model(x, self.state)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
-        )
-        value = loss.item()  # the step's one host sync of the loss
+            value = loss.item()  # the step's one host sync of the loss
         bound = self.cfg.train.diverge_above
         if not math.isfinite(value) or (bound and value > bound):
             # Before backward: nothing of the diverged step reaches the weights.
@@ -239,6 +281,7 @@ class Trainer:
             self._accumulate_surprise(surprise_backward(loss, outputs, sp))
         else:
             loss.backward()
+        self.cms.flush_inputs(self.dp.sum_ if self.dp.active else None)
         self.cms.step()
         if sc.mode != "reset":
             self.state = detach_state(new_state)  # truncated BPTT: no gradient into the past
@@ -247,6 +290,20 @@ class Trainer:
         self._since_eval["loss"] += value
         self._since_eval["n"] += 1
         return value
+
+    def precision(self):
+        """The autocast context of `train.precision` (a no-op for fp32)."""
+        bf16 = self.cfg.train.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _global_mean(self, loss: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This worker's loss scaled so that DDP's gradient average is the global batch's mean
+        loss, and that mean's value (every worker gets the same, so all stop together)."""
+        n_r = (y != IGNORE).sum().to(torch.float64)
+        totals = torch.stack([loss.detach().to(torch.float64) * n_r, n_r])
+        self.dp.sum_([totals])
+        n = float(totals[1])
+        return loss * (self.dp.world * float(n_r) / max(n, 1.0)), float(totals[0]) / max(n, 1.0)
 
     def _accumulate_surprise(self, stats: dict[str, float]) -> None:
         acc = self._since_eval.setdefault("surprise", {})
@@ -286,7 +343,9 @@ class Trainer:
         for x, y in windows:
             y = y.to(self.device)
             kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
-            logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
+            with self.precision():
+                logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
+            logits = logits.float()
             state = new_state
             flat = y.reshape(-1)
             total += F.cross_entropy(
@@ -324,6 +383,7 @@ class Trainer:
             # 1: this evaluation scored the whole held-out split (the report marks it)
             "eval/full_split": float(final and self.final_whole_split),
         }
+        m.update(memory_peaks(self.device))
         if self.corpus.accuracy_key:
             m[self.corpus.accuracy_key] = self.accuracy
         for name, batcher in self.extra_evals.items():  # e.g. recall by context length
@@ -352,6 +412,11 @@ class Trainer:
             t0 = time.perf_counter()
             self.train_step()
             if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                if self.dp.rank:  # rank 0 evaluates and reports for the trial
+                    self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+                    self.elapsed += time.perf_counter() - t0
+                    yield {"step": self.step}
+                    continue
                 metrics = self._metrics()
                 self.elapsed += time.perf_counter() - t0
                 metrics["perf/elapsed_s"] = self.elapsed
@@ -366,13 +431,15 @@ class Trainer:
 
     # -- training state as data -----------------------------------------------------------
     def state_dict(self) -> dict:
+        """The complete training state; with several workers a collective (every worker calls
+        it) whose recurrent state has all B rows, as a one-worker trainer's would."""
         return {
             "format": STATE_FORMAT,
             "step": self.step,
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
             "cms": self.cms.state_dict(),
             "data": self.batcher.state_dict(),
-            "recurrent": self.state,
+            "recurrent": self.dp.gather_state(self.state, self.state_dim),
             "state_resets": self.state_resets,
             "rng": rng_state(),
             "history": list(self.history),
@@ -388,6 +455,7 @@ class Trainer:
         self.cms.load_state_dict(sd["cms"])
         self.batcher.load_state_dict(sd["data"])
         recurrent = sd["recurrent"]
+        recurrent = self.dp.shard_state(recurrent, self.state_dim)
         self.state = None if recurrent is None else tuple(t.to(self.device) for t in recurrent)
         self.state_resets = int(sd["state_resets"])
         set_rng_state(sd["rng"])

@@ -1,5 +1,12 @@
 """The Ray Tune function trainable: one trial of the training loop in `nlsweep/train.py`.
 
+A trial with `resources.workers: N > 1` runs as N data-parallel workers under Ray Train: the
+Tune trial launches a `TorchTrainer` (DDP over gloo on CPU, NCCL on GPUs; see
+`nlsweep/parallel.py` for what is reduced), whose rank 0 reports through Ray's
+`TuneReportCallback`. Ray Train keeps that run's checkpoints under the trial's experiment
+folder (`train/TRIAL_ID`) and, after a failed worker or a resumed sweep, restarts every
+worker from the newest one.
+
 Ray gives each trial the spec's `resources`; a trial given a GPU trains on it, else on CPU.
 Trials sharing a GPU (fractional `gpu`) cap their CUDA memory to their share, so one trial
 cannot starve the others. Metrics are passed to `tune.report` at every evaluation; the
@@ -25,7 +32,7 @@ from ray import tune
 
 from nlsweep import checkpoint
 from nlsweep.runlog import GPU_KEY, WARNINGS
-from nlsweep.runtime import describe_hardware
+from nlsweep.runtime import describe_hardware, out_of_share
 from nlsweep.spec import Spec, swept_values
 from nlsweep.train import DIVERGED, Diverged, Trainer
 
@@ -54,11 +61,18 @@ def run_trial(config: dict, spec: Spec) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
     device = trial_device(spec, cfg.train.device, ray.get_gpu_ids())
     trainer = Trainer(cfg, device=device)
-    resumed = tune.get_checkpoint()
+    _train(trainer, spec, tune.get_checkpoint(), tune.report, tune.Checkpoint)
+
+
+def _train(trainer: Trainer, spec: Spec, resumed, report, checkpoint_cls) -> None:
+    """Restore, train and report one trial (or one data-parallel worker of it)."""
+    cfg, device, rank = trainer.cfg, trainer.device, trainer.dp.rank
     if resumed is not None:
         with resumed.as_directory() as folder:
             checkpoint.restore(trainer, folder)
     hardware = describe_hardware(device, share=spec.resources.gpu)
+    if trainer.dp.active:
+        hardware = f"{trainer.dp.world} data-parallel workers, each {hardware}"
     gpus = ray.get_gpu_ids()
     placement = f"ray {gpus} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
     # Seconds this trial (this attempt) spent in reports with and without a checkpoint (the
@@ -77,23 +91,90 @@ def run_trial(config: dict, spec: Spec) -> None:
                 metrics[WARNINGS] = json.dumps(trainer.warnings())
             t0 = time.perf_counter()
             if cfg.train.checkpoint_due(trainer.step):
+                state = trainer.state_dict()  # with several workers, all of them gather it
                 with tempfile.TemporaryDirectory(prefix="nlsweep-ckpt-") as folder:
-                    checkpoint.save(trainer, folder)
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                    if rank == 0:
+                        checkpoint.save_state(state, folder)
+                    saved = checkpoint_cls.from_directory(folder) if rank == 0 else None
+                    report(metrics, checkpoint=saved)
                 kind = "checkpoint"
             else:
-                tune.report(metrics)
+                report(metrics)
                 kind = "report"
             spent[f"{kind}_s"] += time.perf_counter() - t0
             spent[f"{kind}s"] += 1
+    except torch.cuda.OutOfMemoryError:
+        if device.type == "cuda" and 0 < spec.resources.gpu < 1:
+            raise RuntimeError(out_of_share(device, spec.resources.gpu)) from None
+        raise
     except Diverged as e:
         # A result, not a crash: the trial ends now, is not retried, and the search sees the
         # worst possible value of its objective.
         worst = math.inf if spec.mode == "min" else -math.inf
-        tune.report({"step": e.step, spec.metric: worst, DIVERGED: str(e), "hardware": hardware})
+        report({"step": e.step, spec.metric: worst, DIVERGED: str(e), "hardware": hardware})
+
+
+def run_parallel_trial(config: dict, spec: Spec) -> None:
+    """One trial as `resources.workers` data-parallel workers on Ray Train."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = spec.resources
+    storage = tune.get_context().get_storage()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"config": config, "spec": spec},
+        scaling_config=ScalingConfig(
+            num_workers=res.workers,
+            use_gpu=res.gpu > 0,
+            resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu} if res.gpu else {})},
+        ),
+        run_config=RunConfig(
+            # one Train run per trial, found again by its name when the trial restarts
+            name=tune.get_context().get_trial_id(),
+            storage_path=f"{storage.experiment_fs_path}/train",
+            storage_filesystem=storage.storage_filesystem,
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _worker_loop(loop_config: dict) -> None:
+    """One worker of a data-parallel trial (Ray Train runs it in each worker process)."""
+    import ray.train
+    import ray.train.torch
+
+    from nlsweep.parallel import DDP_OPTIONS, DataParallel
+
+    for name in ("ray.train", "ray.tune"):  # Ray Train logs every report of every worker
+        logging.getLogger(name).setLevel(logging.WARNING)
+    spec: Spec = loop_config["spec"]
+    cfg = spec.trial_config(swept_values(spec, loop_config["config"]))
+    torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
+    gpus = ray.get_gpu_ids()
+    device = trial_device(spec, cfg.train.device, gpus)
+    if device.type == "cuda":
+        device = ray.train.torch.get_device()  # this worker's GPU among those Ray gave
+
+    def ddp(module):
+        return ray.train.torch.prepare_model(
+            module, move_to_device=False, parallel_strategy_kwargs=DDP_OPTIONS
+        )
+
+    trainer = Trainer(cfg, device=device, dp=DataParallel.from_process_group(ddp))
+    _train(trainer, spec, ray.train.get_checkpoint(), ray.train.report, ray.train.Checkpoint)
 
 
 def make_trainable(spec: Spec):
     """`run_trial` bound to the spec and wrapped with the spec's per-trial resources."""
+    res = spec.resources
+    if res.workers > 1:
+        # The trial itself only drives Ray Train, whose workers hold the CPUs and GPUs; Ray
+        # needs a non-empty request for it, and a token of memory blocks no CPU.
+        fn = tune.with_parameters(run_parallel_trial, spec=spec)
+        return tune.with_resources(fn, {"cpu": 0, "memory": 2**20})
     fn = tune.with_parameters(run_trial, spec=spec)
-    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})

@@ -135,5 +135,6 @@ def test_evaluation_does_not_capture():
     model.train()
     model(x)
     model(x)  # inputs accumulate until the next step
+    opt.flush_inputs()  # what the trainer does after every backward pass
     assert opt.state[model[0].weight]["n"] == 10
     assert torch.allclose(opt.state[model[0].weight]["xtx"], 2 * x.T @ x)

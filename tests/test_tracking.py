@@ -128,3 +128,25 @@ def test_logger_pickles_as_settings_and_a_copy_continues_the_same_runs(setup):
     assert runs[0].data.tags["nlsweep.resumed"] == "1"
     hist = tracker.history(runs[0].info.run_id, "val/bpc")
     assert [(m.step, m.value) for m in hist] == [(4, 1.5), (8, 1.0)]
+
+
+def test_held_back_records_are_written_when_no_trial_is_left_to_run(setup, tmp_path):
+    """A sweep that stopped for an outage after its last trial had ended: the resumed sweep
+    has no trial to run, and the held-back end of that trial's run still lands (FINISHED,
+    not left RUNNING for the driver to mark KILLED)."""
+    from nlsweep.experiment import read_pending, write_pending
+
+    spec, tracker, parent, log = setup
+    trial = FakeTrial("t0", {"cms.periods.medium": 2, "train.seed": 0})
+    log.trial_started(trial.trial_id, trial.config)
+    log.trial_result(trial.trial_id, result(4, 1.5))
+    write_pending(log.experiment, [{"kind": "log", "trial": "t0", "metrics": {"val/bpc": 1.0},
+                                    "step": 8}, {"kind": "end", "trial": "t0",
+                                                 "status": "FINISHED"}])  # fmt: skip
+    resumed = RunLogger(spec, parent, {"k": "v"}, log.experiment)
+    resumed.finish()  # the experiment ends at once: every trial had terminated
+    assert close_open_runs(tracker, parent) == 0
+    (run,) = [r for r in tracker.runs(spec.name) if r.data.tags.get(TAG_TRIAL) == "t0"]
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in tracker.history(run.info.run_id, "val/bpc")] == [4, 8]
+    assert read_pending(log.experiment) == []

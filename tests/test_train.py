@@ -145,9 +145,9 @@ def test_state_round_trip_is_exact(corpus, tmp_path, variant):
     rest = list(resumed.run())
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(a, b)
-    drop = ("perf/tokens_per_s", "perf/step_ms", "perf/elapsed_s", "perf/eval_s")
-    strip = [{k: v for k, v in m.items() if k not in drop} for m in full]
-    assert [{k: v for k, v in m.items() if k not in drop} for m in rest] == strip
+    # perf/: wall-clock and memory measurements, the only values allowed to differ
+    strip = [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in full]
+    assert [{k: v for k, v in m.items() if not k.startswith("perf/")} for m in rest] == strip
     assert resumed.cms.updates == straight.cms.updates
 
 
