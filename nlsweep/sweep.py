@@ -183,6 +183,7 @@ def run_sweep(
     path = experiment_path(spec.storage, spec.name)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table below
     cluster = start_ray()
+    monitor = None
     try:
         try:
             check_resources(spec.resources, cluster.resources, cluster.where)
@@ -216,6 +217,9 @@ def run_sweep(
             done = sum(r.info.status == "FINISHED" for r in known.values())
             out(f"resuming {path} ({done} of its {len(known)} trial runs had finished)")
         callback = MlflowCallback(RunLogger(spec, parent_id, base_tags, path))
+        wanted = spec.tracking.system_metrics
+        if wanted == "on" or (wanted == "auto" and not cluster.client):
+            monitor = tracker.monitor_system(parent_id)
         try:
             tuner = make_tuner(spec, callback) if marker is None else restore_tuner(spec, path)
             results = tuner.fit()
@@ -249,6 +253,8 @@ def run_sweep(
             out(f"report: {report} (and in MLflow, parent run {parent_id[:8]}: report/)")
         return 0 if not failed else 1
     finally:
+        if monitor is not None:
+            monitor.finish()
         if cluster.started_here:
             ray.shutdown()
 

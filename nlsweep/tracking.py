@@ -75,7 +75,18 @@ class TrackingConfig:
     buffer meanwhile; past this the sweep stops (trials keep their checkpoints, the buffer
     is kept beside the experiment) and `--resume` writes the buffer first."""
 
+    system_metrics: Literal["auto", "on", "off"] = "auto"
+    """MLflow's system metrics of the driver's machine (CPU, memory, disk, network, and with
+    the `gpu` extra (nvidia-ml-py) each GPU's utilisation and memory) on the sweep's parent
+    run, every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL). auto: on unless the sweep
+    runs through Ray Client, whose driver is not where the trials run."""
+
     def __post_init__(self):
+        require(
+            self.system_metrics in ("auto", "on", "off"),
+            "system_metrics",
+            f"auto, on or off, got {self.system_metrics!r}",
+        )
         require(
             self.log_checkpoints in ("none", "final"),
             "log_checkpoints",
@@ -239,6 +250,15 @@ class Tracker:
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
+
+    def monitor_system(self, run_id: str):
+        """Start MLflow's system-metrics monitor on `run_id` (a daemon thread of this process,
+        writing `system/...` metrics); returns it, for `.finish()`."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=self.uri, resume_logging=True)
+        monitor.start()
+        return monitor
 
     def reopen(self, run_id: str) -> None:
         """Set a run back to RUNNING (its trial continues after a resume or a retry)."""

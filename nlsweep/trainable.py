@@ -64,8 +64,11 @@ def run_trial(config: dict, spec: Spec) -> None:
     _train(trainer, spec, tune.get_checkpoint(), tune.report, tune.Checkpoint)
 
 
-def _train(trainer: Trainer, spec: Spec, resumed, report, checkpoint_cls) -> None:
-    """Restore, train and report one trial (or one data-parallel worker of it)."""
+def _train(
+    trainer: Trainer, spec: Spec, resumed, report, checkpoint_cls, replay: bool = False
+) -> None:
+    """Restore, train and report one trial (or one data-parallel worker of it). `replay`:
+    report the restored checkpoint's own evaluation again first (see `_worker_loop`)."""
     cfg, device, rank = trainer.cfg, trainer.device, trainer.dp.rank
     if resumed is not None:
         with resumed.as_directory() as folder:
@@ -73,6 +76,9 @@ def _train(trainer: Trainer, spec: Spec, resumed, report, checkpoint_cls) -> Non
     hardware = describe_hardware(device, share=spec.resources.gpu)
     if trainer.dp.active:
         hardware = f"{trainer.dp.world} data-parallel workers, each {hardware}"
+    if replay and resumed is not None and trainer.history:
+        last = trainer.history[-1] if rank == 0 else {"step": trainer.step}
+        report({**last, "hardware": hardware})
     gpus = ray.get_gpu_ids()
     placement = f"ray {gpus} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
     # Seconds this trial (this attempt) spent in reports with and without a checkpoint (the
@@ -165,7 +171,12 @@ def _worker_loop(loop_config: dict) -> None:
         )
 
     trainer = Trainer(cfg, device=device, dp=DataParallel.from_process_group(ddp))
-    _train(trainer, spec, ray.train.get_checkpoint(), ray.train.report, ray.train.Checkpoint)
+    # Ray Train registers a checkpoint on its own, before Tune's driver has taken the
+    # evaluation that came with it: a driver that dies in between would lose that step's
+    # metrics. The restored state carries them (its history); reporting them again costs
+    # nothing when they did arrive (the MLflow writer skips steps it holds).
+    _train(trainer, spec, ray.train.get_checkpoint(), ray.train.report, ray.train.Checkpoint,
+           replay=True)  # fmt: skip
 
 
 def make_trainable(spec: Spec):

@@ -210,32 +210,46 @@ def _checkpointed_step(experiment) -> int:
     return 0
 
 
+def _wait_checkpoint(experiment, lo: int, hi: int, proc, log) -> int:
+    end = time.time() + 240
+    while not lo <= (step := _checkpointed_step(experiment)) <= hi:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.time() < end, f"no registered checkpoint in [{lo}, {hi}] in 240 s"
+        time.sleep(0.1)
+    return step
+
+
 @pytest.mark.slow
-def test_sweep_trial_on_ray_train_survives_a_killed_worker(tmp_path):
-    """A `workers: 2` trial runs on Ray Train inside the Tune sweep; one of its workers is
-    SIGKILLed after the first checkpoint; Ray Train restarts the worker group from it, and the
-    trial's MLflow metrics at every step equal one process training the whole batch."""
+def test_sweep_trial_on_ray_train_survives_a_killed_worker_and_driver(tmp_path):
+    """A `workers: 2` trial runs on Ray Train inside the Tune sweep. One of its workers is
+    SIGKILLed after a checkpoint: Ray Train restarts the worker group from it. Then the
+    driver is SIGKILLed after a later checkpoint, and `--resume` finds the trial's Ray Train
+    run again. The trial's MLflow metrics at every step equal one process training the whole
+    batch, none missing or twice."""
     spec = tmp_path / "parallel.yaml"
     spec.write_text(SWEEP)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [sys.executable, str(ROOT / "run_sweep.py"), str(spec), "--storage",
             str(tmp_path / "ray"), "--tracking-uri", uri]  # fmt: skip
     log = tmp_path / "out.txt"
+    experiment = tmp_path / "ray" / "parallel"
     with open(log, "w") as out:
         proc = subprocess.Popen(args, cwd=tmp_path, stdout=out, stderr=out)
     try:
-        end = time.time() + 240
-        while not 200 <= _checkpointed_step(tmp_path / "ray" / "parallel") <= 600:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < end, "no registered checkpoint in 240 s"
-            time.sleep(0.1)
+        first = _wait_checkpoint(experiment, 200, 400, proc, log)
         workers = [p for p, c in _descendants(proc.pid).items() if "RayTrainWorker" in c]
         assert len(workers) == 2, _descendants(proc.pid)
         os.kill(workers[1], signal.SIGKILL)
+        _wait_checkpoint(experiment, first + 200, 600, proc, log)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        with open(log, "a") as out:
+            proc = subprocess.Popen([*args, "--resume"], cwd=tmp_path, stdout=out, stderr=out)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert "resuming" in log.read_text()
 
     tracker = Tracker(uri)
     trials = [r for r in tracker.runs("parallel") if r.data.tags.get(TAG_ROLE) == "trial"]

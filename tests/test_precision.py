@@ -93,3 +93,21 @@ def test_a_model_that_cannot_compile_is_one_line(monkeypatch):
         t.train_step()
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("train.compile:") and "transformer" in msg
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_share_too_small_is_one_line():
+    from nlsweep.runtime import out_of_share
+
+    device = torch.device("cuda", 0)
+    torch.cuda.set_per_process_memory_fraction(0.0005, 0)
+    try:
+        t = Trainer(TrialConfig.from_dict(TRANSFORMER), device)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            for _ in range(3):
+                t.train_step()
+        msg = out_of_share(device, 0.0005)
+        assert "\n" not in msg and msg.startswith("resources.gpu: 0.0005 of this")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)

@@ -15,6 +15,26 @@ pytestmark = [
 SPACES = ROOT / "search_spaces"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for the module's sweeps (each would start and stop its own): a sweep
+    joins the Ray instance its process already runs."""
+    import os
+
+    import ray
+
+    from nlsweep.cluster import start_ray
+
+    saved = os.environ.get("PYTHONPATH")
+    start_ray()  # points PYTHONPATH at this checkout for Ray's workers
+    yield
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = saved
+
+
 def smoke(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'm.db'}"

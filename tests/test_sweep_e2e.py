@@ -39,7 +39,8 @@ def split_runs(tracker, name):
 
 
 @pytest.mark.slow
-def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys):
+def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     spec = write_spec()
     rc, tracker = run_cli(tmp_path, spec)
     out = capsys.readouterr().out
@@ -56,6 +57,9 @@ def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys):
     parent = parents[0]
     assert parent.info.status == "FINISHED" and PARENT_TAG not in parent.data.tags
     assert parent.data.params["search.algorithm"] == "grid"
+    # MLflow's system metrics of the driver's machine, on the parent run only
+    assert tracker.history(parent.info.run_id, "system/cpu_utilization_percentage")
+    assert not any(k.startswith("system/") for r in children for k in r.data.metrics)
     assert {r.data.tags[PARENT_TAG] for r in children} == {parent.info.run_id}
     assert len({r.data.tags[TAG_TRIAL] for r in children}) == 4
     assert {r.info.run_name for r in children} == {
@@ -77,6 +81,7 @@ def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys):
             "val/ppl",
             "train/loss",
             "perf/tokens_per_s",
+            "perf/cpu_rss_peak_mb",
             "cms/medium/updates",
             "data/val_overlap",
         } <= keys
