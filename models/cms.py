@@ -11,10 +11,17 @@ its step; the level's own optimizer then steps once on that sum and its gradient
 cleared. Adam is invariant to gradient scale, so summing rather than averaging does not
 change its step size; with SGD the sum reproduces the notes' formula exactly.
 Counters (`updates`, `last_update_norm`) prove each level acted (notes, pitfall 3).
+
+A learning-rate schedule s(i) (models/optim.py) sets level l's rate to eta_l s(i - 1) when
+it steps at clock i. Gradient clipping acts on each outer step's own gradient, before it is
+added to what slow levels accumulated: clipping the sum instead would bound a slow level's
+chunk as a whole, so a level with C_l = 32 would get 32 times less gradient than its
+period's losses asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Mapping
@@ -110,8 +117,12 @@ class CMSOptimizer:
         level_params: Mapping[str, list[torch.nn.Parameter]],
         cfg: CMSConfig,
         make_optimizer: Callable[[str, list[torch.nn.Parameter], float], torch.optim.Optimizer],
+        schedule: Callable[[int], float] | None = None,
+        grad_clip: float = 0.0,
     ):
-        """`make_optimizer(level, params, lr_factor)` builds one level's optimizer."""
+        """`make_optimizer(level, params, lr_factor)` builds one level's optimizer;
+        `schedule(i)` scales every level's rate for the update at outer step i (0-based);
+        `grad_clip` > 0 bounds the global norm of each step's gradient (`fresh_gradient`)."""
         self.params = {level: list(ps) for level, ps in level_params.items()}
         self.periods = {level: cfg.periods.get(level, 1) for level in self.params}
         self.accumulate = cfg.accumulate
@@ -120,10 +131,18 @@ class CMSOptimizer:
             level: make_optimizer(level, ps, self.lr_factors[level])
             for level, ps in self.params.items()
         }
+        self.base_lrs = {
+            level: [g["lr"] for g in opt.param_groups] for level, opt in self.optimizers.items()
+        }
+        self.schedule = schedule or (lambda i: 1.0)
+        self.grad_clip = grad_clip
         self.pending = {level: 0 for level in self.params}  # backward passes since last step
         self.clock = 0
         self.updates = {level: 0 for level in self.params}
         self.last_update_norm = {level: 0.0 for level in self.params}
+        # clipping: steps clipped in all, and the pre-clip norms since the last `metrics()`
+        self.clip = {"clipped": 0, "steps": 0, "window": 0, "window_clipped": 0,
+                     "window_norm": 0.0, "max_norm": 0.0}  # fmt: skip
 
     def zero_grad(self) -> None:
         for ps in self.params.values():
@@ -136,6 +155,38 @@ class CMSOptimizer:
         for opt in self.optimizers.values():
             if hasattr(opt, "flush_inputs"):
                 opt.flush_inputs(reduce)
+
+    @contextlib.contextmanager
+    def fresh_gradient(self):
+        """Around one outer step's backward pass: with `grad_clip`, the gradient that pass
+        produces is clipped on its own, then added to the levels' accumulated gradients."""
+        if not self.grad_clip:
+            yield
+            return
+        held = {}
+        for ps in self.params.values():
+            for p in ps:
+                if p.grad is not None:
+                    held[p], p.grad = p.grad, None
+        try:
+            yield
+            live = [p for ps in self.params.values() for p in ps if p.grad is not None]
+            norm = float(torch.nn.utils.clip_grad_norm_(live, self.grad_clip))
+            c = self.clip
+            hit = norm > self.grad_clip
+            c["steps"] += 1
+            c["clipped"] += hit
+            c["window"] += 1
+            c["window_clipped"] += hit
+            c["window_norm"] += norm
+            c["max_norm"] = max(c["max_norm"], norm)
+        finally:  # the accumulated sums survive a failed backward too
+            for p, g in held.items():
+                p.grad = g if p.grad is None else p.grad.add_(g)
+
+    def lr(self, level: str) -> float:
+        """Level `level`'s learning rate at the current step (its first parameter group's)."""
+        return self.base_lrs[level][0] * self.schedule(max(self.clock - 1, 0))
 
     def due(self, level: str) -> bool:
         """Whether `level` steps at the next call of `step()`."""
@@ -160,6 +211,9 @@ class CMSOptimizer:
                 for p in live:
                     p.grad.div_(self.pending[level])
             before = [p.detach().clone() for p in live]
+            scale = self.schedule(self.clock - 1)
+            for group, base in zip(self.optimizers[level].param_groups, self.base_lrs[level]):
+                group["lr"] = base * scale
             self.optimizers[level].step()
             sq = sum(float((p - b).pow(2).sum()) for p, b in zip(live, before))
             self.last_update_norm[level] = math.sqrt(sq)
@@ -176,10 +230,27 @@ class CMSOptimizer:
             out[f"cms/{level}/updates"] = float(self.updates[level])
             out[f"cms/{level}/update_norm"] = self.last_update_norm[level]
             out[f"cms/{level}/lr_factor"] = self.lr_factors[level]
+            out[f"optim/{level}/lr"] = self.lr(level)
             extra = getattr(self.optimizers[level], "metrics", None)
             for key, value in (extra() if extra else {}).items():
                 out[f"optim/{level}/{key}"] = value
+        if self.grad_clip:
+            c = self.clip
+            out["optim/grad_norm"] = c["window_norm"] / max(c["window"], 1)  # before clipping
+            out["optim/clip_rate"] = c["window_clipped"] / max(c["window"], 1)
+            out["optim/clipped_steps"] = float(c["clipped"])
+            c.update(window=0, window_clipped=0, window_norm=0.0)
         return out
+
+    def warnings(self) -> dict[str, str]:
+        """Configured optimizer mechanisms that never acted (name -> why)."""
+        c = self.clip
+        if self.grad_clip and c["steps"] and not c["clipped"]:
+            return {
+                "optim.grad_clip": f"never bound in {c['steps']} steps: the largest gradient "
+                f"norm was {c['max_norm']:.4g} <= {self.grad_clip}"
+            }
+        return {}
 
     def state_dict(self) -> dict:
         return {
@@ -187,6 +258,7 @@ class CMSOptimizer:
             "updates": dict(self.updates),
             "pending": dict(self.pending),
             "last_update_norm": dict(self.last_update_norm),
+            "clip": dict(self.clip),
             # A snapshot, not live references: optimizers update their moments in place.
             "optimizers": {
                 lv: copy.deepcopy(opt.state_dict()) for lv, opt in self.optimizers.items()
@@ -204,6 +276,7 @@ class CMSOptimizer:
         self.updates = {lv: int(v) for lv, v in sd["updates"].items()}
         self.pending = {lv: int(v) for lv, v in sd["pending"].items()}
         self.last_update_norm = {lv: float(v) for lv, v in sd["last_update_norm"].items()}
+        self.clip.update(sd.get("clip", {}))  # absent in checkpoints made before clipping
         for lv, opt in self.optimizers.items():
             opt.load_state_dict(sd["optimizers"][lv])
         for lv, ps in self.params.items():

@@ -5,11 +5,22 @@ Notation
     sgd:       v <- mu v + g;  theta <- theta - lr (v + wd theta)      (mu = momentum)
     adam/adamw: torch.optim.Adam / AdamW with (beta1, beta2, eps, weight_decay)
     delta_sgd / delta_adam: the delta rule, W <- W - alpha W (X^T X / N) - lr D (delta.py)
+    wd         applies to matrices (ndim >= 2: linear weights, embeddings) only; biases and
+               norm gains get none, as in GPT-2 / nanoGPT, since shrinking them is no prior
+    lr(i)      the rate of the update made at outer step i (0-based), with W warmup steps,
+               S decay steps and floor m:  lr (i+1)/(W+1) for i < W;  m for i >= S;  else
+               m + (lr - m) c(r), r = (i - W)/(S - W), c = (1 + cos(pi r))/2 (cosine) or
+               1 - r (linear) or 1 (constant). The CMS rule's factor scales lr and m alike;
+               the delta rule's alpha is not scheduled.
+    clip       the global L2 norm of each outer step's fresh gradient (all levels together)
+               is scaled down to `grad_clip` when it exceeds it, before it joins a slow
+               level's accumulated sum (models/cms.py)
 Each CMS level gets its own optimizer instance built from this config (`models/cms.py`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +49,18 @@ class OptimConfig:
     """Heavy-ball momentum; sgd and delta_sgd only (raises for other kinds, not ignored)."""
     decay_rate: float = 0.0
     """alpha of the delta rule, W <- W - alpha W (X^T X / N) - lr D; delta kinds only."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning rate over the run after warmup: constant, or a cosine or linear decay from
+    lr to min_lr over decay_steps."""
+    warmup_steps: int = 0
+    """Outer steps of linear warmup, lr (i+1)/(W+1) at step i, before the schedule."""
+    min_lr: float = 0.0
+    """Floor of a decaying schedule, reached at decay_steps and kept after (at most lr)."""
+    decay_steps: int = 0
+    """Step at which a decaying schedule reaches min_lr; 0: the trial's train.steps."""
+    grad_clip: float = 0.0
+    """Largest global L2 norm of an outer step's gradient (0: no clipping); the clip rate
+    is logged as optim/clip_rate."""
 
     def __post_init__(self):
         require(self.lr > 0, "lr", f"a positive number, got {self.lr}")
@@ -63,6 +86,54 @@ class OptimConfig:
             "weight_decay",
             f"0 with {self.kind} (its decay is the delta rule's decay_rate)",
         )
+        require(self.warmup_steps >= 0, "warmup_steps", f">= 0, got {self.warmup_steps}")
+        require(self.decay_steps >= 0, "decay_steps", f">= 0, got {self.decay_steps}")
+        require(self.grad_clip >= 0, "grad_clip", f">= 0 (0: off), got {self.grad_clip}")
+        decays = self.schedule != "constant"
+        require(
+            0 <= self.min_lr <= self.lr,
+            "min_lr",
+            f"a value in [0, lr = {self.lr}], got {self.min_lr}",
+        )
+        require(
+            self.min_lr == 0 or decays,
+            "min_lr",
+            "0 unless schedule is cosine or linear (a constant schedule never reaches it)",
+        )
+        require(
+            self.decay_steps == 0 or decays,
+            "decay_steps",
+            "0 unless schedule is cosine or linear (a constant schedule does not decay)",
+        )
+
+    def check_steps(self, steps: int) -> None:
+        """Cross-check with the trial's `train.steps` (the decay's default length)."""
+        end = self.decay_steps or steps
+        if self.schedule != "constant":
+            require(
+                end > self.warmup_steps,
+                "decay_steps" if self.decay_steps else "warmup_steps",
+                f"warmup_steps ({self.warmup_steps}) < decay_steps ({end}, 0 = train.steps)",
+            )
+        require(
+            self.warmup_steps <= steps,
+            "warmup_steps",
+            f"at most train.steps ({steps}), got {self.warmup_steps}",
+        )
+
+    def lr_multiplier(self, step: int, steps: int) -> float:
+        """lr(step) / lr for the update at outer step `step` (0-based) of a `steps`-step run."""
+        warm = self.warmup_steps
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        if self.schedule == "constant":
+            return 1.0
+        end, floor = self.decay_steps or steps, self.min_lr / self.lr
+        if step >= end:
+            return floor
+        r = (step - warm) / (end - warm)
+        c = 0.5 * (1.0 + math.cos(math.pi * r)) if self.schedule == "cosine" else 1.0 - r
+        return floor + (1.0 - floor) * c
 
 
 def build_optimizer(
@@ -71,6 +142,12 @@ def build_optimizer(
     """One level's optimizer; `lr_factor` is the CMS learning-rate rule's scale and
     `modules` the level's modules, whose layer inputs the delta rule captures."""
     params, lr = list(params), cfg.lr * lr_factor
+    if cfg.weight_decay:  # matrices only (see the notation above)
+        params = [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        params = [g for g in params if g["params"]]
     if cfg.kind.startswith("delta_"):
         return DeltaRule(
             params, modules, kind=cfg.kind[len("delta_"):], lr=lr, decay_rate=cfg.decay_rate,

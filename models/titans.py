@@ -89,11 +89,14 @@ class MemoryLM(AttentionLM):
 
     def inner_metrics(self) -> dict[str, float]:
         """Counters that prove the memories wrote, per layer: training tokens written, and the
-        norm of the update (momentum) S after the last training batch."""
+        norm of the update (momentum) S after the last training batch; and, of that batch, the
+        memory's weight norm, the values' mean norm and the gates' ranges."""
         out = {}
         for i, mem in enumerate(self.memories()):
             out[f"memory/{i}/writes"] = float(mem.writes.item())
             out[f"memory/{i}/update_norm"] = float(mem.update_norm.item())
+            for k, v in mem.diagnostics.items():
+                out[f"memory/{i}/{k}"] = float(v)
         return out
 
     def warnings(self, history: list[dict]) -> dict[str, str]:

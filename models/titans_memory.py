@@ -12,8 +12,10 @@ Notation (shared notes §1; per batch row, per token t)
     y_t       = M_{W_t}(q_t) W_O
 c(t) is the memory at the start of t's chunk of `chunk` tokens: every gradient of a chunk is
 taken at one memory, so a chunk's gradients are one batched call and, the gradients being
-fixed, both recurrences unroll into products of the gates (`_scan`: every W_t of the chunk
-from cumulative log-gate sums, no loop over tokens); this is the parallel form. With chunk 1
+fixed, both recurrences unroll into products of the gates (`_chunk`: cumulative log-gate
+sums, no loop over tokens); and each gradient being an outer product x_t (x) y_t, a read
+M_{W_t}(q_t) is an attention-like (n, n) product, so no per-token W_t is ever formed (the
+"dual form": memory B x d x h per weight, not B x chunk x d x h). With chunk 1
 it is the token-by-token recurrence exactly. `reference_forward` is that recurrence written
 plainly (autograd gradients, one token at a time), for the equivalence tests.
 The chunk grid runs along the stream, not along each call: the state carries W_{c(t)} and
@@ -82,6 +84,7 @@ class NeuralMemory(nn.Module):
         with torch.no_grad():  # start with slow writes, strong momentum, little forgetting
             self.gates.bias.copy_(torch.tensor([-2.0, 1.0, -4.0]))
         self.write_scale = 1.0
+        self.diagnostics: dict[str, torch.Tensor] = {}  # of the last training batch
         # Training tokens written so far: a counter proving the memory acted; a buffer, so
         # it checkpoints with the model.
         self.register_buffer("writes", torch.zeros((), dtype=torch.long))
@@ -124,16 +127,16 @@ class NeuralMemory(nn.Module):
         return F.silu(q @ ws[0]) @ ws[1]
 
     @staticmethod
-    def grads(ws, k: torch.Tensor, v: torch.Tensor):
-        """Per-token gradients of ||M_W(k_t) - v_t||^2 at one memory W: (B, n, *w.shape)."""
+    def factors(ws, k: torch.Tensor, v: torch.Tensor):
+        """Per-token gradients of ||M_W(k_t) - v_t||^2 at one memory W, each an outer product
+        x_t (x) y_t: one (X, Y) pair per weight, X (B, n, rows), Y (B, n, cols)."""
         if len(ws) == 1:
-            e = 2 * (k @ ws[0] - v)
-            return [k.unsqueeze(-1) * e.unsqueeze(-2)]
+            return [(k, 2 * (k @ ws[0] - v))]
         z = k @ ws[0]
         a = F.silu(z)
         e = 2 * (a @ ws[1] - v)
         dz = (e @ ws[1].transpose(-1, -2)) * _silu_grad(z)
-        return [k.unsqueeze(-1) * dz.unsqueeze(-2), a.unsqueeze(-1) * e.unsqueeze(-2)]
+        return [(k, dz), (a, e)]
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, d) -> memory read-out (B, T, d) and the state after T."""
@@ -145,10 +148,9 @@ class NeuralMemory(nn.Module):
         while t0 < T:
             t1 = min(T, t0 + b - pos)  # the rest of the current chunk
             sl = slice(t0, t1)
-            gs = self.grads(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
-            ws_all, ss = self._scan(ws, ss, gs, theta[:, sl], eta[:, sl], alpha[:, sl])
-            ys.append(self.read_each(ws_all, q[:, sl]))
-            ws = [w[:, -1] for w in ws_all]
+            fs = self.factors(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
+            y, ws, ss = self._chunk(ws, ss, fs, q[:, sl], theta[:, sl], eta[:, sl], alpha[:, sl])
+            ys.append(y)
             pos = (pos + t1 - t0) % b
             if pos == 0:
                 cs = ws
@@ -157,6 +159,17 @@ class NeuralMemory(nn.Module):
             self.writes += B * T
             with torch.no_grad():
                 self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
+                # What a diverging memory shows first (read at evaluations, no sync here):
+                # its weights' norm, the size of the values it is asked to store, its gates.
+                self.diagnostics = {
+                    "weight_norm": sum(w.flatten(1).norm(dim=1).mean() for w in ws),
+                    "value_norm": v.norm(dim=-1).mean(),
+                    "theta_mean": theta.mean(),
+                    "theta_max": theta.max(),
+                    "eta_mean": eta.mean(),
+                    "alpha_mean": alpha.mean(),
+                    "alpha_min": alpha.min(),
+                }
         return self.out(torch.cat(ys, dim=1)), self._state(ws, ss, cs, pos)
 
     @staticmethod
@@ -169,31 +182,32 @@ class NeuralMemory(nn.Module):
         diff = logs.unsqueeze(-1) - logs.unsqueeze(-2)
         return torch.exp(diff.masked_fill(~lower, float("-inf"))), torch.exp(logs)
 
-    def _scan(self, ws, ss, gs, theta, eta, alpha):
-        """Every W_t and the last S of a chunk in closed form (no loop over tokens):
-        S_t = sum_s E[t,s] u_s + E0[t] S_prev with u_s = -theta_s g_s, E from eta;
-        W_t = sum_tau F[t,tau] S_tau + F0[t] W_prev, F from 1 - alpha."""
+    # Eager under torch.compile: compiled with bf16 autocast, its backward gave NaN at the
+    # second step of a titans trial (eager bf16 and compiled fp32 trained normally).
+    @torch.compiler.disable
+    def _chunk(self, ws, ss, fs, q, theta, eta, alpha):
+        """Every read-out y_t = M_{W_t}(q_t) of a chunk, and its last W and S, in closed form
+        without forming any W_t (no loop over tokens). With u_s = -theta_s x_s (x) y_s,
+        S_t = sum_s E[t,s] u_s + E0[t] S_prev  (E from eta) and
+        W_t = sum_tau F[t,tau] S_tau + F0[t] W_prev  (F from 1 - alpha), so
+        W_t = sum_s K[t,s] u_s + A[t] S_prev + F0[t] W_prev with K = F E, A = F E0, and a read
+        h W_t = sum_s K[t,s] (-theta_s) (h . x_s) y_s + A[t] h S_prev + F0[t] h W_prev: an
+        (n, n) matrix times Y, so the memory costs B x d x h per weight, not B x n x d x h."""
         E, E0 = self._decay(eta)
         F_, F0 = self._decay(1 - alpha)
-        K = F_ @ E  # (B, n, n): weight of u_s in W_t
-        a = (F_ @ E0.unsqueeze(-1)).squeeze(-1)  # weight of S_prev in W_t
-        ws_all, new_ss = [], []
-        for w, s, g in zip(ws, ss, gs):
-            u = -theta.view(*theta.shape, 1, 1) * g  # (B, n, *w)
-            flat = u.flatten(2)
-            w_all = (K @ flat).view_as(u) + a[..., None, None] * s.unsqueeze(1)
-            ws_all.append(w_all + F0[..., None, None] * w.unsqueeze(1))
-            last = (E[:, -1:] @ flat).view(u.shape[0], *u.shape[2:])
-            new_ss.append(last + E0[:, -1, None, None] * s)
-        return ws_all, new_ss
-
-    @staticmethod
-    def read_each(ws_all, q: torch.Tensor) -> torch.Tensor:
-        """y_t = M_{W_t}(q_t) for every token of a chunk, each with its own memory."""
-        if len(ws_all) == 1:
-            return torch.einsum("bnd,bnde->bne", q, ws_all[0])
-        z = F.silu(torch.einsum("bnd,bndh->bnh", q, ws_all[0]))
-        return torch.einsum("bnh,bnhe->bne", z, ws_all[1])
+        K = (F_ @ E) * -theta.unsqueeze(1)  # (B, n, n): coefficient of x_s (x) y_s in W_t
+        A = (F_ @ E0.unsqueeze(-1)).squeeze(-1)  # (B, n): of S_prev in W_t
+        last_s = E[:, -1] * -theta  # (B, n): of x_s (x) y_s in the last S
+        h, new_ws, new_ss = q, [], []
+        for j, ((X, Y), w, s) in enumerate(zip(fs, ws, ss)):
+            Xt = X.transpose(-1, -2)
+            z = ((h @ Xt) * K) @ Y + A[..., None] * (h @ s) + F0[..., None] * (h @ w)
+            h = F.silu(z) if j + 1 < len(ws) else z
+            new_ws.append(
+                (Xt * K[:, -1, None, :]) @ Y + A[:, -1, None, None] * s + F0[:, -1, None, None] * w
+            )
+            new_ss.append((Xt * last_s[:, None, :]) @ Y + E0[:, -1, None, None] * s)
+        return h, new_ws, new_ss
 
     def reference_forward(self, x: torch.Tensor, state=None, chunk: int | None = None):
         """The recurrence token by token, each gradient by autograd at the memory of its

@@ -8,6 +8,12 @@ Notation
 Update frequency: every parameter is an outer parameter on the single level "fast" (stepped
 every outer step); the model keeps no state between batches. `window` > 0 limits attention to
 the last `window` positions (the short-window baseline of the recall tests).
+`tie_embeddings`: W_head = E (one matrix, so one parameter of the level). `init: gpt2` draws
+E, P, W_qkv, W_1 and W_head from N(0, 0.02^2) and the residual projections W_out and W_2 from
+N(0, 0.02^2 / (2 n_layers)) (GPT-2's scaling, so the residual stream's variance does not grow
+with depth), with zero biases; `init: torch` keeps PyTorch's module defaults (uniform
++-1/sqrt(fan_in) for linear layers, N(0, 1) for embeddings). Either way LayerNorms start at
+gain 1, bias 0, and modules a subclass adds (Titans memory, the HOPE chain) keep their own.
 
 `AttentionConfig` holds the width/depth fields every attention model shares, so `transformer`,
 `titans`, `hope_attention` and `hope` compare like for like.
@@ -40,6 +46,10 @@ class AttentionConfig:
     window: int = 0
     """Attention window in positions (0: full causal attention)."""
     dropout: float = 0.0
+    tie_embeddings: bool = False
+    """Share one matrix between the token embedding and the output head."""
+    init: Literal["torch", "gpt2"] = "torch"
+    """Initialisation of the embedding, attention, MLP and head weights (see the notation)."""
 
     def __post_init__(self):
         check_widths(self.d_model, self.n_heads, self.n_layers, self.d_ff)
@@ -83,6 +93,28 @@ class AttentionLM(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size)
+        if cfg.init == "gpt2":
+            self._gpt2_init()
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.tok.weight
+
+    def _gpt2_init(self) -> None:
+        std, residual = 0.02, 0.02 / (2 * self.cfg.n_layers) ** 0.5
+        for m in self.modules():
+            if isinstance(m, Attention):
+                nn.init.normal_(m.qkv.weight, std=std)
+                nn.init.normal_(m.out.weight, std=residual)
+            elif isinstance(m, MLP):
+                nn.init.normal_(m.w1.weight, std=std)
+                nn.init.normal_(m.w2.weight, std=residual)
+                nn.init.zeros_(m.w1.bias)
+                nn.init.zeros_(m.w2.bias)
+            elif isinstance(m, Embedding):
+                for table in (m.tok, m.pos):
+                    if table is not None:
+                        nn.init.normal_(table.weight, std=std)
+        nn.init.normal_(self.head.weight, std=std)
+        nn.init.zeros_(self.head.bias)
 
     def level_modules(self) -> dict[str, list[nn.Module]]:
         return {"fast": [self]}

@@ -75,10 +75,18 @@ def report(args) -> int:
     from pathlib import Path
 
     from nlsweep.report import write_report
-    from nlsweep.spec import DEFAULT_TRACKING_URI, SpecError, load_spec
-    from nlsweep.tracking import TrackingError
+    from nlsweep.spec import DEFAULT_TRACKING_URI, NAME_RE, SpecError, absolute_uri, load_spec
+    from nlsweep.tracking import TrackingError, bound_http_calls
 
     name, uri = args.spec, args.tracking_uri
+    if not Path(args.spec).is_file() and not NAME_RE.match(args.spec):
+        print(
+            f"{args.spec}: neither a spec file nor an experiment name (letters, digits, _ "
+            "and -: the name becomes reports/NAME.md)",
+            file=sys.stderr,
+        )
+        return 2
+    bound_http_calls()
     if Path(args.spec).is_file():
         try:  # resources are the running machine's business, not the report's
             spec = load_spec(args.spec, available={"CPU": float("inf"), "GPU": float("inf")})
@@ -88,7 +96,10 @@ def report(args) -> int:
         name, uri = spec.name, uri or spec.tracking_uri
     try:
         out = write_report(
-            uri or DEFAULT_TRACKING_URI, name, Path(args.out or f"reports/{name}.md"), args.run_id
+            absolute_uri(uri or DEFAULT_TRACKING_URI),
+            name,
+            Path(args.out or f"reports/{name}.md"),
+            args.run_id,
         )
     except TrackingError as e:
         print(e, file=sys.stderr)
@@ -110,6 +121,17 @@ def format_metrics(m: dict[str, float]) -> str:
     keys += tuple(k for k in m if k.startswith("val/") and k.endswith("_acc"))
     parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.6g}" for k in keys]
     return "  ".join(parts)
+
+
+def prefer_loopback() -> None:
+    """Make the Ray a local sweep starts listen on 127.0.0.1 only (GCS, raylet, object
+    manager, workers, agents), through Ray's single-machine mode, whose node address is the
+    loopback one. Ray reads the switch when it is imported, so this runs before; a cluster
+    at $RAY_ADDRESS is left as it is."""
+    import os
+
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -193,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 
             probe(spec)
         return 0
+    prefer_loopback()  # before Ray is imported
     from nlsweep import sweep
     from nlsweep.cluster import ClusterError
     from nlsweep.experiment import ExperimentError

@@ -14,8 +14,12 @@ Only `ray` itself is imported here (never `ray.tune`); the cluster's resources a
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,7 @@ import ray
 
 from nlsweep.resources import local_resources
 
+CONNECT_TIMEOUT_S = 5.0
 SHIPPED_ENV_PREFIXES = ("NLSWEEP_", "MLFLOW_", "AWS_")
 """Environment variables forwarded to the cluster's workers: the corpora folder, the MLflow
 client's settings and credentials, and the object store's endpoint and credentials (pyarrow,
@@ -69,8 +74,24 @@ def _one_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
+def _answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when something accepts TCP connections at the address, else why not. Ray itself
+    keeps retrying an address where nothing listens, for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except ValueError:
+        return "expected HOST:PORT or ray://HOST:PORT"
+    except OSError as e:
+        return f"nothing answers there: {e.strerror or type(e).__name__}"
+
+
 def join_cluster(address: str) -> Cluster:
     client = address.startswith("ray://")
+    problem = _answers(address)
+    if problem:
+        raise ClusterError(f"RAY_ADDRESS={address}: cannot connect ({problem})")
     if client:
         try:
             import grpc  # noqa: F401 - Ray Client's transport, from the ray[client] extra
@@ -82,9 +103,10 @@ def join_cluster(address: str) -> Cluster:
     try:
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env())
     except Exception as e:  # noqa: BLE001 - refused, unreachable, or a token mismatch
-        hint = ""
-        if "auth" in str(e).lower() or "token" in str(e).lower():
-            hint = " (token authentication: set RAY_AUTH_MODE=token and the cluster's token)"
+        # Something answered (checked above), yet Ray could not join: with token
+        # authentication on by default, a missing or wrong token is the usual cause.
+        hint = (" (it answers, so check the cluster's token: RAY_AUTH_TOKEN or "
+                "RAY_AUTH_TOKEN_PATH, with RAY_AUTH_MODE=token; or its Ray version)")  # fmt: skip
         raise ClusterError(
             f"RAY_ADDRESS={address}: cannot connect ({_one_line(e)}){hint}"
         ) from None
@@ -106,11 +128,85 @@ def start_ray() -> Cluster:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH", "")) if p
     )  # a local Ray inherits the driver's environment; a runtime_env would cost ~10 s
+    stopped = stop_leftovers()
+    if stopped:
+        print(
+            f"stopped {stopped} leftover Ray processes of an earlier sweep whose driver was killed"
+        )
     ray.init(
+        # "local": a new instance even when `ray start` left one running on this machine
+        # (Ray would join that one, and refuse num_cpus for it).
+        address="local",
         num_cpus=int(local["CPU"]),
         num_gpus=int(local["GPU"]),
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
     )
+    record_local_instance()
     return Cluster(True, ray.cluster_resources(), "this machine", 1)
+
+
+# -- what a killed driver leaves behind --------------------------------------------------------
+# Ray's dashboard and runtime-env agents outlive a driver killed with SIGKILL (they ignore
+# SIGTERM; one keeps listening). Each local instance nlsweep starts is recorded in this user's
+# state folder: the driver and the processes Ray started, each with its start time (a reused
+# pid never matches). The next local start stops those of records whose driver is gone.
+
+
+def _records() -> Path:
+    from nlsweep.seal import state_dir
+
+    return state_dir() / "ray"
+
+
+def _ident(p) -> dict:
+    return {"pid": p.pid, "started": p.create_time()}
+
+
+def _same(ident: dict):
+    """The process `ident` names, if it still runs (same pid and start time), else None."""
+    import psutil
+
+    try:
+        p = psutil.Process(int(ident["pid"]))
+        if abs(p.create_time() - float(ident["started"])) < 0.01 and p.status() != "zombie":
+            return p
+    except (psutil.Error, KeyError, ValueError, TypeError):
+        pass
+    return None
+
+
+def record_local_instance() -> None:
+    import psutil
+
+    me = psutil.Process()
+    folder = _records()
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"driver": _ident(me), "processes": [_ident(c) for c in me.children(recursive=True)]}
+    path = folder / f"{me.pid}.json"
+    tmp = path.with_suffix(".part")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    atexit.register(lambda: path.unlink(missing_ok=True))
+
+
+def stop_leftovers() -> int:
+    """SIGKILL the recorded processes of local instances whose driver is gone; their count."""
+    stopped = 0
+    for path in sorted(_records().glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        if _same(record.get("driver", {})) is not None:
+            continue  # another sweep, still running
+        for ident in record.get("processes", []):
+            p = _same(ident)
+            if p is not None:
+                with contextlib.suppress(Exception):
+                    p.kill()
+                    stopped += 1
+        path.unlink(missing_ok=True)
+    return stopped

@@ -22,6 +22,12 @@ from models.common import ConfigError
 FLOAT_RE = re.compile(r"[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 
 
+MAX_MAGNITUDE = 1e15
+"""The largest number any config field takes (steps, sizes, rates, seeds): a sweep with more
+steps than this, or with inf or nan anywhere, is a typo that would run forever or produce NaN
+from the first step, so it is refused before anything starts."""
+
+
 def as_number(value: Any) -> Any:
     """A string spelling a number in YAML 1.2 (1e-3, 1e-06) -> that float; else unchanged."""
     if isinstance(value, str) and FLOAT_RE.fullmatch(value):
@@ -81,13 +87,19 @@ def coerce(tp, value: Any, key: str) -> Any:
     elif tp is float:
         value = as_number(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            if abs(value) <= MAX_MAGNITUDE:  # False for nan, inf and numbers past it
+                return float(value)
+            raise ConfigError(key, f"expected a finite number of at most {MAX_MAGNITUDE:g} "
+                              f"in size, got {value!r}")  # fmt: skip
     elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if abs(value) <= MAX_MAGNITUDE:
+                return value
+            raise ConfigError(key, f"expected an integer of at most {MAX_MAGNITUDE:g} in size, "
+                              f"got {value:.3g}")  # fmt: skip
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -192,9 +192,16 @@ def resolve_files(cfg: DataConfig, download: bool = True) -> dict[str, Path]:
             raise DataError(f"data.path: {p} is not a readable text file")
         return {"text": p}
     names = list(REMOTE[cfg.corpus])
+    if cfg.path:  # asked for by name: another copy found elsewhere would hide the typo
+        folder = Path(cfg.path)
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise DataError(
+                f"data.path: {folder} has no {', '.join(missing)} (corpus {cfg.corpus}); "
+                "fix the path, or leave it unset to use $NLSWEEP_DATA or the cache"
+            )
+        return {n: folder / n for n in names}
     candidates = []
-    if cfg.path:
-        candidates.append(Path(cfg.path))
     if os.environ.get("NLSWEEP_DATA"):
         candidates.append(Path(os.environ["NLSWEEP_DATA"]) / FOLDERS[cfg.corpus])
     cache = cache_root() / FOLDERS[cfg.corpus]
@@ -211,21 +218,51 @@ def resolve_files(cfg: DataConfig, download: bool = True) -> dict[str, Path]:
     return {n: cache / n for n in names}
 
 
+def read_text(path: Path) -> str:
+    """A corpus file as text, or one line saying why it is not usable as one."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror or e})") from None
+    if not raw.strip():
+        raise DataError(f"{path}: empty; a corpus needs text to train on and to hold out")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "a corpus is a text file"
+        ) from None
+    if "\x00" in text:
+        raise DataError(f"{path}: binary (NUL bytes at offset {text.index(chr(0))}); "
+                        "a corpus is a text file")  # fmt: skip
+    return text
+
+
+def check_fits(cfg: DataConfig, train_text: str, val_text: str) -> None:
+    """Both splits fill `batch_size` streams of at least `seq_len` tokens (characters), or
+    one line naming the field; what `StreamBatcher` would refuse mid-trial, found first."""
+    for where, text in (("training", train_text), ("held-out", val_text)):
+        row_len = (len(text) - 1) // cfg.batch_size
+        if row_len < cfg.seq_len:
+            raise DataError(
+                f"data.seq_len: at most {max(row_len, 0)} so that the {where} split of corpus "
+                f"{cfg.corpus} ({len(text)} characters) fills {cfg.batch_size} streams, "
+                f"got {cfg.seq_len}"
+            )
+
+
 def load_texts(cfg: DataConfig) -> tuple[str, str]:
     """(training text, held-out text); the two never overlap by construction."""
     files = resolve_files(cfg)
     if cfg.corpus == "wikitext2":
-        return (
-            files["valid.txt"].read_text(encoding="utf-8"),
-            files["test.txt"].read_text(encoding="utf-8"),
-        )
+        return read_text(files["valid.txt"]), read_text(files["test.txt"])
     if cfg.corpus == "pydoc":
         from pydoc_data.topics import topics
 
         text = "\n\n".join(topics[k] for k in sorted(topics))
     else:
-        path = files.get("text") or files["input.txt"]
-        text = path.read_text(encoding="utf-8")
+        text = read_text(files.get("text") or files["input.txt"])
     frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
     cut = int(len(text) * (1 - frac))
     return text[:cut], text[cut:]

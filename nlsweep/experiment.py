@@ -42,7 +42,8 @@ def experiment_path(storage: str, name: str) -> str:
     return str(Path(storage) / name)
 
 
-def _fs(path: str):
+def filesystem(path: str):
+    """(pyarrow filesystem, path in it) for a local path or a storage URI."""
     import pyarrow.fs
 
     if "://" in path:
@@ -53,8 +54,14 @@ def _fs(path: str):
 def _exists(path: str) -> bool:
     import pyarrow.fs
 
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
 
 
 def restorable(path: str) -> bool:
@@ -63,7 +70,7 @@ def restorable(path: str) -> bool:
 
 
 def write_marker(path: str, marker: Marker) -> None:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     fs.create_dir(p, recursive=True)
     with fs.open_output_stream(f"{p.rstrip('/')}/{MARKER}") as f:
         f.write(json.dumps(asdict(marker), indent=1).encode())
@@ -71,7 +78,7 @@ def write_marker(path: str, marker: Marker) -> None:
 
 def read_marker(path: str) -> Marker | None:
     """The marker of the experiment at `path`, or None when there is none."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     try:
         with fs.open_input_stream(f"{p.rstrip('/')}/{MARKER}") as f:
             raw = json.loads(f.read().decode())
@@ -136,7 +143,7 @@ PENDING = "nlsweep-pending.json"
 
 def write_pending(path: str, ops: list[dict]) -> str:
     """Keep the unwritten tracking operations beside the experiment; returns the file."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     fs.create_dir(p, recursive=True)
     target = f"{p.rstrip('/')}/{PENDING}"
     with fs.open_output_stream(target) as f:
@@ -146,7 +153,7 @@ def write_pending(path: str, ops: list[dict]) -> str:
 
 def read_pending(path: str) -> list[dict]:
     """The operations a stopped sweep left unwritten (none: an empty list)."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     try:
         with fs.open_input_stream(f"{p.rstrip('/')}/{PENDING}") as f:
             ops = json.loads(f.read().decode())
@@ -160,6 +167,6 @@ def read_pending(path: str) -> list[dict]:
 
 
 def clear_pending(path: str) -> None:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     with contextlib.suppress(FileNotFoundError):
         fs.delete_file(f"{p.rstrip('/')}/{PENDING}")

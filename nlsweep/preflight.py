@@ -7,14 +7,16 @@ or moved when one is raised (an archive is the last step, after every check pass
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
-from nlsweep.data import DataError, cached_overlap, load_texts, resolve_files
+from nlsweep import seal
+from nlsweep.data import DataError, cached_overlap, check_fits, load_texts
 from nlsweep.experiment import (
+    ExperimentError,
     Marker,
     archive,
     check_resumable,
@@ -23,7 +25,7 @@ from nlsweep.experiment import (
     refusal,
     restorable,
 )
-from nlsweep.space import grid_points
+from nlsweep.space import candidate_values
 from nlsweep.spec import Spec, SpecError
 from nlsweep.tasks import TASKS
 
@@ -117,30 +119,82 @@ def check_shared_storage(spec: Spec, nodes: int, mounts: str = "/proc/mounts") -
     )
 
 
+MAX_POINTS = 512
+"""Points of the space whose data settings are checked (every combination of the values a
+grid or choice lists and both ends of each range, up to this many)."""
+
+
+def candidate_configs(spec: Spec) -> list:
+    """The base config and the trial configs at the space's candidate points."""
+    axes = {p: candidate_values(d) for p, d in spec.space.items()}
+    points = itertools.islice(itertools.product(*axes.values()), MAX_POINTS)
+    return [spec.base] + [spec.trial_config(dict(zip(axes, combo))) for combo in points]
+
+
 def prepare_data(spec: Spec) -> None:
-    """Find (or download) every corpus the trials will read, before any trial starts."""
-    configs = [spec.base]
-    if spec.plan.algorithm == "grid":
-        configs += [spec.trial_config(pt) for pt in grid_points(spec.plan.params)]
-    seen = set()
-    for cfg in configs:
-        key = (cfg.data.corpus, cfg.data.path)
-        if key not in seen and cfg.data.corpus not in TASKS:  # tasks are generated
-            seen.add(key)
-            try:
-                resolve_files(cfg.data)
-                cached_overlap(*load_texts(cfg.data))  # computed once here, not per trial
-            except DataError as e:
-                raise SpecError.at(spec, "base.data", str(e)) from None
+    """Find (or download) and read every corpus the trials will read, and check that each
+    trial's batch shape fits its splits, before anything starts (one line on failure)."""
+    texts: dict[tuple, tuple[str, str]] = {}
+    shapes = set()
+    for cfg in candidate_configs(spec):
+        d = cfg.data
+        if d.corpus in TASKS:  # generated to the asked shape
+            continue
+        key = (d.corpus, d.path, d.val_fraction)
+        try:
+            if key not in texts:
+                texts[key] = load_texts(d)
+                cached_overlap(*texts[key])  # computed once here, not per trial
+            if (key, d.seq_len, d.batch_size) not in shapes:
+                shapes.add((key, d.seq_len, d.batch_size))
+                check_fits(d, *texts[key])
+        except DataError as e:
+            raise SpecError.at(spec, "base.data", str(e)) from None
 
 
-def prepare(
-    spec: Spec, resume: bool, restart: bool, trial_counts: Callable, out=print
-) -> Marker | None:
-    """Run every check; returns the marker of the experiment to resume, or None to start
-    a new one (after archiving the old folder with --restart). `trial_counts(spec, path)`
-    is Ray's (finished, planned) count of an existing experiment, for the refusal."""
-    check_storage(spec)
+def trial_counts(spec: Spec, path: str) -> tuple[int, int]:
+    """(finished, planned) trials of the experiment at `path`, from Tune's newest experiment
+    state read as plain JSON (its pickled fields are never decoded: no code from storage)."""
+    import json
+
+    import pyarrow.fs
+
+    from nlsweep.experiment import filesystem, read_bytes
+
+    fs, root = filesystem(path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
+        states = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-"))
+        if not states:
+            return 0, spec.plan.trials
+        state = json.loads(read_bytes(f"{path.rstrip('/')}/{states[-1]}"))
+        trials = [json.loads(t[0]) for t in state["trial_data"]]
+        finished = sum(t.get("status") == "TERMINATED" for t in trials)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ExperimentError(
+            f"{path}: its experiment state is unreadable ({type(e).__name__}); "
+            "pass --restart to archive it and start over"
+        ) from None
+    return finished, max(spec.plan.trials, len(trials))
+
+
+def adopt_tracking_uri(spec: Spec, resume: bool, out=print) -> None:
+    """On --resume, a spec whose tracking URI was relative (the default sqlite:///mlflow.db)
+    logs to the store its sweep started with, whatever folder the resume runs from."""
+    path = experiment_path(spec.storage, spec.name)
+    if not (resume and spec.tracking_uri_relative and restorable(path)):
+        return
+    marker = read_marker(path)
+    if marker is not None and marker.tracking_uri != spec.tracking_uri:
+        out(f"resuming with the tracking store the sweep started with: {marker.tracking_uri}")
+        spec.tracking_uri = marker.tracking_uri
+
+
+def prepare(spec: Spec, resume: bool, restart: bool, tracker, out=print) -> Marker | None:
+    """Every check on what an earlier run left: returns the marker of the experiment to
+    resume (its files verified against the digests the sweep recorded, `nlsweep.seal`), or
+    None to start a new one (after archiving the old folder with --restart). Nothing is
+    read from the folder but JSON before that verification."""
     path = experiment_path(spec.storage, spec.name)
     marker = None
     if restorable(path):
@@ -149,9 +203,15 @@ def prepare(
         if resume:
             marker = read_marker(path)
             check_resumable(path, marker, spec.fingerprint, spec.tracking_uri)
+            if not tracker.has_run(marker.parent_run_id):
+                raise ExperimentError(
+                    f"{path}: its MLflow parent run {marker.parent_run_id} is not in "
+                    f"{spec.tracking_uri}; resume with the tracking URI it started with, or "
+                    "--restart to archive the experiment and start over"
+                )
+            seal.verify(path, tracker, marker.parent_run_id)
     elif resume:
         out(f"nothing to resume at {path}: starting the sweep")
-    prepare_data(spec)
     if restart and restorable(path):
         out(f"archived the earlier experiment to {archive(path)}")
     return marker

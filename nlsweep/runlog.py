@@ -51,6 +51,9 @@ WARNINGS = "warnings"
 GPU_KEY = "gpu"
 """Result key: the GPUs Ray gave the trial and what CUDA_VISIBLE_DEVICES said (a run tag)."""
 TAG_GPU = "nlsweep.gpu"
+FALLBACK = "checkpoint_fallback"
+"""Result key: the trial's newest checkpoint was unreadable and an older one was restored
+(a run tag, `nlsweep.checkpoint_fallback`)."""
 RETRY_EVERY_S = 5.0
 
 
@@ -215,11 +218,14 @@ class RunLogger:
         self._setup()
         step = int(result["step"])
         metrics = metrics_of(result)
+        if result.get(FALLBACK):  # its step was logged before: the tag alone is news
+            self._put("tag", tid, key=f"nlsweep.{FALLBACK}", value=result[FALLBACK])
         if DIVERGED in result:
             self.diverged.add(tid)
             self._put("tag", tid, key=TAG_DIVERGED, value=result[DIVERGED])
             metrics = {}  # its +-inf objective stays out of the metric history
         elif step <= self.last_step.get(tid, 0):
+            self._flush()
             return  # logged before this trial restarted from an older checkpoint
         if metrics:
             self._put("log", tid, metrics=metrics, step=step)

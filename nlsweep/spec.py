@@ -38,7 +38,7 @@ from nlsweep.space import (
     parse_distribution,
     translate,
 )
-from nlsweep.specfile import Reporter, SpecError, apply_override, line_map
+from nlsweep.specfile import Reporter, SpecError, apply_override, line_map, refuse_aliases
 from nlsweep.tracking import TrackingConfig
 from nlsweep.train import OBJECTIVES, TASK_OBJECTIVES, TrialConfig
 
@@ -98,6 +98,9 @@ class Spec:
     """Times a trial that raised is retried from its newest checkpoint before it is FAILED."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """What reaches MLflow besides metrics; not part of the fingerprint (no trial changes)."""
+    tracking_uri_relative: bool = False
+    """The spec's tracking URI was relative (as the default is) and made absolute against
+    the working folder: a resume from elsewhere takes the store its sweep started with."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -241,9 +244,17 @@ def load_spec(
     """Parse and validate a spec; raises SpecError. `available` defaults to this machine."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise SpecError(file, 0, "file", f"a readable YAML spec ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError(
+            file, line, "file", f"UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
+    refuse_aliases(text, file)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -329,6 +340,8 @@ def load_spec(
     uri = tracking_uri or data.get("tracking_uri", DEFAULT_TRACKING_URI)
     if not isinstance(uri, str) or not uri:
         err("tracking_uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+    uri_relative = absolute_uri(uri) != uri and not tracking_uri
+    uri = absolute_uri(uri)
 
     if available is None and not os.environ.get("RAY_ADDRESS"):
         available = local_resources()
@@ -354,6 +367,7 @@ def load_spec(
         tracking=sections["tracking"],
         storage=store,
         tracking_uri=uri,
+        tracking_uri_relative=uri_relative,
         path=str(Path(path).resolve()),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         lines=err.lines,
@@ -361,6 +375,18 @@ def load_spec(
         text=text,
         variants=variants,
     )
+
+
+def absolute_uri(uri: str) -> str:
+    """A tracking URI naming a relative local path (sqlite:///mlflow.db, ./mlruns) made
+    absolute, so that the store is the same whatever folder a later command runs from."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        rest, sep, query = uri[len("sqlite:///") :].partition("?")
+        if rest and rest != ":memory:":
+            return f"sqlite:///{Path(rest).expanduser().resolve()}{sep}{query}"
+    elif "://" not in uri and not uri.startswith("file:"):
+        return str(Path(uri).expanduser().resolve())
+    return uri
 
 
 def _parse_baseline(raw, space: dict[str, Distribution], err: Reporter) -> dict[str, Any]:
@@ -383,11 +409,21 @@ def _smoke(base_raw: dict) -> dict:
     """A CI-sized copy of the base config: few steps, two evaluations of two windows (the
     last one too: scoring a whole held-out split would dominate a smoke run)."""
     train = dict(base_raw.get("train") or {})
-    steps = train.get("steps", 300)
-    steps = min(steps, SMOKE_STEPS) if isinstance(steps, int) else SMOKE_STEPS
+    full = train.get("steps", 300)
+    steps = min(full, SMOKE_STEPS) if isinstance(full, int) else SMOKE_STEPS
     train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2, checkpoint_every=0)
     train.update(final_eval="sampled")
-    return {**base_raw, "train": train}
+    out = {**base_raw, "train": train}
+    optim = base_raw.get("optim")
+    if isinstance(optim, dict) and isinstance(full, int) and full > 0:
+        # the schedule shrinks with the run, keeping its shape (a bad `steps` is reported
+        # by validation as it was before --smoke)
+        optim = dict(optim)
+        for key in ("warmup_steps", "decay_steps"):
+            if isinstance(optim.get(key), int) and optim[key] > 0:
+                optim[key] = max(1, optim[key] * steps // full)
+        out["optim"] = optim
+    return out
 
 
 def _absolute_data_path(base_raw: dict) -> dict:

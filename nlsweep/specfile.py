@@ -18,10 +18,21 @@ if TYPE_CHECKING:
     from nlsweep.spec import Spec
 
 
+MAX_SHOWN = 300
+"""Characters of a value or explanation an error prints at most: a message stays one line
+that a person reads, whatever the spec holds."""
+
+
+def clip(text: str, limit: int = MAX_SHOWN) -> str:
+    text = " ".join(str(text).split())  # one line, whatever the value held
+    return text if len(text) <= limit else text[: limit - 25] + f"... [{len(text)} chars]"
+
+
 class SpecError(Exception):
     """A spec problem, printed as one line `FILE:LINE: key: expected`."""
 
     def __init__(self, file: str, line: int | str, key: str, expected: str):
+        key, expected = clip(key, 120), clip(expected)
         super().__init__(f"{file}:{line}: {key}: {expected}")
         self.file, self.line, self.key, self.expected = file, line, key, expected
 
@@ -32,6 +43,20 @@ class SpecError(Exception):
     def at(cls, spec: Spec, key: str, expected: str) -> SpecError:
         """An error about `key` of an already loaded spec, at that key's line."""
         return cls(spec.path, locate(spec.lines, key), key, expected)
+
+
+def refuse_aliases(text: str, file: str, where: int | str | None = None) -> None:
+    """Anchors and aliases (`&a`, `*a`) make a few lines stand for gigabytes once expanded
+    (the "billion laughs"); a spec is read as written, each value once. The event stream is
+    scanned without building anything, so the check costs the text's length."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                line = where or event.start_mark.line + 1
+                raise SpecError(file, line, "yaml", "no anchors or aliases (&name, *name): "
+                                "write each value out")  # fmt: skip
+    except yaml.YAMLError:
+        return  # the parser reports it, with its line
 
 
 def line_map(text: str) -> dict[str, int]:
@@ -79,6 +104,7 @@ def apply_override(data: dict, item: str, err: Reporter) -> dict:
     key, sep, text = item.partition("=")
     if not sep or not key:
         err(item, "KEY=VALUE, e.g. base.train.steps=50", where="--set")
+    refuse_aliases(text, err.file, where="--set")
     try:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:

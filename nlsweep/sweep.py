@@ -11,6 +11,7 @@ node's actor under Ray Client), never in the trial processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,17 +22,33 @@ import ray
 import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from models.common import ConfigError
 from nlsweep.cluster import start_ray
 from nlsweep.config import flatten, to_dict
-from nlsweep.experiment import ExperimentError, Marker, experiment_path, write_marker
-from nlsweep.preflight import check_shared_storage, prepare
+from nlsweep.experiment import (
+    TUNER_FILE,
+    ExperimentError,
+    Marker,
+    experiment_path,
+    read_bytes,
+    write_marker,
+)
+from nlsweep.lock import ExperimentLock
+from nlsweep.preflight import (
+    adopt_tracking_uri,
+    check_shared_storage,
+    check_storage,
+    prepare,
+    prepare_data,
+)
 from nlsweep.report import write_report
 from nlsweep.resources import check_resources
 from nlsweep.runlog import RunLogger, TrackingOutage
 from nlsweep.runtime import describe_hardware
+from nlsweep.seal import Seal
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, as_spec, short_names
 from nlsweep.spec import Spec, SpecError, describe
 from nlsweep.summary import print_summary, summarize
@@ -69,11 +86,13 @@ def to_tune(dist) -> Any:
     raise TypeError(f"not a distribution: {dist!r}")
 
 
-def make_search_alg(spec: Spec):
+def make_search_alg(spec: Spec, seal: Seal | None = None):
     plan = spec.plan
     if plan.algorithm in ("grid", "random"):
         # Ray ignores TuneConfig.max_concurrent_trials for a generator instance: cap it here.
-        return BasicVariantGenerator(random_state=plan.seed, max_concurrent=spec.max_concurrent)
+        alg = SealedVariants(random_state=plan.seed, max_concurrent=spec.max_concurrent)
+        alg.seal = seal
+        return alg
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -88,7 +107,12 @@ def make_search_alg(spec: Spec):
         "random": lambda: optuna.samplers.RandomSampler(seed=plan.seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=plan.seed),
     }
-    return OptunaSearch(sampler=samplers[plan.sampler](), metric=spec.metric, mode=spec.mode)
+    searcher = OptunaSearch(sampler=samplers[plan.sampler](), metric=spec.metric, mode=spec.mode)
+    # Tune's own wrapping, done here so that the state it saves is sealed; the concurrency
+    # cap Tune would add for max_concurrent_trials goes in the same place.
+    alg = SealedSearch(ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent))
+    alg.seal = seal
+    return alg
 
 
 def make_scheduler(spec: Spec):
@@ -177,14 +201,18 @@ def run_sweep(
     finished, 1 some failed, 3 the tracking store stayed away (resume once it is back),
     130 interrupted (the message says how to resume)."""
     bound_http_calls()
+    prepare_data(spec)  # bad data: one line before the tracking store or storage is touched
+    adopt_tracking_uri(spec, resume, out)
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
-    marker = prepare(spec, resume, restart, trial_counts, out)
-    path = experiment_path(spec.storage, spec.name)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table below
-    cluster = start_ray()
-    monitor = None
+    check_storage(spec)
+    lock = ExperimentLock(spec.storage, spec.name).acquire()
+    cluster = monitor = None
     try:
+        marker = prepare(spec, resume, restart, tracker, out)
+        path = experiment_path(spec.storage, spec.name)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
+        cluster = start_ray()
         try:
             check_resources(spec.resources, cluster.resources, cluster.where)
         except ConfigError as e:
@@ -197,16 +225,14 @@ def run_sweep(
                 "an MLflow server (http://HOST:PORT) with a Ray Client address: Tune writes "
                 f"the runs from the cluster's head node, which cannot reach {spec.tracking_uri}",
             )
+        # Tune reads the earlier run's state now, before any run is reopened: a file it
+        # cannot read is one line, and the sweep stays as resumable as it was.
+        tuner = None if marker is None else restore_tuner(spec, path)
         if marker is None:
             parent_id, base_tags = open_sweep_run(tracker, spec)
             write_marker(path, Marker(parent_id, spec.tracking_uri, spec.fingerprint, spec.path))
         else:
             parent_id = marker.parent_run_id
-            if not tracker.has_run(parent_id):
-                raise ExperimentError(
-                    f"{path}: its MLflow parent run {parent_id} is not in {spec.tracking_uri}; "
-                    "use --restart to archive the experiment and start over"
-                )
             tracker.experiment(spec.name)
             tracker.reopen(parent_id)
             tracker.tag(
@@ -221,7 +247,11 @@ def run_sweep(
         if wanted == "on" or (wanted == "auto" and not cluster.client):
             monitor = tracker.monitor_system(parent_id)
         try:
-            tuner = make_tuner(spec, callback) if marker is None else restore_tuner(spec, path)
+            if tuner is None:
+                sealing = Seal(spec.tracking_uri, parent_id, path)
+                tuner = make_tuner(spec, callback, sealing)
+                with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
+                    sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
             results = tuner.fit()
         except BaseException as e:
             lost = _outage(e)
@@ -255,31 +285,50 @@ def run_sweep(
     finally:
         if monitor is not None:
             monitor.finish()
-        if cluster.started_here:
+        if cluster is not None and cluster.started_here:
             ray.shutdown()
-
-
-def trial_counts(spec: Spec, path: str) -> tuple[int, int]:
-    """(finished, planned) trials of the experiment at `path`, as Ray recorded them."""
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(path).trials
-    except Exception:  # noqa: BLE001 - no experiment state saved yet
-        trials = []
-    finished = sum(t.status == "TERMINATED" for t in trials)
-    return finished, max(spec.plan.trials, len(trials))
+        lock.release()
 
 
 def restore_tuner(spec: Spec, path: str) -> tune.Tuner:
-    """The interrupted experiment at `path`, its unfinished and errored trials to continue
-    from their newest checkpoints; the search algorithm and scheduler resume their state."""
-    return tune.Tuner.restore(
-        path, make_trainable(spec), resume_unfinished=True, resume_errored=True
-    )
+    """The interrupted experiment at `path` (its files verified by `nlsweep.seal`), its
+    unfinished and errored trials to continue from their newest checkpoints; the search
+    algorithm and scheduler resume their state. One line when Tune cannot read it."""
+    try:
+        return tune.Tuner.restore(
+            path, make_trainable(spec), resume_unfinished=True, resume_errored=True
+        )
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, in any of its forms
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = (lines[-1] if lines else type(e).__name__)[:200]
+        raise ExperimentError(
+            f"{path}: Ray Tune cannot restore it ({type(e).__name__}: {why}); the sweep is "
+            "unchanged: fix the storage and resume, or --restart"
+        ) from None
 
 
-def make_tuner(spec: Spec, callback: MlflowCallback) -> tune.Tuner:
+class _Sealed:
+    """A search algorithm that records the digests of the experiment state Tune has just
+    written to its local staging folder, before Tune uploads it (`nlsweep.seal`)."""
+
+    seal: Seal | None = None
+
+    def save_to_dir(self, dirpath, session_str):
+        saved = super().save_to_dir(dirpath, session_str)
+        if self.seal is not None:
+            self.seal.add_folder(dirpath)
+        return saved
+
+
+class SealedVariants(_Sealed, BasicVariantGenerator):
+    pass
+
+
+class SealedSearch(_Sealed, SearchGenerator):
+    pass
+
+
+def make_tuner(spec: Spec, callback: MlflowCallback, seal: Seal | None = None) -> tune.Tuner:
     """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback."""
     names = short_names(list(spec.space))
     reporter = tune.CLIReporter(
@@ -294,10 +343,9 @@ def make_tuner(spec: Spec, callback: MlflowCallback) -> tune.Tuner:
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
-            search_alg=make_search_alg(spec),
+            search_alg=make_search_alg(spec, seal),
             scheduler=make_scheduler(spec),
             num_samples=spec.plan.num_samples,
-            max_concurrent_trials=spec.max_concurrent if spec.plan.algorithm == "optuna" else None,
             # A trial's process is reused for the next one (saves the torch import and start-up,
             # seconds a trial); every trial seeds its RNGs and sets its threads itself.
             reuse_actors=True,

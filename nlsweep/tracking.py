@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.common import require
+from nlsweep.lock import sqlite_lock
 
 # mlflow itself is imported where a client is made: loading a spec (which builds the
 # TrackingConfig below) or printing a dry run must not pay for it.
@@ -181,7 +182,7 @@ def ui_command(uri: str) -> str:
 
 
 def describe_store(uri: str) -> str:
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"{uri} (file {Path(uri[len('sqlite:///') :]).resolve()})"
     return uri
 
@@ -194,7 +195,10 @@ class Tracker:
 
         _quiet()
         try:
-            self.client = MlflowClient(tracking_uri=uri)
+            with sqlite_lock(uri):  # one process creates and migrates a fresh store
+                self.client = MlflowClient(tracking_uri=uri)
+                if uri.startswith("sqlite:"):
+                    self.client.search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - e.g. a SQLite path whose folder cannot exist
             raise TrackingError(f"tracking_uri {uri}: unusable ({_one_line(e)})") from None
 
@@ -247,6 +251,13 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(key, clip_tag(value))])
+
+    def tags_batch(self, run_id: str, tags: dict[str, str]) -> None:
+        """Several tags in one call that fails within seconds when the store is away."""
+        from mlflow.entities import RunTag
+
+        with _fail_fast():
+            self.client.log_batch(run_id, tags=[RunTag(k, clip_tag(v)) for k, v in tags.items()])
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -372,9 +383,21 @@ def read_sweep(
     uri: str, experiment: str, parent_run_id: str | None = None, history_keys=None
 ) -> SweepData:
     """The newest sweep of `experiment` (or the given parent run) and all its trial runs,
-    with the metric histories of `history_keys` (default: the sweep's objective)."""
+    with the metric histories of `history_keys` (default: the sweep's objective). A store
+    that fails is one TrackingError line: unreachable at once, within seconds (`check`)."""
     tracker = Tracker(uri)
-    client = tracker.client
+    tracker.check()
+    try:
+        return _read_sweep(tracker, experiment, parent_run_id, history_keys)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the server went away mid-read, or a bad run id
+        why = _one_line(e)
+        raise TrackingError(f"tracking_uri {uri}: reading the sweep failed ({why})") from None
+
+
+def _read_sweep(tracker: Tracker, experiment: str, parent_run_id, history_keys) -> SweepData:
+    uri, client = tracker.uri, tracker.client
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise TrackingError(f"tracking_uri {uri}: no experiment named {experiment!r}")

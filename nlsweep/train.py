@@ -90,7 +90,7 @@ class TrainConfig:
         require(
             self.eval_batches >= 1, "eval_batches", f"a positive integer, got {self.eval_batches}"
         )
-        require(self.seed >= 0, "seed", f"a non-negative integer, got {self.seed}")
+        require(0 <= self.seed < 2**32, "seed", f"an integer in [0, 2^32), got {self.seed}")
         require(self.threads >= 0, "threads", f"a non-negative integer, got {self.threads}")
         require(self.diverge_above >= 0, "diverge_above", f">= 0, got {self.diverge_above}")
         require(
@@ -170,15 +170,21 @@ class TrialConfig:
                 section.check_levels(model_cls.levels)
             except ConfigError as e:
                 raise ConfigError(f"{name}.{e.key}", e.expected) from None
+        optim = build(OptimConfig, d.get("optim"), "optim.")
+        train = build(TrainConfig, d.get("train"), "train.")
+        try:
+            optim.check_steps(train.steps)
+        except ConfigError as e:
+            raise ConfigError(f"optim.{e.key}", e.expected) from None
         return cls(
             model=build(cfg_cls, raw_model, "model."),
             cms=cms,
-            optim=build(OptimConfig, d.get("optim"), "optim."),
+            optim=optim,
             surprise=surprise,
             teach=build(TeachConfig, d.get("teach"), "teach."),
             data=build(DataConfig, d.get("data"), "data."),
             state=state,
-            train=build(TrainConfig, d.get("train"), "train."),
+            train=train,
         )
 
 
@@ -223,6 +229,8 @@ class Trainer:
             groups,
             cfg.cms,
             lambda level, ps, factor: build_optimizer(ps, cfg.optim, factor, modules[level]),
+            schedule=lambda i: cfg.optim.lr_multiplier(i, cfg.train.steps),
+            grad_clip=cfg.optim.grad_clip,
         )
         B, T = cfg.data.batch_size, cfg.data.seq_len
         self.batcher, self.heldout = self.corpus.batchers(B, T)
@@ -277,10 +285,11 @@ class Trainer:
         if not math.isfinite(value) or (bound and value > bound):
             # Before backward: nothing of the diverged step reaches the weights.
             raise Diverged(self.step + 1, value)
-        if surprise:
-            self._accumulate_surprise(surprise_backward(loss, outputs, sp))
-        else:
-            loss.backward()
+        with self.cms.fresh_gradient():
+            if surprise:
+                self._accumulate_surprise(surprise_backward(loss, outputs, sp))
+            else:
+                loss.backward()
         self.cms.flush_inputs(self.dp.sum_ if self.dp.active else None)
         self.cms.step()
         if sc.mode != "reset":
@@ -427,7 +436,7 @@ class Trainer:
     def warnings(self) -> dict[str, str]:
         """Configured mechanisms that never acted during the run (name -> why)."""
         check = getattr(self.model, "warnings", None)
-        return check(self.history) if check else {}
+        return {**(check(self.history) if check else {}), **self.cms.warnings()}
 
     # -- training state as data -----------------------------------------------------------
     def state_dict(self) -> dict:

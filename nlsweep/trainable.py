@@ -31,7 +31,7 @@ import torch
 from ray import tune
 
 from nlsweep import checkpoint
-from nlsweep.runlog import GPU_KEY, WARNINGS
+from nlsweep.runlog import FALLBACK, GPU_KEY, WARNINGS
 from nlsweep.runtime import describe_hardware, out_of_share
 from nlsweep.spec import Spec, swept_values
 from nlsweep.train import DIVERGED, Diverged, Trainer
@@ -55,30 +55,44 @@ def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
     return torch.device("cuda", 0)
 
 
+# What `Trial.restore` did in this trial process in place of Tune's recorded checkpoint, for
+# `run_trial` (which Tune then starts in a thread of the same process) to put in a run tag.
+_restored_instead: str | None = None
+
+
 def run_trial(config: dict, spec: Spec) -> None:
+    global _restored_instead
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     cfg = spec.trial_config(swept_values(spec, config))
     torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
     device = trial_device(spec, cfg.train.device, ray.get_gpu_ids())
     trainer = Trainer(cfg, device=device)
-    _train(trainer, spec, tune.get_checkpoint(), tune.report, tune.Checkpoint)
+    instead, _restored_instead = _restored_instead, None
+    _train(trainer, spec, tune.get_checkpoint(), tune.report, tune.Checkpoint, note=instead)
 
 
 def _train(
-    trainer: Trainer, spec: Spec, resumed, report, checkpoint_cls, replay: bool = False
+    trainer: Trainer,
+    spec: Spec,
+    resumed,
+    report,
+    checkpoint_cls,
+    replay: bool = False,
+    note: str | None = None,
 ) -> None:
     """Restore, train and report one trial (or one data-parallel worker of it). `replay`:
-    report the restored checkpoint's own evaluation again first (see `_worker_loop`)."""
+    report the restored checkpoint's own evaluation again first (see `_worker_loop`).
+    `note`: what was restored in place of Tune's recorded checkpoint (a run tag)."""
     cfg, device, rank = trainer.cfg, trainer.device, trainer.dp.rank
-    if resumed is not None:
-        with resumed.as_directory() as folder:
-            checkpoint.restore(trainer, folder)
+    fallback = restore_newest_readable(trainer, resumed, checkpoint_cls) if resumed else None
+    fallback = "; ".join(n for n in (note, fallback) if n) or None
     hardware = describe_hardware(device, share=spec.resources.gpu)
     if trainer.dp.active:
         hardware = f"{trainer.dp.world} data-parallel workers, each {hardware}"
     if replay and resumed is not None and trainer.history:
         last = trainer.history[-1] if rank == 0 else {"step": trainer.step}
-        report({**last, "hardware": hardware})
+        report({**last, "hardware": hardware, **({FALLBACK: fallback} if fallback else {})})
+        fallback = None
     gpus = ray.get_gpu_ids()
     placement = f"ray {gpus} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
     # Seconds this trial (this attempt) spent in reports with and without a checkpoint (the
@@ -95,6 +109,8 @@ def _train(
             }
             if trainer.step == cfg.train.steps:  # mechanisms that never acted, for run tags
                 metrics[WARNINGS] = json.dumps(trainer.warnings())
+            if fallback:  # said with the first result after the restore (a run tag)
+                metrics[FALLBACK], fallback = fallback, None
             t0 = time.perf_counter()
             if cfg.train.checkpoint_due(trainer.step):
                 state = trainer.state_dict()  # with several workers, all of them gather it
@@ -118,6 +134,71 @@ def _train(
         # worst possible value of its objective.
         worst = math.inf if spec.mode == "min" else -math.inf
         report({"step": e.step, spec.metric: worst, DIVERGED: str(e), "hardware": hardware})
+
+
+def _checkpoint_folders(fs, trial_path: str) -> list[str]:
+    """The `checkpoint_*` folders of one trial in storage, oldest first."""
+    import pyarrow.fs
+
+    found = fs.get_file_info(pyarrow.fs.FileSelector(trial_path, allow_not_found=True))
+    return sorted(
+        i.path for i in found
+        if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )  # fmt: skip
+
+
+def kept_successor(fs, path: str) -> str | None:
+    """For a checkpoint Tune recorded that is no longer (or no longer wholly) in storage: the
+    oldest whole checkpoint of the same trial after it, else None.
+
+    Tune deletes a trial's checkpoint beyond `num_to_keep` as soon as it registers a newer one,
+    but saves (and uploads) its experiment state only afterwards, so a driver killed between
+    the two leaves a state that names a deleted checkpoint, and Ray's restore of that trial
+    fails at every retry. Tune registers a checkpoint only after the driver has processed its
+    result (and the MLflow writer logged it), and deletes oldest first: the oldest surviving
+    checkpoint after the recorded one is registered, so resuming from it loses no logged step
+    and repeats only steps the writer skips."""
+    path = path.rstrip("/")
+    if _holds_checkpoint(fs, path):
+        return None
+    parent, name = path.rsplit("/", 1)
+    later = [p for p in _checkpoint_folders(fs, parent) if p.rsplit("/", 1)[1] > name]
+    later = [p for p in later if _holds_checkpoint(fs, p)]
+    return later[0] if later else None
+
+
+def _holds_checkpoint(fs, path: str) -> bool:
+    """Whether a checkpoint folder in storage holds its file. Not whether the folder exists:
+    on S3 a deletion cut short (or pyarrow's directory marker) leaves an empty folder that
+    reads as present, and a later folder can be an upload the driver never registered."""
+    import pyarrow.fs
+
+    found = fs.get_file_info(f"{path}/{checkpoint.CHECKPOINT_FILE}")
+    return found.type == pyarrow.fs.FileType.File
+
+
+def restore_newest_readable(trainer: Trainer, resumed, checkpoint_cls) -> str | None:
+    """Restore the newest checkpoint Ray gave this trial; if it cannot be read, the older
+    ones Ray keeps beside it (`CheckpointConfig(num_to_keep=2)`), newest first. Returns
+    what was skipped (for the run's tags), None when the newest one was fine."""
+    try:
+        with resumed.as_directory() as folder:
+            checkpoint.restore(trainer, folder)
+        return None
+    except checkpoint.CheckpointError as e:
+        failure = e
+    fs, newest = resumed.filesystem, resumed.path.rstrip("/")
+    parent, name = newest.rsplit("/", 1)
+    older = [p for p in _checkpoint_folders(fs, parent) if p.rsplit("/", 1)[1] < name]
+    for path in reversed(older):
+        try:
+            with checkpoint_cls(path, filesystem=fs).as_directory() as folder:
+                checkpoint.restore(trainer, folder)
+        except checkpoint.CheckpointError:
+            continue
+        skipped = path.rsplit("/", 1)[1]
+        return f"{name} unreadable ({failure}); restored {skipped} (step {trainer.step})"
+    raise failure
 
 
 def run_parallel_trial(config: dict, spec: Spec) -> None:
@@ -187,5 +268,32 @@ def make_trainable(spec: Spec):
         # needs a non-empty request for it, and a token of memory blocks no CPU.
         fn = tune.with_parameters(run_parallel_trial, spec=spec)
         return tune.with_resources(fn, {"cpu": 0, "memory": 2**20})
-    fn = tune.with_parameters(run_trial, spec=spec)
-    return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+    return tune.with_resources(_trial_class(spec), {"cpu": res.cpu, "gpu": res.gpu})
+
+
+def _trial_class(spec: Spec):
+    """Tune's own trainable for `run_trial` (what Tune would wrap it in), restoring from the
+    oldest surviving later checkpoint when the one Tune recorded was deleted (`kept_successor`)."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class Trial(wrap_function(tune.with_parameters(run_trial, spec=spec))):
+        def restore(self, checkpoint_path):
+            return super().restore(_surviving(checkpoint_path))
+
+    return Trial
+
+
+def _surviving(result):
+    """Tune's restore argument, its checkpoint replaced by `kept_successor` where the recorded
+    one is gone. Module-level on purpose: Ray ships the local `Trial` class by value, with its
+    own copy of the globals, so only a function of this module sets this module's note."""
+    global _restored_instead
+    recorded = getattr(result, "checkpoint", None)
+    instead = recorded and kept_successor(recorded.filesystem, recorded.path)
+    if instead:
+        result.checkpoint = tune.Checkpoint(instead, filesystem=recorded.filesystem)
+        _restored_instead = (
+            f"{recorded.path.rstrip('/').rsplit('/', 1)[1]} (Tune's record) was deleted "
+            f"before Tune saved its state; restored {instead.rsplit('/', 1)[1]}"
+        )
+    return result

@@ -173,3 +173,21 @@ def test_teach_scale_schedule_clip_and_gate():
     assert float(stats["scaled_norm"]) == pytest.approx(3.0 / 3)
     with pytest.raises(ConfigError, match="decay_steps"):
         TeachConfig(decay_start=10)
+
+
+def test_memory_diagnostics_describe_the_last_training_batch():
+    torch.manual_seed(0)
+    cfg = TitansConfig(d_model=16, n_heads=2, n_layers=2, memory_chunk=4, memory_theta_max=0.2)
+    model = Titans(cfg, V).train()
+    x = torch.randint(0, V, (3, 12))
+    _, state = model(x)
+    m = model.inner_metrics()
+    for i in range(2):
+        assert 0 < m[f"memory/{i}/theta_max"] <= 0.2
+        assert m[f"memory/{i}/theta_mean"] <= m[f"memory/{i}/theta_max"]
+        assert 0 <= m[f"memory/{i}/alpha_min"] <= m[f"memory/{i}/alpha_mean"] <= 1
+        assert 0 <= m[f"memory/{i}/eta_mean"] <= 1 and m[f"memory/{i}/value_norm"] > 0
+    # the weight norm is that of the memory the batch ended with (state: W then S then W_c)
+    w1, w2 = state[0].detach(), state[1].detach()
+    want = float(w1.flatten(1).norm(dim=1).mean() + w2.flatten(1).norm(dim=1).mean())
+    assert m["memory/0/weight_norm"] == pytest.approx(want, rel=1e-5)

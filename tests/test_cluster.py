@@ -202,6 +202,19 @@ def test_a_bucket_that_is_not_there_is_one_line_before_ray(world, tmp_path):
     assert "\n" not in line and "storage" in line and "no-such-bucket" in line, line
 
 
+def test_a_wrong_token_is_one_line_naming_the_address(world, tmp_path):
+    nodes = world[0]
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-the-cluster-token-0123456789")
+    env = {**driver_env(world, nodes.address), "RAY_AUTH_TOKEN_PATH": str(wrong)}
+    spec = spec_file(tmp_path / "specs", "token")
+    out = run_cli(["run", str(spec), "--storage", "s3://sweeps/token"], env, tmp_path, 120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"RAY_ADDRESS={nodes.address}: cannot connect"), out.stderr[-2000:]
+    assert "token" in line
+
+
 def test_driver_on_a_node_refuses_local_storage_then_resumes_from_s3(world, tmp_path):
     nodes, url, _, _, _ = world
     env = driver_env(world, nodes.address)
@@ -212,7 +225,9 @@ def test_driver_on_a_node_refuses_local_storage_then_resumes_from_s3(world, tmp_
     assert refused.returncode == 2
     line = refused.stderr.strip()
     assert "\n" not in line and "storage" in line and "s3://" in line, line
-    assert not (here / "ray_results").exists() or not any((here / "ray_results").iterdir())
+    # no experiment folder; only the driver's lock beside where it would have been
+    left = sorted(p.name for p in (here / "ray_results").glob("*"))
+    assert left in ([], ["onnode.lock"]), left
 
     args = ["run", str(spec), "--storage", "s3://sweeps/exp", "--tracking-uri", url]
     proc = subprocess.Popen(
@@ -228,7 +243,8 @@ def test_driver_on_a_node_refuses_local_storage_then_resumes_from_s3(world, tmp_
         time.sleep(1)
     stop_group(proc)
     again = run_cli([*args, "--resume"], env, here)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    failed = again.stdout[-3000:] + again.stderr[-3000:] + _errors(url, "onnode")
+    assert again.returncode == 0, failed
     assert "resuming s3://sweeps/exp/onnode" in again.stdout
     _, kids = children(url, "onnode")
     assert len(kids) == 4 and {r.info.status for r in kids.values()} == {"FINISHED"}
@@ -267,6 +283,12 @@ def test_fractional_gpus_pack_four_trials_per_declared_gpu(world, tmp_path):
     _, kids = children(url, "nocuda")
     errors = {r.data.tags.get("nlsweep.error", "") for r in kids.values()}
     assert all("torch sees no CUDA device" in e for e in errors), errors
+
+
+def _errors(url: str, name: str) -> str:
+    """The trials' recorded errors, for a failure message."""
+    _, kids = children(url, name)
+    return "\n".join(f"{t}: {r.data.tags.get('nlsweep.error', '')}" for t, r in kids.items())
 
 
 def _cli() -> list[str]:
@@ -354,7 +376,8 @@ def _trial_pids() -> list[int]:
                 cmd = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if cmd.startswith(b"ray::ImplicitFunc"):
+            # Tune names the actor of a class trainable given resources after its wrapper
+            if cmd.startswith(b"ray::ResourceTrainable"):
                 pids.append(int(entry.name))
     return pids
 

@@ -40,6 +40,18 @@ TRANSFORMER = {
     "data": {"corpus": "pydoc", "seq_len": 16, "batch_size": 8},
     "train": {"steps": 7, "eval_every": 7, "eval_batches": 2, "seed": 3, "threads": 1},
 }
+# the outer loop's schedule and a clip that binds: the clipped norm is the global batch's
+LSTM_CLIPPED = {
+    **LSTM,
+    "optim": {
+        "kind": "adam",
+        "lr": 3e-3,
+        "schedule": "cosine",
+        "warmup_steps": 2,
+        "min_lr": 3e-4,
+        "grad_clip": 0.3,
+    },
+}
 HOPE = {
     "model": {"kind": "hope", "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32,
               "memory_chunk": 4},
@@ -67,8 +79,15 @@ def _worker(rank: int, world: int, port: int, raw: dict, steps: int, out: str, s
     state = t.state_dict()  # collective: every worker gathers
     if rank == 0:
         torch.save({"state": state, "losses": losses}, out)
+    _leave()
+
+
+def _leave() -> None:
+    """End a test worker without tearing down DDP: freeing its Reducer holds the GIL while
+    gloo's thread, freeing its last work's tensors, waits for the GIL (a deadlock seen once
+    in CI, both threads in futex waits). The outputs are written before this."""
     dist.barrier()
-    dist.destroy_process_group()
+    os._exit(0)
 
 
 def run_workers(raw: dict, steps: int, tmp_path, world: int = 2, start=None) -> dict:
@@ -112,7 +131,9 @@ def one_worker(raw: dict, steps: int, start=None) -> tuple[dict, list[float]]:
     return t.state_dict(), losses
 
 
-@pytest.mark.parametrize("raw", [LSTM, TRANSFORMER], ids=["nested_lstm", "transformer"])
+@pytest.mark.parametrize(
+    "raw", [LSTM, TRANSFORMER, LSTM_CLIPPED], ids=["nested_lstm", "transformer", "clipped"]
+)
 def test_two_workers_equal_one_worker(raw, tmp_path):
     """Weights, optimizer moments, CMS clocks and pending gradients, delta-rule statistics,
     recurrent state and the data cursor after 7 steps (the slow level stepped once and holds
@@ -124,6 +145,8 @@ def test_two_workers_equal_one_worker(raw, tmp_path):
     if raw is LSTM:
         slow = two["state"]["cms"]["optimizers"]["slow"]["state"]
         assert any("xtx" in st and st["n"] == 3 * 8 * 16 for st in slow.values())
+    if raw is LSTM_CLIPPED:
+        assert 0 < two["state"]["cms"]["clip"]["clipped"] == single["cms"]["clip"]["clipped"]
 
 
 def test_checkpoint_moves_between_worker_counts(tmp_path):
@@ -148,6 +171,41 @@ def test_hope_trains_on_two_workers(tmp_path):
     two = run_workers(HOPE, 3, tmp_path)
     assert two["losses"] == pytest.approx(losses, rel=1e-4)
     assert_close(two["state"]["recurrent"], single["recurrent"], tol=1e-4)
+
+
+def _diverging_worker(rank: int, world: int, port: int, raw: dict, out: str):
+    from nlsweep.train import Diverged
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    torch.set_num_threads(1)
+    t = Trainer(TrialConfig.from_dict(raw), torch.device("cpu"), dp=DataParallel(rank, world, _ddp))
+    try:
+        for _ in range(raw["train"]["steps"]):
+            t.train_step()
+        stopped = None
+    except Diverged as e:
+        stopped = e.step
+    Path(f"{out}.{rank}").write_text(str(stopped))
+    _leave()
+
+
+def test_workers_stop_together_on_divergence(tmp_path):
+    """The divergence check sees the global batch's loss, so every worker stops at the same
+    step (one worker stopping alone would leave the others waiting in a collective)."""
+    from nlsweep.train import Diverged
+
+    # the global loss runs 4.76, 4.835, ...: over the bound at step 2
+    raw = {**LSTM, "train": {**LSTM["train"], "diverge_above": 4.8}}
+    single = Trainer(TrialConfig.from_dict(raw), torch.device("cpu"))
+    with pytest.raises(Diverged) as e:
+        for _ in range(7):
+            single.train_step()
+    out = str(tmp_path / "stopped")
+    mp.spawn(_diverging_worker, args=(2, free_port(), raw, out), nprocs=2)
+    steps = {Path(f"{out}.{r}").read_text() for r in range(2)}
+    assert e.value.step == 2 and steps == {"2"}
 
 
 def test_batch_must_split_evenly():

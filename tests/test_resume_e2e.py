@@ -8,6 +8,7 @@ every second, so the kill lands after a snapshot that knows of trial checkpoints
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,8 +209,39 @@ def test_sigint_stops_gracefully_then_resumes(tmp_path, straight):
     assert any(r.info.status == "KILLED" for r in children)
     assert sweep.checkpoints()
 
+    # Tune's retention deleting the checkpoint its saved state names, before it saves the
+    # newer state (a driver killed in between): the trial resumes from the next kept one.
+    recorded = recorded_checkpoints(sweep)
+    killed = {r.data.tags[TAG_TRIAL] for r in children if r.info.status == "KILLED"}
+    tid, path = next((t, Path(c)) for t, c in recorded.items() if c and t in killed)
+    for later in path.parent.glob("checkpoint_*"):  # any Tune had not registered yet
+        if later.name > path.name:
+            shutil.rmtree(later)
+    kept = path.with_name(f"checkpoint_{int(path.name.split('_')[1]) + 1:06d}")
+    path.rename(kept)
+
     assert sweep.run("--resume") == 0, sweep.log.read_text()[-3000:]
     check_complete(sweep, straight)
+    _, children = sweep.runs()
+    note = next(r for r in children if r.data.tags[TAG_TRIAL] == tid).data.tags
+    assert note.get("nlsweep.checkpoint_fallback") == (
+        f"{path.name} (Tune's record) was deleted before Tune saved its state; restored {kept.name}"
+    ), note
+
+
+def recorded_checkpoints(sweep: Sweep) -> dict[str, str | None]:
+    """trial id -> the checkpoint path Tune's newest saved experiment state restores it from
+    (a test reading its own sweep's state; nlsweep itself never unpickles it)."""
+    from ray.tune.utils.serialization import TuneFunctionDecoder
+
+    newest = sorted((sweep.storage / "resumable").glob("experiment_state-*.json"))[-1]
+    decode = TuneFunctionDecoder(allow_cloudpickle=True).object_hook
+    out = {}
+    for trial, meta in json.loads(newest.read_text())["trial_data"]:
+        manager = decode(json.loads(meta)["checkpoint_manager"])
+        latest = manager.latest_checkpoint_result
+        out[json.loads(trial)["trial_id"]] = latest.checkpoint.path if latest else None
+    return out
 
 
 def test_existing_experiment_needs_resume_or_restart(tmp_path, write_spec, capsys):

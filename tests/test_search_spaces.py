@@ -130,3 +130,16 @@ def test_hope_vs_titan_mqar(tmp_path, monkeypatch):
     for r in runs:
         assert 0 <= r.data.metrics["val/recall_acc"] <= 1
         assert r.data.params["model.window"] == "8"
+
+
+def test_shakespeare_char(tmp_path, monkeypatch):
+    (r,) = smoke(tmp_path, monkeypatch, "shakespeare_char")
+    p, m = r.data.params, r.data.metrics
+    assert p["model.tie_embeddings"] == "False" and p["optim.schedule"] == "cosine"
+    # --smoke: 20 steps, warmup 100 -> 1 step; the last update's rate is on the cosine
+    from models.optim import OptimConfig
+
+    sched = OptimConfig("adamw", 1e-3, schedule="cosine", warmup_steps=1, min_lr=1e-4)
+    assert m["optim/fast/lr"] == pytest.approx(1e-3 * sched.lr_multiplier(19, 20))
+    assert 0 <= m["optim/clip_rate"] <= 1 and m["optim/grad_norm"] > 0
+    assert m["model/params"] == 816_450  # untied: the head has its own vocab x 128 matrix

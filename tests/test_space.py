@@ -161,7 +161,9 @@ def test_search_algorithms_are_seeded_and_capped(write_spec):
 
     def draws(sampler_name, seed):
         text = optuna_text.replace("seed: 11}", f"seed: {seed}, sampler: {sampler_name}}}")
-        sampler = make_search_alg(_spec(write_spec, text))._sampler
+        alg = make_search_alg(_spec(write_spec, text))
+        assert alg.searcher.max_concurrent == 2  # Tune's ConcurrencyLimiter, sealed state
+        sampler = alg.searcher.searcher._sampler
         study = optuna.create_study(sampler=sampler)
         out = []
         for _ in range(3):
@@ -179,7 +181,7 @@ def test_search_algorithms_are_seeded_and_capped(write_spec):
         assert kind == cls
         assert draws(name, 11)[1] == first  # same seed, same suggestions
         assert draws(name, 12)[1] != first
-    tpe = make_search_alg(_spec(write_spec, optuna_text))._sampler
+    tpe = make_search_alg(_spec(write_spec, optuna_text)).searcher.searcher._sampler
     assert tpe._multivariate and tpe._constant_liar
 
 

@@ -98,25 +98,27 @@ def test_optuna_sweep_with_a_failing_trial(tmp_path, write_spec, capsys):
     """Seeded Optuna search; a trial that raises is FAILED with its error, the rest finish.
 
     Optuna's random sampler draws the same sequence whatever order trials finish in, so
-    seed 2 always yields exactly one trial with the impossible seq_len.
+    seed 2 always yields exactly one trial that asks for a GPU the trial was not given (a
+    seq_len too long for the corpus, the failure this test used before, is now refused
+    before the sweep starts).
     """
     text = GOOD_SPEC.replace(
         "  cms.periods.medium: {grid: [1, 2]}\n  train.seed: {grid: [0, 1]}\n",
-        "  optim.lr: {loguniform: [1.0e-3, 1.0e-2]}\n  data.seq_len: {choice: [8, 400000]}\n",
+        "  optim.lr: {loguniform: [1.0e-3, 1.0e-2]}\n  train.device: {choice: [cpu, cuda]}\n",
     ).replace("{algorithm: grid}", "{algorithm: optuna, sampler: random, num_samples: 4, seed: 2}")
     rc, tracker = run_cli(tmp_path, write_spec(text))
     out = capsys.readouterr().out
     parents, children = split_runs(tracker, "tiny")
     assert len(parents) == 1 and len(children) == 4
     assert parents[0].data.params["search.sampler"] == "random"
-    failed = [r for r in children if r.data.params["data.seq_len"] == "400000"]
-    good = [r for r in children if r.data.params["data.seq_len"] == "8"]
+    failed = [r for r in children if r.data.params["train.device"] == "cuda"]
+    good = [r for r in children if r.data.params["train.device"] == "cpu"]
     assert (len(failed), len(good)) == (1, 3)
     for r in children:
         assert 1e-3 <= float(r.data.params["optim.lr"]) <= 1e-2
     for r in failed:
         assert r.info.status == "FAILED"
-        assert "data.seq_len" in r.data.tags[TAG_ERROR]
+        assert "train.device is cuda but Ray assigned this trial no GPU" in r.data.tags[TAG_ERROR]
     for r in good:
         assert r.info.status == "FINISHED" and "val/bpc" in r.data.metrics
     assert rc == 1

@@ -123,6 +123,9 @@ VARIANTS = {
                               {"mode": "persistent"}),
     "delta_sgd+momentum+reset_every": ({"kind": "delta_sgd", "lr": 0.1, "momentum": 0.9,
                                         "decay_rate": 1e-2}, {"mode": "reset_every", "every": 5}),
+    # the schedule's position and the clip counters are training state too
+    "adamw+cosine+clip": ({"kind": "adamw", "lr": 3e-3, "weight_decay": 0.1, "warmup_steps": 2,
+                           "schedule": "cosine", "min_lr": 3e-4, "grad_clip": 0.5}, None),
 }  # fmt: skip
 
 
