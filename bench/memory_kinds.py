@@ -2,14 +2,16 @@
 ratios measured in one run, and each kind's peak memory per trial at larger widths.
 
     python bench/memory_kinds.py [--steps 20] [--widths 256,768] [--chunks 16,64]
+                                 [--inner-chunk 16]
 
 Speed: every variant of search_spaces/hope_vs_titan.yaml (its exact trial config, seed 0)
 trains one untimed step, then `--steps` timed steps, in this process, one kind after the
-other, so the ratios share the machine's state. Memory: each (kind, d_model, memory_chunk)
-trains 2 steps in a fresh process at the spec's batch and sequence, d_ff = 4 d, and reports
-that process's peak resident set (CPU) or peak allocation (GPU), in MiB. A memory whose
-chunk materialised one weight per token would grow with B x chunk x d^2; the dual form
-grows with B x d^2 only, so the rows for two chunk sizes should match.
+other, so the ratios share the machine's state; the hope kinds also with their CMS chain
+read in chunks of `--inner-chunk` tokens (cms.inner_chunk). Memory: each (kind, d_model,
+memory_chunk) trains 2 steps in a fresh process at the spec's batch and sequence, d_ff =
+4 d, and reports that process's peak resident set (CPU) or peak allocation (GPU), in MiB. A
+memory whose chunk materialised one weight per token would grow with B x chunk x d^2; the
+dual form grows with B x d^2 only, so the rows for two chunk sizes should match.
 A figure to read, not a test: nothing here asserts a speed.
 """
 
@@ -29,13 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "search_spaces" / "hope_vs_titan.yaml"
 
 
-def trial(variant: str, steps: int, **model) -> dict:
+def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
     from nlsweep.config import to_dict
     from nlsweep.spec import load_spec
 
     spec = load_spec(SPEC, available={"CPU": float(os.cpu_count() or 1), "GPU": 0.0})
     raw = to_dict(spec.trial_config({"variant": variant, "train.seed": 0}))
     raw["model"].update(model)
+    if inner_chunk:
+        raw["cms"]["inner_chunk"] = inner_chunk
     raw["train"].update(steps=steps + 1, eval_every=steps + 1, device="auto")
     if not raw["model"]["kind"].startswith("hope"):
         raw.pop("teach")  # only the hope kinds take a teach section
@@ -68,6 +72,8 @@ def main() -> None:
     ap.add_argument("--widths", default="256,768")
     ap.add_argument("--chunks", default="16,64")
     ap.add_argument("--kinds", default="transformer,titans,hope_attention,hope")
+    ap.add_argument("--inner-chunk", type=int, default=16, help="hope rows also at this "
+                    "cms.inner_chunk (0: the exact chain only)")  # fmt: skip
     ap.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "D", "CHUNK"))
     a = ap.parse_args()
     if a.peak_child:
@@ -79,6 +85,11 @@ def main() -> None:
     print(f"device: {where}; torch {torch.__version__}; {SPEC.name} trial configs, seed 0, "
           f"{a.steps} timed steps after 1 untimed\n")  # fmt: skip
     rates = {k: tokens_per_s(trial(k, a.steps)) for k in kinds}
+    for k in kinds if a.inner_chunk else ():
+        if k.startswith("hope"):  # the chunked chain beside the exact one
+            rates[f"{k}, cms.inner_chunk {a.inner_chunk}"] = tokens_per_s(
+                trial(k, a.steps, inner_chunk=a.inner_chunk)
+            )
     base = rates.get("transformer")
     print("| kind | training tokens/s | / transformer |")
     print("|---|---:|---:|")

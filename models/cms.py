@@ -58,6 +58,13 @@ class CMSConfig:
     active tokens N; 1e-3 per token equals their 1.0 at N ~ 1000, e.g. 16 x 64.)"""
     inner_momentum: float = 0.0
     """Momentum mu of the chain's inner updates (0: plain steps)."""
+    inner_chunk: int = 0
+    """hope, hope_attention: tokens the chain reads with one set of fast weights (0: the
+    fastest token period, the exact form). A larger multiple of it takes every inner gradient
+    of a chunk at the fast weights of the chunk's start and applies the level steps due inside
+    it at its end, in order, each with the gradients of its own tokens: fewer, larger
+    segments (faster), and a prediction can lag up to inner_chunk - token_periods[0] tokens
+    of inner learning. seq_len must be a multiple of it."""
 
     def __post_init__(self):
         tp = self.token_periods
@@ -79,6 +86,12 @@ class CMSConfig:
             "inner_momentum",
             f"in [0, 1), got {self.inner_momentum}",
         )
+        if self.inner_chunk:
+            require(
+                bool(tp) and self.inner_chunk % tp[0] == 0,
+                "inner_chunk",
+                f"0 or a multiple of token_periods[0], got {self.inner_chunk}",
+            )
         for level, c in self.periods.items():
             require(
                 isinstance(c, int) and c >= 1,

@@ -103,27 +103,29 @@ class CMSBlock(nn.Module):
         return y + self.w2(a) + torch.einsum("bnf,bdf->bnd", a, dw2), (y, u, z, a)
 
     def inner_grads(self, g, cache, dw1, dw2, carry: bool):
-        """For the error g (B, n, d) at the block's output: the grads of <MLP(u_t), g_t>
-        w.r.t. W1 and W2 summed over the segment's tokens, and (when `carry`) the error at
-        the block's input, g + g J_{MLP o LN}."""
+        """For the error g (B, n, d) at the block's output: the per-token grads of
+        <MLP(u_t), g_t> w.r.t. W1 and W2 as outer-product factors ((back, u), (g, a)): token
+        t's grad is back_t (x) u_t and g_t (x) a_t; and (when `carry`) the error at the
+        block's input, g + g J_{MLP o LN}."""
         y, u, z, a = (c.detach() for c in cache)
-        g2 = torch.einsum("bnd,bnf->bdf", g, a)
         w2 = self.w2.weight.detach() + dw2
         back = torch.einsum("bnd,bdf->bnf", g, w2) * _gelu_grad(z)
-        g1 = torch.einsum("bnf,bnd->bfd", back, u)
         if not carry:
-            return g1, g2, None
+            return (back, u), (g, a), None
         du = torch.einsum("bnf,bfd->bnd", back, self.w1.weight.detach() + dw1)
-        return g1, g2, g + layernorm_vjp(y, du, self.norm)
+        return (back, u), (g, a), g + layernorm_vjp(y, du, self.norm)
 
 
 class CMSChain(nn.Module):
     """The chain of CMS blocks with token periods, its inner state and its counters."""
 
-    def __init__(self, d: int, d_ff: int, periods, lr, momentum: float, teach: TeachConfig):
+    def __init__(
+        self, d: int, d_ff: int, periods, lr, momentum: float, teach: TeachConfig, chunk: int = 0
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(CMSBlock(d, d_ff) for _ in periods)
         self.periods, self.lr, self.momentum, self.teach = list(periods), list(lr), momentum, teach
+        self.chunk = chunk or self.periods[0]  # tokens read with one set of fast weights
         self.register_buffer("updates", torch.zeros(len(periods), dtype=torch.long))
         self.register_buffer("last_norm", torch.zeros(len(periods)))
         self.stats: dict[str, float] = {}
@@ -154,9 +156,9 @@ class CMSChain(nn.Module):
         clock = state[-1]
         c0 = int(clock[0].item())  # rows move in lockstep: one host read per call
         learn = targets is not None and scale > 0
-        step, t0, logits_all = self.periods[0], 0, []
+        t0, logits_all, p0 = 0, [], self.periods[0]
         while t0 < T:
-            t1 = min(T, t0 + step - (c0 + t0) % step)
+            t1 = min(T, t0 + self.chunk - (c0 + t0) % self.chunk)
             y, saved = h[:, t0:t1], []
             for blk, f in zip(self.blocks, fast):
                 y, cache = blk(y, f[0], f[3])
@@ -164,16 +166,29 @@ class CMSChain(nn.Module):
             hn = norm_out(y)
             logits = head(hn)
             logits_all.append(logits)
-            if learn:
-                self._learn(y, logits, targets[:, t0:t1], head, norm_out, saved, fast, scale)
+            if not learn:
+                t0 = t1
+                continue
+            factors = self._learn(y, logits, targets[:, t0:t1], head, norm_out, saved, fast, scale)
+            # the fastest level's boundaries inside the segment (just t1 in the exact form)
+            ends = [e for e in range(t0 + 1, t1) if (c0 + e) % p0 == 0] + [t1]
+            a = t0
+            for e in ends:
+                for f, pairs in zip(fast, factors):
+                    for (x, w), g in zip(pairs, (2, 5)):
+                        f[g] = f[g] + torch.einsum("bnf,bnd->bfd", x[:, a - t0 : e - t0],
+                                                   w[:, a - t0 : e - t0])  # fmt: skip
+                for i, (p, f) in enumerate(zip(self.periods, fast)):
+                    if (c0 + e) % p == 0:
+                        self._step_level(i, f)
+                a = e
             t0 = t1
-            for i, (p, f) in enumerate(zip(self.periods, fast)):
-                if learn and (c0 + t0) % p == 0:
-                    self._step_level(i, f)
         new_state = tuple(t for f in fast for t in f) + (clock + T,)
         return torch.cat(logits_all, dim=1), new_state
 
     def _learn(self, y, logits, targets, head, norm_out, saved, fast, scale):
+        """Per block, the per-token gradient factors of the segment (`CMSBlock.inner_grads`),
+        all at the fast weights the segment was read with."""
         with torch.no_grad():
             active = targets != IGNORE
             err = token_error(logits, targets, head.weight).to(y.dtype)
@@ -181,11 +196,12 @@ class CMSChain(nn.Module):
             if self.training:
                 self._add_stats({**st, "scale": scale}, active.sum())
             g = layernorm_vjp(y.detach(), err, norm_out)  # the error at y_L
+            factors = [None] * len(self.blocks)
             for i in reversed(range(len(self.blocks))):
                 f = fast[i]
                 g1, g2, g = self.blocks[i].inner_grads(g, saved[i], f[0], f[3], carry=i > 0)
-                f[2] = f[2] + g1
-                f[5] = f[5] + g2
+                factors[i] = (g1, g2)
+            return factors
 
     def _step_level(self, i: int, f: list) -> None:
         with torch.no_grad():
@@ -221,7 +237,13 @@ class _Hope:
     def _hope_init(self, cfg, cms, teach):
         self.inner = cfg.inner_updates
         self.chain = CMSChain(
-            cfg.d_model, cfg.d_ff, cms.token_periods, cms.inner_lrs(), cms.inner_momentum, teach
+            cfg.d_model,
+            cfg.d_ff,
+            cms.token_periods,
+            cms.inner_lrs(),
+            cms.inner_momentum,
+            teach,
+            cms.inner_chunk,
         )
         self.n_chain = 6 * len(cms.token_periods) + 1
         self.state_names = (*self.state_names, *self.chain_state_names(len(cms.token_periods)))

@@ -88,13 +88,15 @@ class MemoryLM(AttentionLM):
         return [m for m in self.modules() if isinstance(m, NeuralMemory)]
 
     def inner_metrics(self) -> dict[str, float]:
-        """Counters that prove the memories wrote, per layer: training tokens written, and the
-        norm of the update (momentum) S after the last training batch; and, of that batch, the
-        memory's weight norm, the values' mean norm and the gates' ranges."""
+        """Counters that prove the memories wrote, per layer: training tokens written, writes
+        the bound scaled down, and the norm of the update (momentum) S after the last training
+        batch; and, of that batch, the memory's weight norm, the values' mean norm, the
+        gates' ranges, the largest write before the bound and the share of writes bounded."""
         out = {}
         for i, mem in enumerate(self.memories()):
             out[f"memory/{i}/writes"] = float(mem.writes.item())
             out[f"memory/{i}/update_norm"] = float(mem.update_norm.item())
+            out[f"memory/{i}/bounded"] = float(mem.bounded.item())  # writes cut to max_write
             for k, v in mem.diagnostics.items():
                 out[f"memory/{i}/{k}"] = float(v)
         return out
@@ -102,11 +104,22 @@ class MemoryLM(AttentionLM):
     def warnings(self, history: list[dict]) -> dict[str, str]:
         """Inner-update paths that were configured but never fired in a run (pitfall 6)."""
         last = history[-1] if history else {}
-        return {
+        out = {
             f"memory.{k.split('/')[1]}": f"memory of layer {k.split('/')[1]} wrote no token"
             for k, v in last.items()
             if k.startswith("memory/") and k.endswith("/writes") and v == 0
         }
+        cap = self.memories()[0].cfg.memory_max_write if self.memories() else 0
+        bounded = [v for k, v in last.items() if k.startswith("memory/") and k.endswith("/bounded")]
+        if cap and bounded and not any(bounded):
+            biggest = max(
+                (v for m in history for k, v in m.items() if k.endswith("/write_max")), default=0
+            )
+            out["memory.max_write"] = (
+                f"memory_max_write {cap:g} never bound (largest write at an evaluation "
+                f"{biggest:.3g})"
+            )
+        return out
 
 
 class Titans(MemoryLM):

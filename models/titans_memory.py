@@ -8,7 +8,8 @@ Notation (shared notes §1; per batch row, per token t)
     eta_t     = sigmoid(x_t w_eta + b_eta)                          momentum   (0 when off)
     alpha_t   = sigmoid(x_t w_alpha + b_alpha)                      forgetting (0 when off)
     S_t       = eta_t S_{t-1} - theta_t grad l_t(W_{c(t)})
-    W_t       = (1 - alpha_t) W_{t-1} + S_t
+    W_t       = (1 - alpha_t) W_{t-1} + S_t      (memory_forget_to init: W - W_0 on both sides)
+    the write theta_t grad l_t is scaled down to Frobenius norm <= memory_max_write (bounded)
     y_t       = M_{W_t}(q_t) W_O
 c(t) is the memory at the start of t's chunk of `chunk` tokens: every gradient of a chunk is
 taken at one memory, so a chunk's gradients are one batched call and, the gradients being
@@ -32,6 +33,7 @@ makes every write, forgetting included, a no-op, so the memory stays at W_0).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +58,28 @@ class MemoryConfig:
     """Data-dependent forgetting alpha_t (off: alpha = 0)."""
     memory_theta_max: float = 0.1
     """Largest per-token write rate."""
+    memory_forget_to: Literal["zero", "init"] = "zero"
+    """What forgetting decays the memory toward: zero (Titans' M_t = (1 - alpha_t) M_{t-1} +
+    S_t) or its learned initial memory W_0 (M_t - W_0 = (1 - alpha_t)(M_{t-1} - W_0) + S_t).
+    init suits state.mode persistent: there W_0 is otherwise met once per stream, and a
+    depth-2 memory forgotten to zero writes nothing again (every gradient at W = 0 is 0)."""
+    memory_max_write: float = 10.0
+    """Largest Frobenius norm of one token's write theta_t grad l_t (all the memory's weights
+    together); a larger write is scaled down to it and counted (memory/<i>/bounded). 0: none."""
 
     def check_memory(self):
         require(self.memory_depth in (1, 2), "memory_depth", f"1 or 2, got {self.memory_depth}")
         require(self.memory_hidden >= 0, "memory_hidden", f">= 0, got {self.memory_hidden}")
         require(self.memory_chunk >= 1, "memory_chunk", f">= 1, got {self.memory_chunk}")
         require(self.memory_theta_max > 0, "memory_theta_max", f"> 0, got {self.memory_theta_max}")
+        require(
+            self.memory_forget_to in ("zero", "init"),
+            "memory_forget_to",
+            f"zero or init, got {self.memory_forget_to!r}",
+        )
+        require(
+            self.memory_max_write >= 0, "memory_max_write", f">= 0, got {self.memory_max_write}"
+        )
 
 
 def _silu_grad(z: torch.Tensor) -> torch.Tensor:
@@ -89,6 +107,7 @@ class NeuralMemory(nn.Module):
         # it checkpoints with the model.
         self.register_buffer("writes", torch.zeros((), dtype=torch.long))
         self.register_buffer("update_norm", torch.zeros(()))  # ||S|| after the last batch
+        self.register_buffer("bounded", torch.zeros((), dtype=torch.long))  # writes scaled down
 
     def init_state(self, batch: int):
         """(W..., S..., W_c..., pos): memory, momentum, the memory at the start of the
@@ -143,21 +162,30 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
-        ys = []
-        b, t0 = self.cfg.memory_chunk, 0
-        while t0 < T:
-            t1 = min(T, t0 + b - pos)  # the rest of the current chunk
+        ys, sizes = [], []
+        b, cuts = self.cfg.memory_chunk, [0]
+        while cuts[-1] < T:  # segments: the rest of the current chunk, then whole chunks
+            cuts.append(min(T, cuts[-1] + b - (pos + cuts[-1]) % b))
+        for (t0, t1), gates in zip(zip(cuts, cuts[1:]), self._segment_gates(cuts, eta, alpha)):
             sl = slice(t0, t1)
             fs = self.factors(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
-            y, ws, ss = self._chunk(ws, ss, fs, q[:, sl], theta[:, sl], eta[:, sl], alpha[:, sl])
+            # ||x (x) y||_F = ||x|| ||y||: each token's gradient norm without forming it
+            with torch.no_grad():
+                size = theta[:, sl] * sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs).sqrt()
+            rate = theta[:, sl] * self._bound(size)
+            y, ws, ss = self._chunk(ws, ss, fs, q[:, sl], rate, gates)
             ys.append(y)
+            sizes.append(size)
             pos = (pos + t1 - t0) % b
             if pos == 0:
                 cs = ws
-            t0 = t1
         if self.training and self.write_scale:
             self.writes += B * T
             with torch.no_grad():
+                size = torch.cat(sizes, dim=1)
+                over = size > self.cfg.memory_max_write if self.cfg.memory_max_write else None
+                if over is not None:
+                    self.bounded += over.sum()
                 self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
                 # What a diverging memory shows first (read at evaluations, no sync here):
                 # its weights' norm, the size of the values it is asked to store, its gates.
@@ -169,8 +197,25 @@ class NeuralMemory(nn.Module):
                     "eta_mean": eta.mean(),
                     "alpha_mean": alpha.mean(),
                     "alpha_min": alpha.min(),
+                    "write_max": size.max(),  # before the bound
+                    "bound_rate": over.float().mean() if over is not None else size.new_zeros(()),
                 }
         return self.out(torch.cat(ys, dim=1)), self._state(ws, ss, cs, pos)
+
+    def _bound(self, size: torch.Tensor) -> torch.Tensor:
+        """The factor (<= 1) that scales each token's write theta_t grad l_t, of Frobenius norm
+        `size`, down to at most memory_max_write. Why: every gradient of a chunk is taken at
+        the chunk's first memory, so a chunk writes up to `memory_chunk` full steps at once;
+        a depth-2 memory's curvature grows with its weights, and past 2 / (chunk's summed
+        rate) the next chunk's errors grow instead of shrink, squaring the weights' growth:
+        carried along a stream (state.mode persistent) the weights reached 1e28 within three
+        chunks and the loss NaN (titans, hope_vs_titan size, seed 0, step 54). A bounded write
+        keeps the growth per chunk at most linear, and forgetting then pulls it back. The
+        factor is a constant to backpropagation, as a clipped gradient's scale is."""
+        cap = self.cfg.memory_max_write
+        if not cap:
+            return torch.ones_like(size)
+        return cap / torch.maximum(size, torch.full_like(size, cap))
 
     @staticmethod
     def _decay(rate: torch.Tensor):
@@ -182,31 +227,63 @@ class NeuralMemory(nn.Module):
         diff = logs.unsqueeze(-1) - logs.unsqueeze(-2)
         return torch.exp(diff.masked_fill(~lower, float("-inf"))), torch.exp(logs)
 
+    def _anchors(self):
+        """The point forgetting decays each weight toward (None: zero)."""
+        if self.cfg.memory_forget_to == "init":
+            return list(self.init_weights)
+        return [None] * len(self.init_weights)
+
+    @torch.compiler.disable  # as `_chunk` (below): its decays are part of what gave NaN
+    def _segment_gates(self, cuts: list[int], eta: torch.Tensor, alpha: torch.Tensor):
+        """Per segment [cuts[i], cuts[i+1]), what `_chunk` needs of the gates alone (they do
+        not depend on the memory): P = F E, A = F E0, F0, E0 and E's last row. Computed for
+        all segments in one batch when they are equally long (a call on the chunk grid),
+        since at small widths the memory's time is its number of kernels, not their size."""
+        spans = list(zip(cuts, cuts[1:]))
+        n = spans[0][1] - spans[0][0]
+        if all(t1 - t0 == n for t0, t1 in spans):
+            B, c = eta.shape[0], len(spans)
+            both = self._gate_products(eta.reshape(B, c, n), alpha.reshape(B, c, n))
+            return [tuple(x[:, i] for x in both) for i in range(c)]
+        return [self._gate_products(eta[:, t0:t1], alpha[:, t0:t1]) for t0, t1 in spans]
+
+    def _gate_products(self, eta: torch.Tensor, alpha: torch.Tensor):
+        D, D0 = self._decay(torch.stack([eta, 1 - alpha]))  # both gates' decays in one pass
+        (E, F_), (E0, F0) = D, D0
+        n = eta.shape[-1]
+        PA = F_ @ torch.cat([E, E0.unsqueeze(-1)], dim=-1)
+        return PA[..., :n], PA[..., n], F0, E0, E[..., -1, :]
+
     # Eager under torch.compile: compiled with bf16 autocast, its backward gave NaN at the
     # second step of a titans trial (eager bf16 and compiled fp32 trained normally).
     @torch.compiler.disable
-    def _chunk(self, ws, ss, fs, q, theta, eta, alpha):
+    def _chunk(self, ws, ss, fs, q, theta, gates):
         """Every read-out y_t = M_{W_t}(q_t) of a chunk, and its last W and S, in closed form
         without forming any W_t (no loop over tokens). With u_s = -theta_s x_s (x) y_s,
         S_t = sum_s E[t,s] u_s + E0[t] S_prev  (E from eta) and
         W_t = sum_tau F[t,tau] S_tau + F0[t] W_prev  (F from 1 - alpha), so
         W_t = sum_s K[t,s] u_s + A[t] S_prev + F0[t] W_prev with K = F E, A = F E0, and a read
         h W_t = sum_s K[t,s] (-theta_s) (h . x_s) y_s + A[t] h S_prev + F0[t] h W_prev: an
-        (n, n) matrix times Y, so the memory costs B x d x h per weight, not B x n x d x h."""
-        E, E0 = self._decay(eta)
-        F_, F0 = self._decay(1 - alpha)
-        K = (F_ @ E) * -theta.unsqueeze(1)  # (B, n, n): coefficient of x_s (x) y_s in W_t
-        A = (F_ @ E0.unsqueeze(-1)).squeeze(-1)  # (B, n): of S_prev in W_t
-        last_s = E[:, -1] * -theta  # (B, n): of x_s (x) y_s in the last S
+        (n, n) matrix times Y, so the memory costs B x d x h per weight, not B x n x d x h.
+        `gates`: `_gate_products` of the chunk's eta and alpha."""
+        P, A, F0, E0, E_last = gates
+        K = P * -theta.unsqueeze(1)  # (B, n, n): coefficient of x_s (x) y_s in W_t
+        ends = torch.stack([K[:, -1], E_last * -theta], dim=1)  # of x_s (x) y_s in last W, S
         h, new_ws, new_ss = q, [], []
-        for j, ((X, Y), w, s) in enumerate(zip(fs, ws, ss)):
+        for j, ((X, Y), w, s, w0) in enumerate(zip(fs, ws, ss, self._anchors())):
             Xt = X.transpose(-1, -2)
-            z = ((h @ Xt) * K) @ Y + A[..., None] * (h @ s) + F0[..., None] * (h @ w)
+            parts = [Xt, s, w] + ([] if w0 is None else [w0.expand_as(w)])
+            widths = [Xt.shape[-1]] + [w.shape[-1]] * (len(parts) - 1)
+            reads = (h @ torch.cat(parts, dim=-1)).split(widths, dim=-1)
+            z = (reads[0] * K) @ Y + A[..., None] * reads[1] + F0[..., None] * reads[2]
+            last_w, last_s = ((Xt.unsqueeze(1) * ends[..., None, :]) @ Y.unsqueeze(1)).unbind(1)
+            last_w = last_w + A[:, -1, None, None] * s + F0[:, -1, None, None] * w
+            if w0 is not None:  # the same recurrence for W - W_0
+                z = z + (1 - F0[..., None]) * reads[3]
+                last_w = last_w + (1 - F0[:, -1, None, None]) * w0
             h = F.silu(z) if j + 1 < len(ws) else z
-            new_ws.append(
-                (Xt * K[:, -1, None, :]) @ Y + A[:, -1, None, None] * s + F0[:, -1, None, None] * w
-            )
-            new_ss.append((Xt * last_s[:, None, :]) @ Y + E0[:, -1, None, None] * s)
+            new_ws.append(last_w)
+            new_ss.append(last_s + E0[:, -1, None, None] * s)
         return h, new_ws, new_ss
 
     def reference_forward(self, x: torch.Tensor, state=None, chunk: int | None = None):
@@ -226,9 +303,12 @@ class NeuralMemory(nn.Module):
                 pred = self.read(at, k[:, t : t + 1].detach())
                 loss = (pred - v[:, t : t + 1].detach()).pow(2).sum()
                 gs = torch.autograd.grad(loss, at)
-            for j in range(len(ws)):
-                ss[j] = eta[:, t].view(B, 1, 1) * ss[j] - theta[:, t].view(B, 1, 1) * gs[j]
-                ws[j] = (1 - alpha[:, t].view(B, 1, 1)) * ws[j] + ss[j]
+            size = (theta[:, t] * sum(g.pow(2).sum((-1, -2)) for g in gs).sqrt()).detach()
+            rate = (theta[:, t] * self._bound(size)).view(B, 1, 1)
+            for j, w0 in enumerate(self._anchors()):
+                ss[j] = eta[:, t].view(B, 1, 1) * ss[j] - rate * gs[j]
+                a = alpha[:, t].view(B, 1, 1)
+                ws[j] = (1 - a) * ws[j] + ss[j] + (0 if w0 is None else a * w0)
             ys.append(self.read(ws, q[:, t : t + 1]))
             pos = (pos + 1) % chunk
         cs = ws if pos == 0 else [a.detach() for a in at]

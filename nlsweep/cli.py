@@ -140,7 +140,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
     from models.common import ConfigError, param_count
     from nlsweep.data import DataError
-    from nlsweep.spec import SpecError, load_spec
+    from nlsweep.spec import VARIANT, SpecError, load_spec
     from nlsweep.train import Diverged, Trainer
 
     ap = argparse.ArgumentParser(
@@ -149,6 +149,7 @@ def train_main(argv: list[str] | None = None) -> int:
     ap.add_argument("spec")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--smoke", action="store_true", help="shrink steps and evaluation")
+    ap.add_argument("--variant", metavar="NAME", help="one of the spec's variants, on the base")
     args = ap.parse_args(argv)
     try:
         spec = load_spec(args.spec, overrides=args.set, smoke=args.smoke)
@@ -156,6 +157,12 @@ def train_main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     cfg = spec.base
+    if args.variant is not None:
+        if args.variant not in spec.variants:
+            known = ", ".join(spec.variants) or "none"
+            print(f"{args.spec}: --variant: one of {known}, got {args.variant!r}", file=sys.stderr)
+            return 2
+        cfg = spec.trial_config({VARIANT: args.variant})
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:

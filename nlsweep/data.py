@@ -90,11 +90,19 @@ class DataConfig:
     """passkey: digits in the key (default 4)."""
     eval_lengths: list[int] | None = None
     """passkey: further held-out sequence lengths to report accuracy at (default none)."""
+    eval_segment: int | None = None
+    """passkey: read each `eval_lengths` sequence in segments of this many tokens, one model
+    call each, the model's state carried from segment to segment under state.mode persistent
+    and fresh per segment under reset: recall across calls, i.e. through carried memory
+    (default: one call per sequence)."""
     task_seed: int = 0
     """mqar, passkey: seed of the generated training and held-out sequences."""
 
     def __post_init__(self):
-        task_fields = {"mqar": ("num_kv_pairs",), "passkey": ("key_len", "eval_lengths")}
+        task_fields = {
+            "mqar": ("num_kv_pairs",),
+            "passkey": ("key_len", "eval_lengths", "eval_segment"),
+        }
         for task, fields in task_fields.items():
             for key in fields if self.corpus != task else ():
                 require(getattr(self, key) is None, key, f"unset unless corpus is {task}")
@@ -105,6 +113,9 @@ class DataConfig:
             require(
                 self.vocab_size >= 14, "vocab_size", f">= 14 for passkey, got {self.vocab_size}"
             )
+            if self.eval_segment is not None:
+                require(self.eval_lengths, "eval_segment", "set with eval_lengths")
+                require(self.eval_segment >= 1, "eval_segment", f">= 1, got {self.eval_segment}")
             shortest = 2 * self.key_len + 3
             for n in [self.seq_len, *(self.eval_lengths or [])]:
                 require(

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
-
-import yaml
 
 from nlsweep import figures
 from nlsweep.results import SEED, Context, Row, Trial
@@ -93,24 +90,19 @@ def final_note(trials: list[Trial]) -> str:
     return f"final: whole held-out split for {len(full)} of {len(done)} runs, {n} tokens"
 
 
-def rerun_command(spec_file: str, trial: Trial, variants: dict) -> str:
-    """`python -m nlsweep.train SPEC --set ...`: the spec's base with this trial's values."""
+def rerun_command(spec_file: str, trial: Trial) -> str:
+    """`python -m nlsweep.train SPEC [--variant NAME] --set ...`: the spec's base with this
+    trial's values. A variant is named, not spelled out as base overrides: the spec checks
+    every variant against the base, and a base changed to one variant's model kind can make
+    another variant's keys unknown."""
     spec = os.path.relpath(spec_file) if spec_file.startswith(os.getcwd()) else spec_file
     parts = ["python", "-m", "nlsweep.train", spec]
     for f in [*trial.factors, SEED]:
-        if f == VARIANT:  # not a base path: spell out the variant's overrides
-            for path, value in variants.get(trial.factors[f], {}).items():
-                parts += ["--set", f"base.{path}={_as_yaml(value)}"]
+        if f == VARIANT:
+            parts += ["--variant", str(trial.factors[f])]
         elif f in trial.run.params:
             parts += ["--set", f"base.{f}={trial.run.params[f]}"]
     return shlex.join(parts)
-
-
-def _as_yaml(value) -> str:
-    """A value as `--set` parses it back (YAML): plain strings bare, the rest as JSON."""
-    if isinstance(value, str) and yaml.safe_load(value) == value:
-        return value
-    return json.dumps(value)
 
 
 def _table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -193,7 +185,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
             for t in r.trials
         )
         out.append(f"- R{i} `{r.label}`: runs {links}")
-        out.append(f"  `{rerun_command(spec_file, r.trials[0], ctx.variants)}`")
+        out.append(f"  `{rerun_command(spec_file, r.trials[0])}`")
     return out
 
 
@@ -240,7 +232,7 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
             f"![search history]({rel(fig_dir / 'history.png', md_dir)})",
         ]
     if ranked:
-        cmd = rerun_command(spec_shown(ctx.sweep.parent.tags, "SPEC"), ranked[0], ctx.variants)
+        cmd = rerun_command(spec_shown(ctx.sweep.parent.tags, "SPEC"), ranked[0])
         out += ["", f"Re-run the best trial alone: `{cmd}`"]
     with open(fig_dir / "table.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -16,7 +16,7 @@ import yaml
 from nlsweep.config import as_number
 from nlsweep.space import trial_label
 from nlsweep.stats import Comparison, Summary, compare, holm, summarize
-from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, TAG_VARIANTS, RunData, SweepData
+from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, RunData, SweepData
 
 SEED = "train.seed"
 
@@ -72,8 +72,6 @@ class Context:
     baseline: dict[str, Any]
     space: dict[str, dict]
     """Swept path -> its distribution in spec form, e.g. {'grid': [2, 8]}."""
-    variants: dict[str, dict[str, Any]]
-    """The spec's named variants (name -> base overrides), when it sweeps `variant`."""
 
 
 def read_context(sweep: SweepData) -> Context:
@@ -88,7 +86,6 @@ def read_context(sweep: SweepData) -> Context:
         factors=[f for f in space if f != SEED],
         baseline=json.loads(p.tags.get(TAG_BASELINE, "{}")),
         space=space,
-        variants=json.loads(p.tags.get(TAG_VARIANTS, "{}")),
     )
 
 

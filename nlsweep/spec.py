@@ -42,6 +42,8 @@ from nlsweep.specfile import Reporter, SpecError, apply_override, line_map, refu
 from nlsweep.tracking import TrackingConfig
 from nlsweep.train import OBJECTIVES, TASK_OBJECTIVES, TrialConfig
 
+LENGTH_OBJECTIVE = re.compile(r"val/passkey_acc/len(\d+)")  # passkey at an eval_lengths length
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 TOP_KEYS = (
     "name",
@@ -275,8 +277,8 @@ def load_spec(
     if not isinstance(name, str) or not NAME_RE.match(name):
         err("name", f"a safe folder name matching [A-Za-z0-9_-]+, got {name!r}")
     metric = data.get("metric", "val/bpc")
-    if metric not in OBJECTIVES:
-        err("metric", f"one of {', '.join(OBJECTIVES)}, got {metric!r}")
+    if metric not in OBJECTIVES and not LENGTH_OBJECTIVE.fullmatch(str(metric)):
+        err("metric", f"one of {', '.join(OBJECTIVES)} or val/passkey_acc/len<L>, got {metric!r}")
     mode = data.get("mode", "min")
     if mode not in ("min", "max"):
         err("mode", f"min or max, got {mode!r}")
@@ -296,6 +298,9 @@ def load_spec(
         err(f"base.{e.key}", e.expected)
     if metric in TASK_OBJECTIVES and base.data.corpus != TASK_OBJECTIVES[metric]:
         err("metric", f"{metric} is reported by corpus {TASK_OBJECTIVES[metric]} only")
+    length = LENGTH_OBJECTIVE.fullmatch(metric)
+    if length and int(length[1]) not in (base.data.eval_lengths or []):
+        err("metric", f"{metric} is reported only with {length[1]} in base.data.eval_lengths")
 
     sections = {}
     for key, cls in (

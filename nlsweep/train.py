@@ -159,6 +159,11 @@ class TrialConfig:
         if chain != bool(cms.token_periods):
             want = "a list such as [1, 4, 32, 128]" if chain else "unset: no CMS chain"
             raise ConfigError("cms.token_periods", f"{want} for model kind {kind}")
+        seq_len = build(DataConfig, d.get("data"), "data.").seq_len
+        if cms.inner_chunk and seq_len % cms.inner_chunk:
+            raise ConfigError(
+                "cms.inner_chunk", f"a divisor of data.seq_len {seq_len}, got {cms.inner_chunk}"
+            )
         if d.get("teach") and not chain:
             raise ConfigError("teach", f"unset: model kind {kind} has no teach signal")
         if state.mode != "reset" and not model_cls.carries_state:
@@ -325,6 +330,15 @@ class Trainer:
         heldout = heldout or self.heldout
         return (heldout.window(k) for k in range(self.eval_windows))
 
+    def _segments(self, windows):
+        """`windows` cut along time into `data.eval_segment` tokens (unset: as they are);
+        consecutive segments continue each row's stream, so `evaluate` carries the state
+        from one to the next exactly when state.mode does."""
+        for x, y in windows:
+            n = self.cfg.data.eval_segment or x.shape[1]
+            for i in range(0, x.shape[1], n):
+                yield x[:, i : i + n], y[:, i : i + n]
+
     @property
     def final_whole_split(self) -> bool:
         """Whether the final evaluation scores the whole held-out split (a generated task's
@@ -396,7 +410,7 @@ class Trainer:
         if self.corpus.accuracy_key:
             m[self.corpus.accuracy_key] = self.accuracy
         for name, batcher in self.extra_evals.items():  # e.g. recall by context length
-            self.evaluate(self.sampled_windows(batcher))
+            self.evaluate(self._segments(self.sampled_windows(batcher)))
             m[name] = self.accuracy
         m.update(self.cms.metrics())
         if hasattr(self.model, "inner_metrics"):

@@ -57,10 +57,17 @@ def test_window_limits_what_attention_sees():
 
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("momentum, forget", [(True, True), (False, True), (True, False)])
-def test_chunk_one_equals_token_by_token(depth, momentum, forget):
+@pytest.mark.parametrize("cap", [1.0, 0.02])  # 0.02: most writes are bounded
+@pytest.mark.parametrize("forget_to", ["zero", "init"])
+def test_chunk_one_equals_token_by_token(depth, momentum, forget, cap, forget_to):
     torch.manual_seed(depth)
     cfg = MemoryConfig(
-        memory_depth=depth, memory_chunk=1, memory_momentum=momentum, memory_forget=forget
+        memory_depth=depth,
+        memory_chunk=1,
+        memory_momentum=momentum,
+        memory_forget=forget,
+        memory_max_write=cap,
+        memory_forget_to=forget_to,
     )
     mem = NeuralMemory(8, cfg).double()
     x = torch.randn(2, 12, 8, dtype=torch.double)
@@ -76,6 +83,47 @@ def test_chunk_one_equals_token_by_token(depth, momentum, forget):
     assert torch.allclose(y4, y4_ref, atol=1e-12)
     for s, r in zip(state4, state4_ref):
         assert torch.allclose(s, r, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_each_write_is_bounded_and_counted(chunk):
+    """No token's write theta_t grad l_t exceeds memory_max_write: with neither momentum nor
+    forgetting, W_t - W_{t-1} is that write, so the bound is visible in the weights."""
+    torch.manual_seed(3)
+    cfg = MemoryConfig(
+        memory_chunk=chunk, memory_momentum=False, memory_forget=False, memory_max_write=0.05
+    )
+    mem = NeuralMemory(8, cfg).double().train()
+    x = 4 * torch.randn(2, 12, 8, dtype=torch.double)
+    state = None
+    steps = []
+    for t in range(12):
+        before = state[:2] if state else [w.expand(2, *w.shape) for w in mem.init_weights]
+        _, state = mem(x[:, t : t + 1], state)
+        steps.append(sum((a - b).pow(2).sum((-1, -2)) for a, b in zip(state[:2], before)).sqrt())
+    steps = torch.stack(steps)
+    assert steps.max() <= 0.05 + 1e-12
+    assert int(mem.bounded) == int((steps > 0.05 - 1e-9).sum()) > 0
+    mem.cfg.memory_max_write = 0.0  # off: the same tokens write more than the cap
+    mem.bounded.zero_()
+    y, _ = mem(x)
+    assert int(mem.bounded) == 0 and float(mem.diagnostics["write_max"]) > 0.05
+
+
+def test_forgetting_returns_the_memory_to_its_initial_weights_or_to_zero():
+    """Without writes (theta 0) and with alpha ~ 1, one token forgets everything: the memory
+    is then W_0 (forget_to init) or 0 (zero); a persistent depth-2 memory at 0 is dead."""
+    torch.manual_seed(0)
+    for to, expected in (("init", 1.0), ("zero", 0.0)):
+        mem = NeuralMemory(8, MemoryConfig(memory_forget_to=to, memory_chunk=4)).double()
+        with torch.no_grad():
+            mem.gates.weight.zero_()
+            mem.gates.bias.copy_(torch.tensor([-60.0, -60.0, 60.0]))  # theta, eta ~ 0; alpha 1
+        ws = [torch.randn(2, *w.shape, dtype=torch.double) for w in mem.init_weights]
+        state = (*ws, *[torch.zeros_like(w) for w in ws], *ws, torch.zeros(2).double())
+        _, after = mem(torch.randn(2, 5, 8, dtype=torch.double), state)
+        for w, w0 in zip(after[:2], mem.init_weights):
+            assert torch.allclose(w, expected * w0.expand_as(w), atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [1, 4])

@@ -101,6 +101,19 @@ def test_never_firing_paths_become_warnings(corpus):
     assert "teach.threshold" in w and "closed the gate" in w["teach.threshold"]
 
 
+@pytest.mark.parametrize("cap", [1e9, 1e-4])
+def test_a_memory_write_bound_that_never_binds_is_a_warning(corpus, cap):
+    t, hist = run(corpus, model={"memory_max_write": cap})
+    bounded = hist[-1]["memory/0/bounded"]  # one layer
+    assert (bounded == 0) == (cap == 1e9)
+    w = t.warnings()
+    assert ("memory.max_write" in w) == (bounded == 0)
+    if bounded == 0:
+        assert "never bound" in w["memory.max_write"]
+    else:
+        assert 0 < hist[-1]["memory/0/bound_rate"] <= 1
+
+
 def test_hope_requires_a_chain_and_others_refuse_one():
     from models.common import ConfigError
 
@@ -224,3 +237,62 @@ def test_chain_any_split_equals_one_pass():
     assert torch.allclose(torch.cat(outs, 1), full, atol=1e-12, rtol=0)
     for u, v in zip(state, s_full):
         assert torch.allclose(u, v, atol=1e-12, rtol=0)
+
+
+def test_chunked_chain_equals_its_definition_and_chunk_of_the_fastest_period_is_exact():
+    """cms.inner_chunk C: each chunk is read with the fast weights of its start, every
+    gradient taken there, and the level steps due inside it applied at its end in order,
+    each with its own tokens' gradients. Checked against that definition written with
+    autograd (float64, momentum on), and C = the fastest period against the exact form."""
+    torch.manual_seed(4)
+    common = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32}
+
+    def make(chunk):
+        torch.manual_seed(4)
+        cms = CMSConfig(token_periods=[2, 4], inner_lr=0.05, inner_momentum=0.5, inner_chunk=chunk)
+        model = HopeAttention(HopeAttentionConfig(**common), V, cms, TeachConfig()).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        return model
+
+    exact, same, chunked = make(0), make(2), make(8)
+    x, y = torch.randint(0, V, (2, 16)), torch.randint(0, V, (2, 16))
+    y[0, 5] = IGNORE
+    a, s_a = exact(x, targets=y)
+    b, s_b = same(x, targets=y)
+    assert torch.equal(a, b) and all(torch.equal(u, v) for u, v in zip(s_a, s_b))
+    got, s_got = chunked(x, targets=y)
+    assert not torch.allclose(got, a, atol=1e-6)  # a different, real form
+
+    chain, model = chunked.chain, chunked
+    h, _ = model.body(x)
+    h = h.detach()
+    fast = [[t.clone() for t in chain.init_state(2, "cpu", torch.float64)[6 * i : 6 * i + 6]]
+            for i in range(2)]  # fmt: skip
+    want = []
+    for c in range(0, 16, 8):
+        leaves = [f[k].clone().requires_grad_(True) for f in fast for k in (0, 3)]
+        out = h[:, c : c + 8]
+        for i, blk in enumerate(chain.blocks):
+            out, _ = blk(out, leaves[2 * i], leaves[2 * i + 1])
+        logits = model.head(model.norm_out(out))
+        want.append(logits.detach())
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, V), y[:, c : c + 8].reshape(-1), ignore_index=IGNORE,
+            reduction="none",
+        ).view(2, 8)  # fmt: skip
+        for s in range(0, 8, 2):  # the fastest period's windows, in order
+            gs = torch.autograd.grad(losses[:, s : s + 2].sum(), leaves, retain_graph=True)
+            for i, f in enumerate(fast):
+                f[2], f[5] = f[2] + gs[2 * i], f[5] + gs[2 * i + 1]
+            for p, f in zip(chain.periods, fast):
+                if (c + s + 2) % p == 0:
+                    for dw, m, g in ((0, 1, 2), (3, 4, 5)):
+                        f[m] = 0.5 * f[m] + f[g]
+                        f[dw] = f[dw] - 0.05 * f[m]
+                        f[g] = torch.zeros_like(f[g])
+    assert torch.allclose(got, torch.cat(want, 1), atol=1e-10, rtol=0)
+    for i, f in enumerate(fast):
+        for k in range(6):
+            assert torch.allclose(s_got[6 * i + k], f[k], atol=1e-10, rtol=0), (i, k)

@@ -43,6 +43,36 @@ def test_splits_are_disjoint_and_lengths_reported(tmp_path):
     assert m["data/val_tokens"] == 2 * 8 * 4  # only the key's digits count
 
 
+def _trainer(mode: str, segment: int | None) -> Trainer:
+    data = {"corpus": "passkey", "seq_len": 24, "batch_size": 4, "eval_lengths": [48]}
+    raw = {
+        "model": {"kind": "nested_lstm", "d_model": 16},
+        "data": data | ({"eval_segment": segment} if segment else {}),
+        "state": {"mode": mode},
+        "train": {"steps": 2, "eval_every": 2, "eval_batches": 2, "threads": 1, "seed": 3},
+    }
+    return Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["persistent", "reset"])
+def test_eval_segment_carries_the_state_between_segments_only_when_persistent(mode):
+    """An LSTM's carried state makes 6 calls of 8 tokens one call of 48; under reset each
+    segment starts from zeros, so the query's segment no longer sees the key."""
+    whole, cut = _trainer(mode, None), _trainer(mode, 8)
+    batcher = whole.extra_evals["val/passkey_acc/len48"]
+    one = whole.evaluate(whole._segments(whole.sampled_windows(batcher)))
+    parts = cut.evaluate(cut._segments(cut.sampled_windows(batcher)))
+    assert (parts == pytest.approx(one, rel=1e-6)) == (mode == "persistent"), (one, parts)
+    (m,) = list(cut.run())  # and the trial reports it
+    assert 0 <= m["val/passkey_acc/len48"] <= 1
+
+
+def test_eval_segment_needs_eval_lengths():
+    with pytest.raises(ConfigError) as e:
+        DataConfig(corpus="passkey", seq_len=24, eval_segment=8)
+    assert e.value.key == "eval_segment"
+
+
 @pytest.mark.parametrize(
     "fields, key",
     [

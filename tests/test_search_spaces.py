@@ -110,13 +110,16 @@ def test_teach_scale(tmp_path, monkeypatch):
 
 def test_hope_vs_titan(tmp_path, monkeypatch):
     runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "hope_vs_titan")}
-    assert set(runs) == {"transformer", "titans", "hope_attention", "hope"}
+    kinds = {"transformer", "titans", "hope_attention", "hope"}
+    assert set(runs) == kinds | {"titans_persistent", "hope_persistent"}
     assert {r.data.params["model.d_model"] for r in runs.values()} == {"32"}  # equal width
-    for kind, r in runs.items():
-        m = r.data.metrics
+    for variant, r in runs.items():
+        m, kind = r.data.metrics, variant.removesuffix("_persistent")
         assert ("memory/0/writes" in m) == (kind in ("titans", "hope"))
         assert ("cms_inner/0_p4/updates" in m) == kind.startswith("hope")
         assert r.data.params["model.n_layers"] == "2"
+        persistent = variant.endswith("_persistent")
+        assert r.data.params["state.mode"] == ("persistent" if persistent else "reset")
 
 
 def test_hope_vs_titan_mqar(tmp_path, monkeypatch):
@@ -143,3 +146,18 @@ def test_shakespeare_char(tmp_path, monkeypatch):
     assert m["optim/fast/lr"] == pytest.approx(1e-3 * sched.lr_multiplier(19, 20))
     assert 0 <= m["optim/clip_rate"] <= 1 and m["optim/grad_norm"] > 0
     assert m["model/params"] == 816_450  # untied: the head has its own vocab x 128 matrix
+
+
+def test_passkey_memory(tmp_path, monkeypatch):
+    runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "passkey_memory")}
+    assert set(runs) == {"transformer", "titans_fresh", "titans_carried", "hope_fresh",
+                         "hope_carried"}  # fmt: skip
+    for variant, r in runs.items():
+        p, m = r.data.params, r.data.metrics
+        assert 0 <= m["val/passkey_acc/len256"] <= 1
+        assert p["data.eval_segment"] == "64" and p["model.window"] == "8"
+        assert p["state.mode"] == ("persistent" if variant.endswith("carried") else "reset")
+        if variant != "transformer":
+            assert m["memory/0/writes"] > 0 and "memory/0/bounded" in m
+            forget_to = "init" if variant.endswith("carried") else "zero"
+            assert p["model.memory_forget_to"] == forget_to

@@ -128,6 +128,17 @@ CASES = [
         "metric",
         "one of val/bpc",
     ),
+    (
+        "passkey length not evaluated",
+        edit("metric: val/bpc", "metric: val/passkey_acc/len96").replace(
+            "{corpus: pydoc, seq_len: 16, batch_size: 4}",
+            "{corpus: passkey, seq_len: 16, batch_size: 4, eval_lengths: [48]}",
+        ),
+        [],
+        3,
+        "metric",
+        "96 in base.data.eval_lengths",
+    ),
     ("bad mode", edit("mode: min", "mode: minimise"), [], 4, "mode", "min or max"),
     (
         "loguniform at zero",

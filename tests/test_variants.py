@@ -2,6 +2,7 @@
 
 import pytest
 
+from nlsweep.cli import train_main
 from nlsweep.render import rerun_command
 from nlsweep.results import Trial
 from nlsweep.spec import SpecError, load_spec
@@ -52,12 +53,44 @@ def test_bad_variants(write_spec, text, line, key, fragment):
     assert fragment in e.value.expected
 
 
-def test_rerun_command_spells_out_the_variant():
+def test_rerun_command_names_the_variant():
     run = RunData("r1", "variant=long seed=0", "FINISHED", 0, 0,
                   {"train.seed": "0", "variant": "long"}, {}, {})  # fmt: skip
     trial = Trial(run=run, factors={"variant": "long"}, seed=0, final=1.0, best=1.0)
-    variants = {"long": {"state.mode": "persistent", "data.seq_len": 512}}
-    assert rerun_command("/x/s.yaml", trial, variants) == (
-        "python -m nlsweep.train /x/s.yaml --set base.state.mode=persistent "
-        "--set base.data.seq_len=512 --set base.train.seed=0"
+    assert rerun_command("/x/s.yaml", trial) == (
+        "python -m nlsweep.train /x/s.yaml --variant long --set base.train.seed=0"
     )
+
+
+KINDS = """\
+name: kinds
+metric: val/bpc
+mode: min
+base:
+  model: {kind: transformer, d_model: 16, n_layers: 1, n_heads: 2, d_ff: 32}
+  optim: {kind: adam, lr: 3.0e-3}
+  data: {corpus: pydoc, seq_len: 16, batch_size: 4}
+  train: {steps: 4, eval_every: 4, eval_batches: 2, seed: 0, final_eval: sampled}
+variants:
+  transformer: {}
+  titans: {model.kind: titans, model.memory_chunk: 4}
+  hope_attention: {model.kind: hope_attention, cms.token_periods: [4]}
+space:
+  variant: {grid: [transformer, titans, hope_attention]}
+search: {algorithm: grid}
+"""
+
+
+def test_train_runs_a_variant_whose_overrides_would_break_the_others(write_spec, capsys):
+    """The old re-run line set titans' overrides on the base, and the spec then refused
+    hope_attention's variant (memory_chunk unknown to it): exit 2 instead of a run."""
+    path = write_spec(KINDS)
+    old = ["--set", "base.model.kind=titans", "--set", "base.model.memory_chunk=4"]
+    assert train_main([str(path), *old]) == 2
+    assert "variants.hope_attention" in capsys.readouterr().err
+    assert train_main([str(path), "--variant", "titans", "--set", "base.train.seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("kinds: titans,") and "step 4" in out
+    assert train_main([str(path), "--variant", "titan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--variant: one of transformer, titans, hope_attention, got 'titan'")
