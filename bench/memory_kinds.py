@@ -46,7 +46,7 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
     return raw
 
 
-def peak_child(variant: str, d: int, chunk: int) -> None:
+def peak_child(variant: str, d: int, chunk: int, inner_chunk: int = 0) -> None:
     """In a fresh process: 2 training steps, then the peak memory as JSON on stdout."""
     from nlsweep.runtime import Diverged, memory_peaks
     from nlsweep.train import Trainer, TrialConfig
@@ -54,7 +54,7 @@ def peak_child(variant: str, d: int, chunk: int) -> None:
     model = {"d_model": d, "d_ff": 4 * d, "n_heads": max(1, d // 64)}
     if variant in ("titans", "hope"):
         model["memory_chunk"] = chunk
-    t = Trainer(TrialConfig.from_dict(trial(variant, 1, **model)))
+    t = Trainer(TrialConfig.from_dict(trial(variant, 1, inner_chunk, **model)))
     note = ""
     try:
         t.train_step()
@@ -74,10 +74,10 @@ def main() -> None:
     ap.add_argument("--kinds", default="transformer,titans,hope_attention,hope")
     ap.add_argument("--inner-chunk", type=int, default=16, help="hope rows also at this "
                     "cms.inner_chunk (0: the exact chain only)")  # fmt: skip
-    ap.add_argument("--peak-child", nargs=3, metavar=("VARIANT", "D", "CHUNK"))
+    ap.add_argument("--peak-child", nargs=4, metavar=("VARIANT", "D", "CHUNK", "INNER"))
     a = ap.parse_args()
     if a.peak_child:
-        peak_child(a.peak_child[0], int(a.peak_child[1]), int(a.peak_child[2]))
+        peak_child(a.peak_child[0], *(int(x) for x in a.peak_child[1:]))
         return
     kinds = a.kinds.split(",")
     gpu = torch.cuda.is_available()
@@ -102,16 +102,19 @@ def main() -> None:
     print("| kind | " + " | ".join(f"d {d}, chunk {c}" for d, c in cols) + " |")
     print("|---|" + "---:|" * len(cols))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for k in kinds:
+    rows = [(k, 0) for k in kinds]
+    rows += [(k, a.inner_chunk) for k in kinds if a.inner_chunk and k.startswith("hope")]
+    for k, inner in rows:
         cells = []
         for d, c in cols:
             out = subprocess.run(
-                [sys.executable, __file__, "--peak-child", k, str(d), str(c)],
+                [sys.executable, __file__, "--peak-child", k, str(d), str(c), str(inner)],
                 capture_output=True, text=True, env=env, check=True,
             )  # fmt: skip
             mb, note = json.loads(out.stdout.strip().splitlines()[-1])
             cells.append(f"{mb:,.0f}{note}")
-        print(f"| {k} | " + " | ".join(cells) + " |")
+        label = f"{k}, cms.inner_chunk {inner}" if inner else k
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
