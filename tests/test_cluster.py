@@ -256,9 +256,12 @@ def test_driver_on_a_node_refuses_local_storage_then_resumes_from_s3(world, tmp_
 def test_fractional_gpus_pack_four_trials_per_declared_gpu(world, tmp_path):
     nodes, url, _, _, _ = world
     env = driver_env(world, nodes.address)
-    spec = spec_file(tmp_path / "specs", "packed", steps=4, gpu=0.25, concurrent=8)
+    # 40 steps, not 4: a 4-step trial could end before the last of the eight had started
+    # (CI once: 0.4 s apart), which says nothing about packing
+    spec = spec_file(tmp_path / "specs", "packed", steps=40, gpu=0.25, concurrent=8)
     text = spec.read_text().replace("resources: {cpu: 1,", "resources: {cpu: 0.25,")
-    text = text.replace("checkpoint_every: 4}", "checkpoint_every: 4, device: cpu}")
+    text = text.replace("eval_every: 4,", "eval_every: 20,")
+    text = text.replace("checkpoint_every: 4}", "checkpoint_every: 20, device: cpu}")
     spec.write_text(text.replace("space:\n", "space:\n  optim.lr: {grid: [1.0e-3, 2.0e-3]}\n"))
     args = ["run", str(spec), "--storage", "s3://sweeps/exp", "--tracking-uri", url]
     out = run_cli(args, env, tmp_path)
