@@ -156,7 +156,7 @@ class CMSChain(nn.Module):
         clock = state[-1]
         c0 = int(clock[0].item())  # rows move in lockstep: one host read per call
         learn = targets is not None and scale > 0
-        t0, logits_all, p0 = 0, [], self.periods[0]
+        t0, logits_all = 0, []
         while t0 < T:
             t1 = min(T, t0 + self.chunk - (c0 + t0) % self.chunk)
             y, saved = h[:, t0:t1], []
@@ -166,22 +166,10 @@ class CMSChain(nn.Module):
             hn = norm_out(y)
             logits = head(hn)
             logits_all.append(logits)
-            if not learn:
-                t0 = t1
-                continue
-            factors = self._learn(y, logits, targets[:, t0:t1], head, norm_out, saved, fast, scale)
-            # the fastest level's boundaries inside the segment (just t1 in the exact form)
-            ends = [e for e in range(t0 + 1, t1) if (c0 + e) % p0 == 0] + [t1]
-            a = t0
-            for e in ends:
-                for f, pairs in zip(fast, factors):
-                    for (x, w), g in zip(pairs, (2, 5)):
-                        f[g] = f[g] + torch.einsum("bnf,bnd->bfd", x[:, a - t0 : e - t0],
-                                                   w[:, a - t0 : e - t0])  # fmt: skip
-                for i, (p, f) in enumerate(zip(self.periods, fast)):
-                    if (c0 + e) % p == 0:
-                        self._step_level(i, f)
-                a = e
+            if learn:
+                factors = self._learn(y, logits, targets[:, t0:t1], head, norm_out, saved, fast,
+                                      scale)  # fmt: skip
+                self._absorb(factors, fast, c0 + t0, c0 + t1)
             t0 = t1
         new_state = tuple(t for f in fast for t in f) + (clock + T,)
         return torch.cat(logits_all, dim=1), new_state
@@ -202,6 +190,23 @@ class CMSChain(nn.Module):
                 g1, g2, g = self.blocks[i].inner_grads(g, saved[i], f[0], f[3], carry=i > 0)
                 factors[i] = (g1, g2)
             return factors
+
+    def _absorb(self, factors, fast, start: int, end: int) -> None:
+        """Add a segment's per-token gradients (clock times start..end) to the pending sums
+        window by window of the fastest period, stepping each level at its boundaries: in
+        the exact form the segment is one window, ending at `end`."""
+        p0 = self.periods[0]
+        ends = [e for e in range(start + 1, end) if e % p0 == 0] + [end]
+        a = start
+        for e in ends:
+            for f, pairs in zip(fast, factors):
+                for (x, w), g in zip(pairs, (2, 5)):
+                    f[g] = f[g] + torch.einsum("bnf,bnd->bfd", x[:, a - start : e - start],
+                                               w[:, a - start : e - start])  # fmt: skip
+            for i, (p, f) in enumerate(zip(self.periods, fast)):
+                if e % p == 0:
+                    self._step_level(i, f)
+            a = e
 
     def _step_level(self, i: int, f: list) -> None:
         with torch.no_grad():

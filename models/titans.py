@@ -109,7 +109,8 @@ class MemoryLM(AttentionLM):
             for k, v in last.items()
             if k.startswith("memory/") and k.endswith("/writes") and v == 0
         }
-        cap = self.memories()[0].cfg.memory_max_write if self.memories() else 0
+        mems = self.memories()
+        cap = mems[0].cfg.memory_max_write if mems else 0
         bounded = [v for k, v in last.items() if k.startswith("memory/") and k.endswith("/bounded")]
         if cap and bounded and not any(bounded):
             biggest = max(

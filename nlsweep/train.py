@@ -159,10 +159,11 @@ class TrialConfig:
         if chain != bool(cms.token_periods):
             want = "a list such as [1, 4, 32, 128]" if chain else "unset: no CMS chain"
             raise ConfigError("cms.token_periods", f"{want} for model kind {kind}")
-        seq_len = build(DataConfig, d.get("data"), "data.").seq_len
-        if cms.inner_chunk and seq_len % cms.inner_chunk:
+        data = build(DataConfig, d.get("data"), "data.")
+        if cms.inner_chunk and data.seq_len % cms.inner_chunk:
             raise ConfigError(
-                "cms.inner_chunk", f"a divisor of data.seq_len {seq_len}, got {cms.inner_chunk}"
+                "cms.inner_chunk",
+                f"a divisor of data.seq_len {data.seq_len}, got {cms.inner_chunk}",
             )
         if d.get("teach") and not chain:
             raise ConfigError("teach", f"unset: model kind {kind} has no teach signal")
@@ -187,7 +188,7 @@ class TrialConfig:
             optim=optim,
             surprise=surprise,
             teach=build(TeachConfig, d.get("teach"), "teach."),
-            data=build(DataConfig, d.get("data"), "data."),
+            data=data,
             state=state,
             train=train,
         )

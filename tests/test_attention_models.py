@@ -143,11 +143,16 @@ def test_one_pass_equals_two_halves_with_state_carried(chunk):
 @pytest.mark.parametrize("depth", [1, 2])
 @pytest.mark.parametrize("chunk", [4, 5])
 @pytest.mark.parametrize("pieces", [[3, 13], [7, 9], [1, 5, 2, 8], [16]])
-def test_any_split_equals_one_pass(depth, chunk, pieces):
+@pytest.mark.parametrize("cap, forget_to", [(10.0, "zero"), (0.02, "init")])
+def test_any_split_equals_one_pass(depth, chunk, pieces, cap, forget_to):
     """The chunk grid runs along the stream: calls that end mid-chunk leave the rest of the
-    chunk (and its chunk-start memory) in the state, so any split equals one pass."""
+    chunk (and its chunk-start memory) in the state, so any split equals one pass; with the
+    write bound binding on most tokens and forgetting toward W_0 too."""
     torch.manual_seed(5)
-    mem = NeuralMemory(8, MemoryConfig(memory_depth=depth, memory_chunk=chunk)).double()
+    cfg = MemoryConfig(
+        memory_depth=depth, memory_chunk=chunk, memory_max_write=cap, memory_forget_to=forget_to
+    )
+    mem = NeuralMemory(8, cfg).double()
     x = torch.randn(2, 16, 8, dtype=torch.double)
     full, s_full = mem(x)
     outs, state, t = [], None, 0

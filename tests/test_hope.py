@@ -264,6 +264,8 @@ def test_chunked_chain_equals_its_definition_and_chunk_of_the_fastest_period_is_
     assert torch.equal(a, b) and all(torch.equal(u, v) for u, v in zip(s_a, s_b))
     got, s_got = chunked(x, targets=y)
     assert not torch.allclose(got, a, atol=1e-6)  # a different, real form
+    alone, _ = chunked(x[1:], targets=y[1:])  # a row's learning is its own
+    assert torch.allclose(alone[0], got[1], atol=1e-12, rtol=0)
 
     chain, model = chunked.chain, chunked
     h, _ = model.body(x)
