@@ -1,17 +1,23 @@
 """Titans and HOPE against the transformer at the hope_vs_titan size: training tokens/s as
 ratios measured in one run, and each kind's peak memory per trial at larger widths.
 
-    python bench/memory_kinds.py [--steps 20] [--widths 256,768] [--chunks 16,64]
+    python bench/memory_kinds.py [--steps 8] [--rounds 6] [--widths 256,768] [--chunks 16,64]
                                  [--inner-chunk 16]
 
 Speed: every variant of search_spaces/hope_vs_titan.yaml (its exact trial config, seed 0)
-trains one untimed step, then `--steps` timed steps, in this process, one kind after the
-other, so the ratios share the machine's state; the hope kinds also with their CMS chain
-read in chunks of `--inner-chunk` tokens (cms.inner_chunk). Memory: each (kind, d_model,
+is built in this process and trains one untimed step; then `--rounds` rounds each time
+`--steps` steps of every kind in turn, and each kind's tokens/s is that of its fastest
+round, so that the ratios share the machine's state and a passing slowdown of the
+machine does not land on one kind; the hope kinds also with their CMS chain read in chunks
+of `--inner-chunk` tokens (cms.inner_chunk). Memory: each (kind, d_model,
 memory_chunk) trains 2 steps in a fresh process at the spec's batch and sequence, d_ff =
 4 d, and reports that process's peak resident set (CPU) or peak allocation (GPU), in MiB. A
 memory whose chunk materialised one weight per token would grow with B x chunk x d^2; the
 dual form grows with B x d^2 only, so the rows for two chunk sizes should match.
+Beside each speed: the kind's matrix-multiply FLOPs per training step (torch's
+FlopCounterMode, attention included) and the transformer's FLOPs over them, the ratio a kind
+would reach at the transformer's arithmetic efficiency: a kind that does 2.5 times the
+transformer's matrix work cannot reach 0.5x of its tokens/s by removing overhead.
 A figure to read, not a test: nothing here asserts a speed.
 """
 
@@ -22,10 +28,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
-from throughput import tokens_per_s  # bench/ is this script's first import path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "search_spaces" / "hope_vs_titan.yaml"
@@ -44,6 +50,55 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
     if not raw["model"]["kind"].startswith("hope"):
         raw.pop("teach")  # only the hope kinds take a teach section
     return raw
+
+
+def interleaved_rates(configs: dict, steps: int, rounds: int) -> dict:
+    """Training tokens/s of each config: the fastest of `rounds` rounds of `steps` steps,
+    the kinds taking turns within each round."""
+    from nlsweep.train import Trainer, TrialConfig
+
+    trainers = {k: Trainer(TrialConfig.from_dict(raw)) for k, raw in configs.items()}
+    best = {}
+    for t in trainers.values():
+        t.train_step()
+    for _ in range(rounds):
+        for k, t in trainers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                t.train_step()
+            best[k] = min(best.get(k, float("inf")), time.perf_counter() - t0)
+    return {
+        k: steps * raw["data"]["batch_size"] * raw["data"]["seq_len"] / best[k]
+        for k, raw in configs.items()
+    }
+
+
+def step_flops(raw: dict) -> float:
+    """Matrix-multiply FLOPs of one training step (after one untimed step)."""
+    from torch.utils.flop_counter import (
+        FlopCounterMode,
+        sdpa_backward_flop_count,
+        sdpa_flop_count,
+    )
+
+    from nlsweep.train import Trainer, TrialConfig
+
+    def attention(q, k, v, *args, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    def attention_backward(grad, q, k, v, *args, **kwargs):
+        return sdpa_backward_flop_count(grad, q, k, v)
+
+    aten = torch.ops.aten  # the CPU attention kernels, which the counter does not know
+    cpu_sdpa = {
+        aten._scaled_dot_product_flash_attention_for_cpu: attention,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward,
+    }
+    t = Trainer(TrialConfig.from_dict(raw))
+    t.train_step()
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        t.train_step()
+    return float(counter.get_total_flops())
 
 
 def peak_child(variant: str, d: int, chunk: int, inner_chunk: int = 0) -> None:
@@ -68,7 +123,8 @@ def peak_child(variant: str, d: int, chunk: int, inner_chunk: int = 0) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--widths", default="256,768")
     ap.add_argument("--chunks", default="16,64")
     ap.add_argument("--kinds", default="transformer,titans,hope_attention,hope")
@@ -83,18 +139,22 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     where = torch.cuda.get_device_name(0) if gpu else f"CPU, {os.cpu_count()} cores"
     print(f"device: {where}; torch {torch.__version__}; {SPEC.name} trial configs, seed 0, "
-          f"{a.steps} timed steps after 1 untimed\n")  # fmt: skip
-    rates = {k: tokens_per_s(trial(k, a.steps)) for k in kinds}
+          f"best of {a.rounds} rounds of {a.steps} steps, kinds in turn\n")  # fmt: skip
+    n = a.steps * a.rounds + 1  # each run long enough for all its timed steps
+    configs = {k: trial(k, n) for k in kinds}
     for k in kinds if a.inner_chunk else ():
         if k.startswith("hope"):  # the chunked chain beside the exact one
-            rates[f"{k}, cms.inner_chunk {a.inner_chunk}"] = tokens_per_s(
-                trial(k, a.steps, inner_chunk=a.inner_chunk)
-            )
-    base = rates.get("transformer")
-    print("| kind | training tokens/s | / transformer |")
-    print("|---|---:|---:|")
+            configs[f"{k}, cms.inner_chunk {a.inner_chunk}"] = trial(k, n, a.inner_chunk)
+    rates = interleaved_rates(configs, a.steps, a.rounds)
+    flops = {k: step_flops(trial(k.split(",")[0], 1, a.inner_chunk if "," in k else 0))
+             for k in rates}  # fmt: skip
+    base, fbase = rates.get("transformer"), flops.get("transformer")
+    print("| kind | training tokens/s | / transformer | MFLOP / step | transformer FLOPs / these |")
+    print("|---|---:|---:|---:|---:|")
     for k, r in rates.items():
-        print(f"| {k} | {r:,.0f} | {r / base:.2f} |" if base else f"| {k} | {r:,.0f} | - |")
+        ratio = f"{r / base:.2f}" if base else "-"
+        bound = f"{fbase / flops[k]:.2f}" if fbase else "-"
+        print(f"| {k} | {r:,.0f} | {ratio} | {flops[k] / 1e6:,.0f} | {bound} |")
     unit = "peak GPU allocation" if gpu else "peak resident set"
     widths, chunks = [int(w) for w in a.widths.split(",")], [int(c) for c in a.chunks.split(",")]
     print(f"\n{unit}, MiB, after 2 training steps (batch x seq of the spec, d_ff = 4 d):\n")

@@ -83,6 +83,70 @@ def layernorm_vjp(x: torch.Tensor, g: torch.Tensor, norm: nn.LayerNorm) -> torch
     return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
 
 
+def _read(x: torch.Tensor, dw: torch.Tensor, which: int) -> torch.Tensor:
+    """x (B, n, in) dW^T for a per-row fast weight dW (B, out, in)."""
+    return torch.einsum("bni,boi->bno", x, dw)
+
+
+class _FastRead(torch.autograd.Function):
+    """x dW^T whose backward rebuilds dx = dy dW from the call's factors (`_Bank`) instead
+    of keeping dW: a fast weight changes at every level step, and keeping each one for the
+    backward pass costs B x d x d_ff per segment (B x T x d x d_ff at token period 1)."""
+
+    @staticmethod
+    def forward(ctx, x, dw, bank, which: int, clock: int):
+        ctx.bank, ctx.which, ctx.clock = bank, which, clock
+        return _read(x, dw, which)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return ctx.bank.input_grad(dy, ctx.which, ctx.clock), None, None, None, None
+
+
+class _Bank:
+    """One level's fast weights over one call of the chain, as what they are made of: the
+    state at the call's start (dW_0, M_0, G_0) and every token's gradient factors P_t (x) Q_t.
+    With the level's k-th step in the call M_k = mu M_(k-1) + G_k and dW_k = dW_(k-1) - lr M_k,
+    the weight after K steps is
+        dW_K = dW_0 - lr a_K M_0 - lr b_(K,1) G_0 - lr sum_t b_(K, j_t) P_t (x) Q_t
+    (a_K = sum_(k=1..K) mu^k, b_(K,j) = sum_(i=0..K-j) mu^i, j_t the step that took token t),
+    so dy dW_K is dy times a start-state matrix plus an attention-like (n, tokens) product:
+    B x T x (d + d_ff) for the whole call, not a weight per segment."""
+
+    def __init__(self, start: list, lr: float, mu: float, period: int, c0: int):
+        self.start, self.lr, self.mu, self.p, self.c0 = start, lr, mu, period, c0
+        self.parts: dict[int, list] = {2: [], 5: []}
+        self.whole: dict[int, tuple] = {}
+
+    def add(self, pairs) -> None:
+        for which, (P, Q) in zip((2, 5), pairs):
+            self.parts[which].append((P, Q))
+
+    def reader(self, clock: int):
+        """The read of a segment starting at `clock` (absolute token time)."""
+        return lambda x, dw, which: _FastRead.apply(x, dw, self, which, clock)
+
+    def input_grad(self, dy: torch.Tensor, which: int, clock: int) -> torch.Tensor:
+        p, mu, c0 = self.p, self.mu, self.c0
+        K = clock // p - c0 // p  # this level's steps in the call before the segment
+        dw0, m0, g0 = (self.start[which + k] for k in (-2, -1, 0))
+        D = dw0
+        if K:
+            a = sum(mu**k for k in range(1, K + 1))
+            D = D - self.lr * (a * m0 + sum(mu**i for i in range(K)) * g0)
+        dx = torch.einsum("bno,boi->bni", dy, D.to(dy.dtype))
+        L = (clock // p) * p - c0  # tokens of windows already stepped
+        if L > 0:
+            if which not in self.whole:
+                self.whole[which] = tuple(torch.cat(t, dim=1) for t in zip(*self.parts[which]))
+            P, Q = (t[:, :L].to(dy.dtype) for t in self.whole[which])
+            j = torch.arange(c0, c0 + L, device=dy.device) // p - c0 // p + 1
+            e = (K - j).to(dy.dtype)
+            b = (1 - mu ** (e + 1)) / (1 - mu)  # mu < 1
+            dx = dx - self.lr * ((dy @ P.transpose(1, 2)) * b) @ Q
+        return dx
+
+
 class CMSBlock(nn.Module):
     """One CMS level: a residual MLP whose weights carry per-row fast weights."""
 
@@ -92,15 +156,16 @@ class CMSBlock(nn.Module):
         self.w1 = nn.Linear(d, d_ff)
         self.w2 = nn.Linear(d_ff, d)
 
-    def forward(self, y: torch.Tensor, dw1: torch.Tensor, dw2: torch.Tensor):
+    def forward(self, y: torch.Tensor, dw1: torch.Tensor, dw2: torch.Tensor, read=None):
         """y (B, n, d) -> (y + MLP(LN y), (y, u, z, a)) with the cache kept for the inner
-        update."""
+        update; `read(x, dW, which)` = x dW^T (default: kept for backward as it is)."""
+        read = read or _read
         u = self.norm(y)
         # (W + dW) u through the module, so that optimizers hooking nn.Linear inputs (the
         # delta rule) see the block's inputs
-        z = self.w1(u) + torch.einsum("bnd,bfd->bnf", u, dw1)
+        z = self.w1(u) + read(u, dw1, 2)
         a = F.gelu(z)
-        return y + self.w2(a) + torch.einsum("bnf,bdf->bnd", a, dw2), (y, u, z, a)
+        return y + self.w2(a) + read(a, dw2, 5), (y, u, z, a)
 
     def inner_grads(self, g, cache, dw1, dw2, carry: bool):
         """For the error g (B, n, d) at the block's output: the per-token grads of
@@ -126,6 +191,8 @@ class CMSChain(nn.Module):
         self.blocks = nn.ModuleList(CMSBlock(d, d_ff) for _ in periods)
         self.periods, self.lr, self.momentum, self.teach = list(periods), list(lr), momentum, teach
         self.chunk = chunk or self.periods[0]  # tokens read with one set of fast weights
+        self.d, self.d_ff = d, d_ff
+        self.dual: bool | None = None  # rebuild dW in backward (`_Bank`); None: when smaller
         self.register_buffer("updates", torch.zeros(len(periods), dtype=torch.long))
         self.register_buffer("last_norm", torch.zeros(len(periods)))
         self.stats: dict[str, float] = {}
@@ -156,12 +223,16 @@ class CMSChain(nn.Module):
         clock = state[-1]
         c0 = int(clock[0].item())  # rows move in lockstep: one host read per call
         learn = targets is not None and scale > 0
-        t0, logits_all = 0, []
+        t0, logits_all, stepped = 0, [], {}
+        banks = None
+        if learn and torch.is_grad_enabled() and self._dual(T):
+            banks = [_Bank(list(f), lr, self.momentum, p, c0)
+                     for f, lr, p in zip(fast, self.lr, self.periods)]  # fmt: skip
         while t0 < T:
             t1 = min(T, t0 + self.chunk - (c0 + t0) % self.chunk)
             y, saved = h[:, t0:t1], []
-            for blk, f in zip(self.blocks, fast):
-                y, cache = blk(y, f[0], f[3])
+            for i, (blk, f) in enumerate(zip(self.blocks, fast)):
+                y, cache = blk(y, f[0], f[3], banks[i].reader(c0 + t0) if banks else None)
                 saved.append(cache)
             hn = norm_out(y)
             logits = head(hn)
@@ -169,10 +240,24 @@ class CMSChain(nn.Module):
             if learn:
                 factors = self._learn(y, logits, targets[:, t0:t1], head, norm_out, saved, fast,
                                       scale)  # fmt: skip
-                self._absorb(factors, fast, c0 + t0, c0 + t1)
+                for bank, pairs in zip(banks or (), factors):
+                    bank.add(pairs)
+                self._absorb(factors, fast, c0 + t0, c0 + t1, stepped)
             t0 = t1
+        self._count(stepped, fast)
         new_state = tuple(t for f in fast for t in f) + (clock + T,)
         return torch.cat(logits_all, dim=1), new_state
+
+    def _dual(self, T: int) -> bool:
+        """Whether the backward pass rebuilds the fast weights from the call's B x T x
+        (d + d_ff) factors (`_Bank`) rather than keeping the B x d x d_ff weight of each of
+        its segments: when that keeps at least 8 times less. The rebuild costs up to
+        T (d + d_ff) / (2 d d_ff) more backward FLOPs (at d 32 it was 15-22% slower, at
+        d 256 the kept weights are 16 x 1 MiB per row for a 64-token call)."""
+        if self.dual is not None:
+            return self.dual
+        segments = -(-T // self.chunk)
+        return segments * self.d * self.d_ff > 8 * T * (self.d + self.d_ff)
 
     def _learn(self, y, logits, targets, head, norm_out, saved, fast, scale):
         """Per block, the per-token gradient factors of the segment (`CMSBlock.inner_grads`),
@@ -191,33 +276,38 @@ class CMSChain(nn.Module):
                 factors[i] = (g1, g2)
             return factors
 
-    def _absorb(self, factors, fast, start: int, end: int) -> None:
-        """Add a segment's per-token gradients (clock times start..end) to the pending sums
-        window by window of the fastest period, stepping each level at its boundaries: in
-        the exact form the segment is one window, ending at `end`."""
-        p0 = self.periods[0]
-        ends = [e for e in range(start + 1, end) if e % p0 == 0] + [end]
-        a = start
-        for e in ends:
-            for f, pairs in zip(fast, factors):
-                for (x, w), g in zip(pairs, (2, 5)):
+    def _absorb(self, factors, fast, start: int, end: int, stepped: dict) -> None:
+        """Add a segment's per-token gradients (clock times start..end) to each level's
+        pending sum, window by window of that level's own period, stepping the level at
+        each boundary; `stepped` counts the steps per level. In the exact form the segment
+        ends at the fastest period's next boundary, so each level has one window."""
+        for i, (p, f, pairs) in enumerate(zip(self.periods, fast, factors)):
+            cuts = [start, *range((start // p + 1) * p, end, p), end]
+            for g, (x, w) in zip((2, 5), pairs):
+                for a, e in zip(cuts, cuts[1:]):  # (one window at a time: each is B x d x d_ff)
                     f[g] = f[g] + torch.einsum("bnf,bnd->bfd", x[:, a - start : e - start],
                                                w[:, a - start : e - start])  # fmt: skip
-            for i, (p, f) in enumerate(zip(self.periods, fast)):
-                if e % p == 0:
-                    self._step_level(i, f)
-            a = e
+                    if e % p == 0:
+                        self._step_level(i, f, g)
+            stepped[i] = stepped.get(i, 0) + sum(e % p == 0 for e in cuts[1:])
 
-    def _step_level(self, i: int, f: list) -> None:
-        with torch.no_grad():
-            for dw, m, g in ((0, 1, 2), (3, 4, 5)):
-                f[m] = self.momentum * f[m] + f[g]
-                step = self.lr[i] * f[m]
-                f[dw] = f[dw] - step
-                f[g] = torch.zeros_like(f[g])
-            if self.training:
-                self.updates[i] += 1
-                self.last_norm[i] = step.flatten(1).norm(dim=1).mean()
+    def _step_level(self, i: int, f: list, g: int) -> None:
+        """One inner step of level i's fast weight dW (index g - 2 in f) from its pending
+        sum G (index g): M <- mu M + G; dW <- dW - lr M; G <- 0."""
+        dw, m = g - 2, g - 1
+        f[m] = f[g] if not self.momentum else torch.add(f[g], f[m], alpha=self.momentum)
+        f[dw] = torch.add(f[dw], f[m], alpha=-self.lr[i])
+        f[g] = torch.zeros_like(f[g])
+
+    def _count(self, stepped: dict, fast) -> None:
+        """Once per call: the levels' update counters and the norm of each stepped level's
+        last step (of its W2; lr times its momentum M), rather than a sync at every step."""
+        if not self.training or not any(stepped.values()):
+            return
+        for i, k in stepped.items():
+            if k:
+                self.updates[i] += k
+                self.last_norm[i] = self.lr[i] * fast[i][4].flatten(1).norm(dim=1).mean()
 
     def read_stats(self) -> dict[str, float]:
         """Inner-update counters and the teach signal's statistics since the last read."""

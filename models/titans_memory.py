@@ -13,8 +13,8 @@ Notation (shared notes §1; per batch row, per token t)
     y_t       = M_{W_t}(q_t) W_O
 c(t) is the memory at the start of t's chunk of `chunk` tokens: every gradient of a chunk is
 taken at one memory, so a chunk's gradients are one batched call and, the gradients being
-fixed, both recurrences unroll into products of the gates (`_chunk`: cumulative log-gate
-sums, no loop over tokens); and each gradient being an outer product x_t (x) y_t, a read
+fixed, both recurrences unroll into products of the gates (`_ends`, `_reads`: cumulative
+log-gate sums, no loop over tokens); and each gradient being an outer product x_t (x) y_t, a read
 M_{W_t}(q_t) is an attention-like (n, n) product, so no per-token W_t is ever formed (the
 "dual form": memory B x d x h per weight, not B x chunk x d x h). With chunk 1
 it is the token-by-token recurrence exactly. `reference_forward` is that recurrence written
@@ -102,7 +102,7 @@ class NeuralMemory(nn.Module):
         with torch.no_grad():  # start with slow writes, strong momentum, little forgetting
             self.gates.bias.copy_(torch.tensor([-2.0, 1.0, -4.0]))
         self.write_scale = 1.0
-        self.diagnostics: dict[str, torch.Tensor] = {}  # of the last training batch
+        self._last: list = []  # what `diagnostics` reads: of the last training batch
         # Training tokens written so far: a counter proving the memory acted; a buffer, so
         # it checkpoints with the model.
         self.register_buffer("writes", torch.zeros((), dtype=torch.long))
@@ -162,23 +162,29 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
-        ys, sizes = [], []
         b, cuts = self.cfg.memory_chunk, [0]
         while cuts[-1] < T:  # segments: the rest of the current chunk, then whole chunks
             cuts.append(min(T, cuts[-1] + b - (pos + cuts[-1]) % b))
-        for (t0, t1), gates in zip(zip(cuts, cuts[1:]), self._segment_gates(cuts, eta, alpha)):
+        gates = self._segment_gates(cuts, eta, alpha)
+        # Two passes. Only the state is sequential (each chunk's gradients are taken at the
+        # memory the chunk before left), so the first pass carries W, S from chunk to chunk
+        # alone; the second reads every chunk in one batch from its start state. At small
+        # widths the memory's time is its number of kernels, and the reads are most of them.
+        segs, sizes = [], []
+        for i, (t0, t1) in enumerate(zip(cuts, cuts[1:])):
             sl = slice(t0, t1)
             fs = self.factors(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
             # ||x (x) y||_F = ||x|| ||y||: each token's gradient norm without forming it
             with torch.no_grad():
                 size = theta[:, sl] * sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs).sqrt()
             rate = theta[:, sl] * self._bound(size)
-            y, ws, ss = self._chunk(ws, ss, fs, q[:, sl], rate, gates)
-            ys.append(y)
+            segs.append((fs, rate, ws, ss))
+            ws, ss = self._ends(ws, ss, fs, rate, gates, i)
             sizes.append(size)
             pos = (pos + t1 - t0) % b
             if pos == 0:
                 cs = ws
+        y = self._reads(segs, q, cuts, gates)
         if self.training and self.write_scale:
             self.writes += B * T
             with torch.no_grad():
@@ -187,20 +193,29 @@ class NeuralMemory(nn.Module):
                 if over is not None:
                     self.bounded += over.sum()
                 self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
-                # What a diverging memory shows first (read at evaluations, no sync here):
-                # its weights' norm, the size of the values it is asked to store, its gates.
-                self.diagnostics = {
-                    "weight_norm": sum(w.flatten(1).norm(dim=1).mean() for w in ws),
-                    "value_norm": v.norm(dim=-1).mean(),
-                    "theta_mean": theta.mean(),
-                    "theta_max": theta.max(),
-                    "eta_mean": eta.mean(),
-                    "alpha_mean": alpha.mean(),
-                    "alpha_min": alpha.min(),
-                    "write_max": size.max(),  # before the bound
-                    "bound_rate": over.float().mean() if over is not None else size.new_zeros(()),
-                }
-        return self.out(torch.cat(ys, dim=1)), self._state(ws, ss, cs, pos)
+                self._last = [t.detach() for t in (*ws, v, theta, eta, alpha, size)] + [over]
+        return self.out(y), self._state(ws, ss, cs, pos)
+
+    @property
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """What a diverging memory shows first, of the last training batch: its weights'
+        norm, the size of the values it is asked to store, its gates, the largest write
+        before the bound and the share of writes bounded. Computed when read (at
+        evaluations), not at every step."""
+        if not self._last:
+            return {}
+        *ws, v, theta, eta, alpha, size, over = self._last
+        return {
+            "weight_norm": sum(w.flatten(1).norm(dim=1).mean() for w in ws),
+            "value_norm": v.norm(dim=-1).mean(),
+            "theta_mean": theta.mean(),
+            "theta_max": theta.max(),
+            "eta_mean": eta.mean(),
+            "alpha_mean": alpha.mean(),
+            "alpha_min": alpha.min(),
+            "write_max": size.max(),
+            "bound_rate": over.float().mean() if over is not None else size.new_zeros(()),
+        }
 
     def _bound(self, size: torch.Tensor) -> torch.Tensor:
         """The factor (<= 1) that scales each token's write theta_t grad l_t, of Frobenius norm
@@ -233,19 +248,32 @@ class NeuralMemory(nn.Module):
             return list(self.init_weights)
         return [None] * len(self.init_weights)
 
-    @torch.compiler.disable  # as `_chunk` (below): its decays are part of what gave NaN
+    # Eager under torch.compile: compiled with bf16 autocast, the memory's backward gave NaN
+    # at the second step of a titans trial (eager bf16 and compiled fp32 trained normally).
+    @torch.compiler.disable
     def _segment_gates(self, cuts: list[int], eta: torch.Tensor, alpha: torch.Tensor):
-        """Per segment [cuts[i], cuts[i+1]), what `_chunk` needs of the gates alone (they do
-        not depend on the memory): P = F E, A = F E0, F0, E0 and E's last row. Computed for
-        all segments in one batch when they are equally long (a call on the chunk grid),
-        since at small widths the memory's time is its number of kernels, not their size."""
+        """What the closed form (`_reads`) needs of the gates alone (they do not depend on
+        the memory), per segment [cuts[i], cuts[i+1]): P = F E, A = F E0 and F0, for groups
+        of equally long consecutive segments stacked as (B, segments, ...) (one group for a
+        call on the chunk grid); and per segment, what its last W and S need (`_ends`): the
+        last rows of P and E, and A, F0, E0 at its last token."""
         spans = list(zip(cuts, cuts[1:]))
-        n = spans[0][1] - spans[0][0]
-        if all(t1 - t0 == n for t0, t1 in spans):
-            B, c = eta.shape[0], len(spans)
-            both = self._gate_products(eta.reshape(B, c, n), alpha.reshape(B, c, n))
-            return [tuple(x[:, i] for x in both) for i in range(c)]
-        return [self._gate_products(eta[:, t0:t1], alpha[:, t0:t1]) for t0, t1 in spans]
+        B, groups, i = eta.shape[0], [], 0
+        while i < len(spans):
+            j, n = i + 1, spans[i][1] - spans[i][0]
+            while j < len(spans) and spans[j][1] - spans[j][0] == n:
+                j += 1
+            t0, t1 = spans[i][0], spans[j - 1][1]
+            shape = (B, j - i, n)
+            both = self._gate_products(eta[:, t0:t1].reshape(shape), alpha[:, t0:t1].reshape(shape))
+            groups.append((i, j, both))
+            i = j
+        ends = []
+        for _, _, (P, A, F0, E0, E_last) in groups:
+            lasts = torch.stack([A[..., -1], F0[..., -1], E0[..., -1]], dim=-1)[..., None, None]
+            ends += list(zip(zip(P[..., -1, :].unbind(1), E_last.unbind(1)),
+                             (tuple(x.unbind(1)) for x in lasts.unbind(1))))  # fmt: skip
+        return [(i, j, both[:3]) for i, j, both in groups], ends
 
     def _gate_products(self, eta: torch.Tensor, alpha: torch.Tensor):
         D, D0 = self._decay(torch.stack([eta, 1 - alpha]))  # both gates' decays in one pass
@@ -254,37 +282,49 @@ class NeuralMemory(nn.Module):
         PA = F_ @ torch.cat([E, E0.unsqueeze(-1)], dim=-1)
         return PA[..., :n], PA[..., n], F0, E0, E[..., -1, :]
 
-    # Eager under torch.compile: compiled with bf16 autocast, its backward gave NaN at the
-    # second step of a titans trial (eager bf16 and compiled fp32 trained normally).
+    # The closed form of a chunk, without forming any W_t (no loop over tokens). With
+    # u_s = -r_s x_s (x) y_s (r the bounded write rate) and the chunk's start W, S:
+    #   S_t = sum_s E[t,s] u_s + E0[t] S  (E from eta),  W_t = sum_tau F[t,tau] S_tau + F0[t] W
+    #   (F from 1 - alpha), so W_t = sum_s K[t,s] x_s (x) y_s + A[t] S + F0[t] W with
+    #   K = F E (-r), A = F E0; and a read h W_t = sum_s K[t,s] (h . x_s) y_s + A[t] h S +
+    #   F0[t] h W is an (n, n) matrix times Y: B x d x h per weight, not B x n x d x h.
+    # With forgetting toward W_0 the same holds for W - W_0.
     @torch.compiler.disable
-    def _chunk(self, ws, ss, fs, q, theta, gates):
-        """Every read-out y_t = M_{W_t}(q_t) of a chunk, and its last W and S, in closed form
-        without forming any W_t (no loop over tokens). With u_s = -theta_s x_s (x) y_s,
-        S_t = sum_s E[t,s] u_s + E0[t] S_prev  (E from eta) and
-        W_t = sum_tau F[t,tau] S_tau + F0[t] W_prev  (F from 1 - alpha), so
-        W_t = sum_s K[t,s] u_s + A[t] S_prev + F0[t] W_prev with K = F E, A = F E0, and a read
-        h W_t = sum_s K[t,s] (-theta_s) (h . x_s) y_s + A[t] h S_prev + F0[t] h W_prev: an
-        (n, n) matrix times Y, so the memory costs B x d x h per weight, not B x n x d x h.
-        `gates`: `_gate_products` of the chunk's eta and alpha."""
-        P, A, F0, E0, E_last = gates
-        K = P * -theta.unsqueeze(1)  # (B, n, n): coefficient of x_s (x) y_s in W_t
-        ends = torch.stack([K[:, -1], E_last * -theta], dim=1)  # of x_s (x) y_s in last W, S
-        h, new_ws, new_ss = q, [], []
-        for j, ((X, Y), w, s, w0) in enumerate(zip(fs, ws, ss, self._anchors())):
+    def _ends(self, ws, ss, fs, rate, gates, i: int):
+        """The W and S after segment i (from its start `ws`, `ss`, factors and rates)."""
+        (k_last, e_last), (A, F0, E0) = gates[1][i]
+        k_last, e_last = k_last * -rate, e_last * -rate  # of x_s (x) y_s in the last W, S
+        new_ws, new_ss = [], []
+        for (X, Y), w, s, w0 in zip(fs, ws, ss, self._anchors()):
             Xt = X.transpose(-1, -2)
-            parts = [Xt, s, w] + ([] if w0 is None else [w0.expand_as(w)])
-            widths = [Xt.shape[-1]] + [w.shape[-1]] * (len(parts) - 1)
-            reads = (h @ torch.cat(parts, dim=-1)).split(widths, dim=-1)
-            z = (reads[0] * K) @ Y + A[..., None] * reads[1] + F0[..., None] * reads[2]
-            last_w, last_s = ((Xt.unsqueeze(1) * ends[..., None, :]) @ Y.unsqueeze(1)).unbind(1)
-            last_w = last_w + A[:, -1, None, None] * s + F0[:, -1, None, None] * w
-            if w0 is not None:  # the same recurrence for W - W_0
-                z = z + (1 - F0[..., None]) * reads[3]
-                last_w = last_w + (1 - F0[:, -1, None, None]) * w0
-            h = F.silu(z) if j + 1 < len(ws) else z
+            last_w = Xt @ (k_last.unsqueeze(-1) * Y) + A * s + F0 * w
+            last_s = Xt @ (e_last.unsqueeze(-1) * Y)
+            if w0 is not None:
+                last_w = last_w + (1 - F0) * w0
             new_ws.append(last_w)
-            new_ss.append(last_s + E0[:, -1, None, None] * s)
-        return h, new_ws, new_ss
+            new_ss.append(last_s + E0 * s)
+        return new_ws, new_ss
+
+    @torch.compiler.disable
+    def _reads(self, segs, q: torch.Tensor, cuts: list[int], gates) -> torch.Tensor:
+        """Every read-out y_t = M_{W_t}(q_t), one batch per group of equally long segments:
+        `segs` holds each segment's factors, rates and start W, S."""
+        B, out = q.shape[0], []
+        for i, j, (P, A, F0) in gates[0]:
+            part = segs[i:j]
+            c, n = j - i, (cuts[j] - cuts[i]) // (j - i)
+            K = P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)
+            h = q[:, cuts[i] : cuts[j]].reshape(B, c, n, -1)
+            for m, w0 in enumerate(self._anchors()):
+                X, Y, w, s = (torch.stack(t, dim=1) for t in zip(*(
+                    (*fs[m], ws[m], ss[m]) for fs, _, ws, ss in part)))  # fmt: skip
+                z = ((h @ X.transpose(-1, -2)) * K) @ Y + A[..., None] * (h @ s)
+                z = z + F0[..., None] * (h @ w)
+                if w0 is not None:
+                    z = z + (1 - F0[..., None]) * (h @ w0)
+                h = F.silu(z) if m + 1 < len(self.init_weights) else z
+            out.append(h.reshape(B, c * n, -1))
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def reference_forward(self, x: torch.Tensor, state=None, chunk: int | None = None):
         """The recurrence token by token, each gradient by autograd at the memory of its

@@ -298,3 +298,38 @@ def test_chunked_chain_equals_its_definition_and_chunk_of_the_fastest_period_is_
     for i, f in enumerate(fast):
         for k in range(6):
             assert torch.allclose(s_got[6 * i + k], f[k], atol=1e-10, rtol=0), (i, k)
+
+
+@pytest.mark.parametrize(
+    ("periods", "momentum", "chunk", "cuts"),
+    [((2, 4), 0.5, 0, (0, 5, 16)), ((1, 4), 0.0, 0, (0, 3, 16)), ((2, 8), 0.7, 4, (0, 6, 16))],
+)
+def test_dual_backward_equals_keeping_each_fast_weight(periods, momentum, chunk, cuts):
+    """The backward pass that rebuilds dy dW from the call's start state and its tokens'
+    factors (`_Bank`) gives every outer parameter and the input the same gradient as the one
+    that keeps each segment's fast weight, in float64: with momentum, a chunked chain, and a
+    second call that starts mid-window (pending sums and momenta from the first)."""
+    grads = {}
+    for dual in (False, True):
+        torch.manual_seed(2)
+        cms = CMSConfig(token_periods=list(periods), inner_lr=0.05, inner_momentum=momentum,
+                        inner_chunk=chunk)  # fmt: skip
+        cfg = HopeAttentionConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32)
+        model = HopeAttention(cfg, V, cms, TeachConfig()).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        model.chain.dual = dual
+        x, y = torch.randint(0, V, (2, 16)), torch.randint(0, V, (2, 16))
+        y[1, 7] = IGNORE
+        h = model.body(x)[0].detach().requires_grad_(True)
+        state, loss = None, 0
+        for a, b in zip(cuts, cuts[1:]):
+            logits, state = model.chain(h[:, a:b], state, model.head, model.norm_out,
+                                        y[:, a:b], 1.0)  # fmt: skip
+            loss = loss + (logits * torch.linspace(-1, 1, V, dtype=logits.dtype)).pow(2).sum()
+        params = [h, *model.chain.parameters(), *model.head.parameters()]
+        grads[dual] = torch.autograd.grad(loss, params)
+    assert any(float(g.abs().sum()) > 0 for g in grads[True])
+    for kept, rebuilt in zip(grads[False], grads[True]):
+        assert torch.allclose(kept, rebuilt, atol=1e-11, rtol=1e-9)
