@@ -48,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="archive the earlier experiment folder of this spec and run the sweep anew",
     )
+    again.add_argument(
+        "--extend",
+        action="store_true",
+        help="grow the sweep of this spec: run only the trials that values added to its grid "
+        "ask for, in the same experiment and MLflow parent run (any other change is refused)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -112,7 +118,8 @@ def resume_command(argv: list[str]) -> str:
     """The command that resumes the sweep `argv` (this CLI's arguments) started."""
     import shlex
 
-    args = [a for a in argv[argv[:1] == ["run"] :] if a not in ("--restart", "--resume")]
+    drop = ("--restart", "--resume", "--extend")
+    args = [a for a in argv[argv[:1] == ["run"] :] if a not in drop]
     return shlex.join(["python", "run_sweep.py", *args, "--resume"])
 
 
@@ -230,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return sweep.run_sweep(
-            spec, resume=args.resume, restart=args.restart, resume_command=resume_command(argv)
+            spec,
+            resume=args.resume,
+            restart=args.restart,
+            resume_command=resume_command(argv),
+            extend=args.extend,
         )
     except (SpecError, TrackingError, ExperimentError, ClusterError) as e:
         print(e, file=sys.stderr)

@@ -33,6 +33,17 @@ class Marker:
     tracking_uri: str
     fingerprint: str
     spec_file: str
+    fixed: str = ""
+    """JSON of what the fingerprint hashes (`Spec.fixed`); empty in folders made before
+    `--extend` existed."""
+    trials: str = ""
+    """Trials the experiment's current Tune run plans (an extension: its new ones only)."""
+
+
+def new_marker(spec, parent_run_id: str, trials: int) -> Marker:
+    """The marker of a sweep (`nlsweep.spec.Spec`) that starts, or grows, now."""
+    fixed = json.dumps(spec.fixed, sort_keys=True)
+    return Marker(parent_run_id, spec.tracking_uri, spec.fingerprint, spec.path, fixed, str(trials))
 
 
 def experiment_path(storage: str, name: str) -> str:
@@ -82,7 +93,9 @@ def read_marker(path: str) -> Marker | None:
     try:
         with fs.open_input_stream(f"{p.rstrip('/')}/{MARKER}") as f:
             raw = json.loads(f.read().decode())
-        return Marker(**{k: str(raw[k]) for k in Marker.__dataclass_fields__})
+        optional = ("fixed", "trials")
+        return Marker(**{k: str(raw[k] if k not in optional else raw.get(k, ""))
+                         for k in Marker.__dataclass_fields__})  # fmt: skip
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -8,11 +8,15 @@ or moved when one is raised (an archive is the last step, after every check pass
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
+from models.common import ConfigError
 from nlsweep import seal
 from nlsweep.data import DataError, cached_overlap, check_fits, load_texts
 from nlsweep.experiment import (
@@ -25,6 +29,7 @@ from nlsweep.experiment import (
     refusal,
     restorable,
 )
+from nlsweep.grow import new_points
 from nlsweep.space import candidate_values
 from nlsweep.spec import Spec, SpecError
 from nlsweep.tasks import TASKS
@@ -190,19 +195,24 @@ def adopt_tracking_uri(spec: Spec, resume: bool, out=print) -> None:
         spec.tracking_uri = marker.tracking_uri
 
 
-def prepare(spec: Spec, resume: bool, restart: bool, tracker, out=print) -> Marker | None:
+def prepare(
+    spec: Spec, resume: bool, restart: bool, tracker, out=print, extend: bool = False
+) -> Marker | None:
     """Every check on what an earlier run left: returns the marker of the experiment to
-    resume (its files verified against the digests the sweep recorded, `nlsweep.seal`), or
-    None to start a new one (after archiving the old folder with --restart). Nothing is
-    read from the folder but JSON before that verification."""
+    resume or extend (its files verified against the digests the sweep recorded,
+    `nlsweep.seal`), or None to start a new one (after archiving the old folder with
+    --restart). Nothing is read from the folder but JSON before that verification."""
     path = experiment_path(spec.storage, spec.name)
     marker = None
+    if extend and not restorable(path):
+        raise ExperimentError(f"{path}: no sweep to extend there; run it without --extend")
     if restorable(path):
-        if not (resume or restart):
+        if not (resume or restart or extend):
             raise refusal(path, *trial_counts(spec, path))
-        if resume:
+        if resume or extend:
             marker = read_marker(path)
-            check_resumable(path, marker, spec.fingerprint, spec.tracking_uri)
+            fingerprint = marker.fingerprint if extend and marker else spec.fingerprint
+            check_resumable(path, marker, fingerprint, spec.tracking_uri)
             if not tracker.has_run(marker.parent_run_id):
                 raise ExperimentError(
                     f"{path}: its MLflow parent run {marker.parent_run_id} is not in "
@@ -215,3 +225,33 @@ def prepare(spec: Spec, resume: bool, restart: bool, tracker, out=print) -> Mark
     if restart and restorable(path):
         out(f"archived the earlier experiment to {archive(path)}")
     return marker
+
+
+@dataclass
+class Growth:
+    """What `--extend` runs: the new grid points, after the `unfinished` of the `ran` trials
+    the experiment planned."""
+
+    points: list[dict]
+    ran: int
+    unfinished: int
+
+
+def extension(spec: Spec, marker: Marker, path: str) -> Growth:
+    """The new trials `spec` adds to the experiment at `path` (one line, exit 2, for any
+    other change to the spec), and how many of the experiment's own trials have not ended."""
+    if not marker.fixed:
+        raise ExperimentError(
+            f"{path}: it was started before --extend existed, so its space is not on record; "
+            "finish it with --resume, or --restart it with the larger space"
+        )
+    old = json.loads(marker.fixed)
+    try:
+        points = new_points(old, spec.fixed)
+    except ConfigError as e:
+        raise SpecError.at(spec, e.key, e.expected) from None
+    ran = int(marker.trials) if marker.trials else math.prod(
+        len(d["grid"]) for d in old["space"].values()
+    )  # fmt: skip
+    finished, _ = trial_counts(spec, path)
+    return Growth(points, ran, max(0, ran - finished))

@@ -278,3 +278,24 @@ def _fetch(uri: str, folder: str) -> None:
     else:
         fs, root = pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
     pyarrow.fs.copy_files(root, folder, source_filesystem=fs)
+
+
+def outage(e: BaseException) -> TrackingOutage | None:
+    """The tracking outage behind an error Tune or Ray Client wrapped, if that is what it is."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, TrackingOutage):
+            return e
+        lines = [ln for ln in str(e).splitlines() if "TrackingOutage: " in ln]
+        if lines:  # rebuilt from its text by Ray Client or Tune
+            return TrackingOutage(lines[-1].split("TrackingOutage: ", 1)[1].strip())
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def close_open_runs(tracker: Tracker, parent_id: str) -> int:
+    """Mark the runs of trials that never ended (the sweep was stopped) KILLED."""
+    open_runs = [r for r in tracker.children(parent_id).values() if r.info.status == "RUNNING"]
+    for r in open_runs:
+        tracker.end(r.info.run_id, "KILLED")
+    return len(open_runs)

@@ -112,6 +112,12 @@ class Spec:
     def fingerprint(self) -> str:
         """Hash of everything that decides which trials run and how (after --set and --smoke);
         an interrupted sweep resumes only under the same fingerprint."""
+        return hashlib.sha256(json.dumps(self.fixed, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def fixed(self) -> dict:
+        """What the fingerprint hashes, as JSON-ready data (kept beside the experiment, so
+        that `--extend` can say what changed)."""
         fixed = {
             "name": self.name,
             "metric": self.metric,
@@ -123,7 +129,7 @@ class Spec:
             "max_concurrent": self.max_concurrent,
             "max_failures": self.max_failures,
         }
-        return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
+        return json.loads(json.dumps(fixed, default=str))
 
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
         """The trial config for one point of the space (dotted path -> value)."""

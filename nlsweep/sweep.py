@@ -31,8 +31,8 @@ from nlsweep.config import flatten, to_dict
 from nlsweep.experiment import (
     TUNER_FILE,
     ExperimentError,
-    Marker,
     experiment_path,
+    new_marker,
     read_bytes,
     write_marker,
 )
@@ -41,12 +41,13 @@ from nlsweep.preflight import (
     adopt_tracking_uri,
     check_shared_storage,
     check_storage,
+    extension,
     prepare,
     prepare_data,
 )
 from nlsweep.report import write_report
 from nlsweep.resources import check_resources
-from nlsweep.runlog import RunLogger, TrackingOutage
+from nlsweep.runlog import RunLogger, close_open_runs, outage
 from nlsweep.runtime import describe_hardware
 from nlsweep.seal import Seal
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, as_spec, short_names
@@ -86,11 +87,13 @@ def to_tune(dist) -> Any:
     raise TypeError(f"not a distribution: {dist!r}")
 
 
-def make_search_alg(spec: Spec, seal: Seal | None = None):
+def make_search_alg(spec: Spec, seal: Seal | None = None, points: list | None = None):
     plan = spec.plan
     if plan.algorithm in ("grid", "random"):
         # Ray ignores TuneConfig.max_concurrent_trials for a generator instance: cap it here.
-        alg = SealedVariants(random_state=plan.seed, max_concurrent=spec.max_concurrent)
+        alg = SealedVariants(
+            random_state=plan.seed, max_concurrent=spec.max_concurrent, points_to_evaluate=points
+        )
         alg.seal = seal
         return alg
     import optuna
@@ -168,27 +171,6 @@ def _last_error_line(trial) -> str:
         return "unknown error"
 
 
-def _outage(e: BaseException) -> TrackingOutage | None:
-    """The tracking outage behind an error Tune or Ray Client wrapped, if that is what it is."""
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, TrackingOutage):
-            return e
-        lines = [ln for ln in str(e).splitlines() if "TrackingOutage: " in ln]
-        if lines:  # rebuilt from its text by Ray Client or Tune
-            return TrackingOutage(lines[-1].split("TrackingOutage: ", 1)[1].strip())
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
-
-def close_open_runs(tracker: Tracker, parent_id: str) -> int:
-    """Mark the runs of trials that never ended (the sweep was stopped) KILLED."""
-    open_runs = [r for r in tracker.children(parent_id).values() if r.info.status == "RUNNING"]
-    for r in open_runs:
-        tracker.end(r.info.run_id, "KILLED")
-    return len(open_runs)
-
-
 def run_sweep(
     spec: Spec,
     out=print,
@@ -196,21 +178,23 @@ def run_sweep(
     resume: bool = False,
     restart: bool = False,
     resume_command: str = "",
+    extend: bool = False,
 ) -> int:
-    """Run (or resume) the whole sweep and write its report; the exit code: 0 every trial
-    finished, 1 some failed, 3 the tracking store stayed away (resume once it is back),
-    130 interrupted (the message says how to resume)."""
+    """Run (or resume, or extend) the whole sweep and write its report; the exit code: 0
+    every trial finished, 1 some failed, 3 the tracking store stayed away (resume once it is
+    back), 130 interrupted (the message says how to resume)."""
     bound_http_calls()
     prepare_data(spec)  # bad data: one line before the tracking store or storage is touched
-    adopt_tracking_uri(spec, resume, out)
+    adopt_tracking_uri(spec, resume or extend, out)
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
     check_storage(spec)
     lock = ExperimentLock(spec.storage, spec.name).acquire()
     cluster = monitor = None
     try:
-        marker = prepare(spec, resume, restart, tracker, out)
+        marker = prepare(spec, resume, restart, tracker, out, extend)
         path = experiment_path(spec.storage, spec.name)
+        growth = extension(spec, marker, path) if extend else None
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
         cluster = start_ray()
         try:
@@ -227,10 +211,11 @@ def run_sweep(
             )
         # Tune reads the earlier run's state now, before any run is reopened: a file it
         # cannot read is one line, and the sweep stays as resumable as it was.
-        tuner = None if marker is None else restore_tuner(spec, path)
+        restore = marker is not None and (not growth or growth.unfinished)
+        tuner = restore_tuner(spec, path) if restore else None
         if marker is None:
             parent_id, base_tags = open_sweep_run(tracker, spec)
-            write_marker(path, Marker(parent_id, spec.tracking_uri, spec.fingerprint, spec.path))
+            write_marker(path, new_marker(spec, parent_id, spec.plan.trials))
         else:
             parent_id = marker.parent_run_id
             tracker.experiment(spec.name)
@@ -246,33 +231,45 @@ def run_sweep(
         wanted = spec.tracking.system_metrics
         if wanted == "on" or (wanted == "auto" and not cluster.client):
             monitor = tracker.monitor_system(parent_id)
-        try:
-            if tuner is None:
-                sealing = Seal(spec.tracking_uri, parent_id, path)
-                tuner = make_tuner(spec, callback, sealing)
-                with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
-                    sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
-            results = tuner.fit()
-        except BaseException as e:
-            lost = _outage(e)
-            if lost is not None:
-                out(f"{lost}\nresume with: {resume_command}")
-                return 3
-            close_open_runs(tracker, parent_id)
-            tracker.end(parent_id, "KILLED")
-            if isinstance(e, KeyboardInterrupt):
-                out(f"interrupted; resume with: {resume_command}")
-            raise
-        killed = close_open_runs(tracker, parent_id)
-        unfinished = len(results) - results.num_terminated - results.num_errors
-        if unfinished or len(results) < spec.plan.trials:
-            tracker.end(parent_id, "KILLED")
-            done = results.num_terminated + results.num_errors
-            out(
-                f"interrupted: {done} of {spec.plan.trials} trials ended; checkpoints and "
-                f"the experiment state are in {path}\nresume with: {resume_command}"
-            )
-            return 130
+        planned = int(marker.trials) if marker is not None and marker.trials else spec.plan.trials
+        again, first = resume_command, bool(growth and growth.unfinished)
+        while True:
+            if first:  # the experiment's own trials end first, then the new ones start
+                planned, again = growth.ran, resume_command.replace("--resume", "--extend")
+                out(f"extending {path}: first the {growth.unfinished} trials it had not ended")
+            elif growth:  # the new trials, in the same Ray experiment and MLflow parent run
+                write_marker(path, new_marker(spec, parent_id, len(growth.points)))
+                planned, again = len(growth.points), resume_command
+                out(f"extending {path} by {len(growth.points)} trials")
+            try:
+                if tuner is None:
+                    sealing = Seal(spec.tracking_uri, parent_id, path)
+                    tuner = make_tuner(spec, callback, sealing, growth and growth.points)
+                    with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
+                        sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
+                results = tuner.fit()
+            except BaseException as e:
+                lost = outage(e)
+                if lost is not None:
+                    out(f"{lost}\nresume with: {again}")
+                    return 3
+                close_open_runs(tracker, parent_id)
+                tracker.end(parent_id, "KILLED")
+                if isinstance(e, KeyboardInterrupt):
+                    out(f"interrupted; resume with: {again}")
+                raise
+            killed = close_open_runs(tracker, parent_id)
+            ended = results.num_terminated + results.num_errors
+            if ended < len(results) or len(results) < planned:
+                tracker.end(parent_id, "KILLED")
+                out(
+                    f"interrupted: {ended} of {planned} trials ended; checkpoints and "
+                    f"the experiment state are in {path}\nresume with: {again}"
+                )
+                return 130
+            if not first:
+                break
+            tuner, first = None, False
         rows, best, failed = summarize(spec, results)
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         print_summary(spec, rows, best, failed, parent_id, out)
@@ -328,8 +325,11 @@ class SealedSearch(_Sealed, SearchGenerator):
     pass
 
 
-def make_tuner(spec: Spec, callback: MlflowCallback, seal: Seal | None = None) -> tune.Tuner:
-    """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback."""
+def make_tuner(
+    spec: Spec, callback: MlflowCallback, seal: Seal | None = None, points: list | None = None
+) -> tune.Tuner:
+    """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback;
+    with `points` (factor -> value, `--extend`), only those points of the grid."""
     names = short_names(list(spec.space))
     reporter = tune.CLIReporter(
         parameter_columns={p: names[p] for p in spec.space},
@@ -343,9 +343,10 @@ def make_tuner(spec: Spec, callback: MlflowCallback, seal: Seal | None = None) -
         tune_config=tune.TuneConfig(
             metric=spec.metric,
             mode=spec.mode,
-            search_alg=make_search_alg(spec, seal),
+            search_alg=make_search_alg(spec, seal, points),
             scheduler=make_scheduler(spec),
-            num_samples=spec.plan.num_samples,
+            # Each preset point replaces one sample, its grid values fixed (Tune's own rule).
+            num_samples=len(points) if points else spec.plan.num_samples,
             # A trial's process is reused for the next one (saves the torch import and start-up,
             # seconds a trial); every trial seeds its RNGs and sets its threads itself.
             reuse_actors=True,

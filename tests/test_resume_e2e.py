@@ -171,6 +171,32 @@ def test_driver_sigkill_then_resume(tmp_path, straight):
     assert restored, "no trial continued from a checkpoint"
 
 
+def test_driver_sigkill_then_extend_ends_the_old_trials_first(tmp_path, straight):
+    """`--extend` of an interrupted sweep: the trials it had not ended continue from their
+    checkpoints (values equal to the uninterrupted sweep's), then only the new trial runs,
+    all under the one parent run."""
+    sweep = Sweep(tmp_path)
+    proc = sweep.start()
+    wait_for(lambda: len(sweep.checkpoints()) >= 3, "three trial checkpoints", proc=proc)
+    time.sleep(1.5)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    sweep.spec.write_text(SPEC.replace("grid: [0, 1, 2]", "grid: [0, 1, 2, 3]"))
+    rc = sweep.run("--extend")
+    log = sweep.log.read_text()
+    assert rc == 0, log[-3000:]
+    assert "first the" in log and "by 1 trials" in log
+    parents, children = sweep.runs()
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == [f"seed={i}" for i in range(4)]
+    assert all(r.info.status == "FINISHED" for r in children)
+    hist = sweep.histories()
+    assert {k: hist[k] for k in straight} == straight
+    assert [s for s, _ in hist["seed=3"]["val/bpc"]] == STEPS
+
+
 def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, straight):
     sweep = Sweep(tmp_path)
     proc = sweep.start()

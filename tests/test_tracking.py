@@ -4,9 +4,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from nlsweep.runlog import RunLogger
+from nlsweep.runlog import RunLogger, close_open_runs
 from nlsweep.spec import load_spec
-from nlsweep.sweep import close_open_runs
 from nlsweep.tracking import (
     PARENT_TAG,
     TAG_ERROR,
