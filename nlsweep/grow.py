@@ -45,6 +45,12 @@ def _grid(space: dict, factor: str, which: str) -> list:
 def new_points(old: dict, new: dict) -> list[dict[str, Any]]:
     """The trials (factor -> value) the spec `new` adds to the sweep that ran `old` (both
     `Spec.fixed`); a ConfigError (key, what was expected) for any other change."""
+    algorithm = new.get("search", {}).get("algorithm")
+    if algorithm != "grid":
+        raise ConfigError(
+            "search.algorithm", f"grid to extend the sweep (got {algorithm}: for more samples "
+            "of a random or optuna search, start a sweep with a larger num_samples)"
+        )  # fmt: skip
     for key in sorted(set(old) | set(new)):
         if key in ("space", "variants", *RUNS_TRIALS):
             continue

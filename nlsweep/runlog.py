@@ -19,25 +19,38 @@ writes first, in order, before anything else.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
+import torch
+
 from nlsweep.config import flatten, to_dict
 from nlsweep.experiment import clear_pending, read_pending, write_pending
-from nlsweep.sanity import WARNING_PREFIX
-from nlsweep.space import trial_label
-from nlsweep.spec import VARIANT, Spec, swept_values
+from nlsweep.runtime import describe_hardware
+from nlsweep.space import as_spec, trial_label
+from nlsweep.spec import VARIANT, Spec, describe, swept_values
 from nlsweep.tracking import (
+    TAG_BASELINE,
+    TAG_COMMIT,
     TAG_DIVERGED,
     TAG_ERROR,
     TAG_HARDWARE,
     TAG_RESUMED,
     TAG_ROLE,
+    TAG_SHA,
+    TAG_SPACE,
+    TAG_SPEC,
+    TAG_SPEC_SHOWN,
+    TAG_SPEC_TEXT,
     TAG_STOPPED,
     TAG_TRIAL,
+    TAG_VARIANTS,
+    WARNING_PREFIX,
     Tracker,
+    git_commit,
     transient,
 )
 from nlsweep.train import DIVERGED
@@ -299,3 +312,33 @@ def close_open_runs(tracker: Tracker, parent_id: str) -> int:
     for r in open_runs:
         tracker.end(r.info.run_id, "KILLED")
     return len(open_runs)
+
+
+def sweep_tags(spec: Spec) -> dict[str, str]:
+    """Tags every run of the sweep carries: spec file, its hash, the code's commit."""
+    shown = os.path.relpath(spec.path) if spec.path.startswith(os.getcwd() + os.sep) else spec.path
+    tags = {TAG_SPEC: spec.path, TAG_SPEC_SHOWN: shown, TAG_SHA: spec.sha256}
+    commit = git_commit()
+    if commit:
+        tags[TAG_COMMIT] = commit
+    return tags
+
+
+def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
+    """The sweep's parent run (spec settings and base config as params); its shared tags."""
+    tracker.experiment(spec.name)
+    base_tags = sweep_tags(spec)
+    params = {**describe(spec), **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()}}
+    tags = {
+        **base_tags,
+        TAG_ROLE: "sweep",
+        "mlflow.note.content": spec.description,
+        TAG_SPEC_TEXT: spec.text,
+        TAG_SPACE: json.dumps({p: as_spec(d) for p, d in spec.space.items()}),
+        TAG_BASELINE: json.dumps(spec.baseline),
+        TAG_VARIANTS: json.dumps(spec.variants),
+        TAG_HARDWARE: describe_hardware(torch.device("cpu")),
+    }
+    parent_id = tracker.start_run(spec.name, params, tags)
+    tracker.log_text(parent_id, spec.text, f"spec/{Path(spec.path).name}")
+    return parent_id, base_tags

@@ -11,10 +11,9 @@ import json
 
 from nlsweep.results import Context, Trial
 from nlsweep.stats import same_to_digits
-from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, TAG_STOPPED
+from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, TAG_STOPPED, WARNING_PREFIX
 
 LEAK_THRESHOLD = 0.01
-WARNING_PREFIX = "nlsweep.warning"
 
 
 def sanity_section(trials: list[Trial], ctx: Context) -> list[str]:

@@ -12,14 +12,12 @@ node's actor under Ray Client), never in the trial processes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
@@ -27,7 +25,6 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from models.common import ConfigError
 from nlsweep.cluster import start_ray
-from nlsweep.config import flatten, to_dict
 from nlsweep.experiment import (
     TUNER_FILE,
     ExperimentError,
@@ -36,6 +33,7 @@ from nlsweep.experiment import (
     read_bytes,
     write_marker,
 )
+from nlsweep.forecast import TrialProgress, progress_line
 from nlsweep.lock import ExperimentLock
 from nlsweep.preflight import (
     adopt_tracking_uri,
@@ -45,29 +43,16 @@ from nlsweep.preflight import (
     prepare,
     prepare_data,
 )
-from nlsweep.report import write_report
 from nlsweep.resources import check_resources
-from nlsweep.runlog import RunLogger, close_open_runs, outage
-from nlsweep.runtime import describe_hardware
+from nlsweep.runlog import RunLogger, close_open_runs, open_sweep_run, outage, sweep_tags
 from nlsweep.seal import Seal
-from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, as_spec, short_names
-from nlsweep.spec import Spec, SpecError, describe
+from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
+from nlsweep.spec import Spec, SpecError
 from nlsweep.summary import print_summary, summarize
 from nlsweep.tracking import (
-    TAG_BASELINE,
-    TAG_COMMIT,
-    TAG_HARDWARE,
     TAG_RESUMED,
-    TAG_ROLE,
-    TAG_SHA,
-    TAG_SPACE,
-    TAG_SPEC,
-    TAG_SPEC_SHOWN,
-    TAG_SPEC_TEXT,
-    TAG_VARIANTS,
     Tracker,
     bound_http_calls,
-    git_commit,
 )
 from nlsweep.trainable import make_trainable
 
@@ -274,6 +259,8 @@ def run_sweep(
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         print_summary(spec, rows, best, failed, parent_id, out)
         if report_dir is not None:
+            from nlsweep.report import write_report  # scipy and matplotlib: only now
+
             report = write_report(
                 spec.tracking_uri, spec.name, report_dir / f"{spec.name}.md", parent_id
             )
@@ -317,6 +304,25 @@ class _Sealed:
         return saved
 
 
+class EtaReporter(tune.CLIReporter):
+    """Tune's progress table, with a line of trials done/running/pending and an ETA."""
+
+    plan: tuple = (0, 1, 1, False)  # planned trials, reports per trial, concurrency, ASHA
+
+    def report(self, trials, done, *sys_info):
+        now = [
+            TrialProgress(
+                t.status,
+                int((t.last_result or {}).get("training_iteration", 0)),
+                float((t.last_result or {}).get("time_total_s", 0.0)),
+            )
+            for t in trials
+        ]
+        planned, reports, concurrency, asha = self.plan
+        line = progress_line(now, max(planned, len(trials)), reports, concurrency, asha)
+        super().report(trials, done, *sys_info, line)
+
+
 class SealedVariants(_Sealed, BasicVariantGenerator):
     pass
 
@@ -331,11 +337,18 @@ def make_tuner(
     """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback;
     with `points` (factor -> value, `--extend`), only those points of the grid."""
     names = short_names(list(spec.space))
-    reporter = tune.CLIReporter(
+    reporter = EtaReporter(
         parameter_columns={p: names[p] for p in spec.space},
         metric_columns={"step": "step", spec.metric: spec.metric},
         max_report_frequency=10,
         sort_by_metric=False,
+    )
+    train = spec.base.train
+    reporter.plan = (
+        len(points) if points else spec.plan.trials,
+        math.ceil(train.steps / train.eval_every),
+        min(spec.max_concurrent, len(points) if points else spec.plan.trials),
+        spec.scheduler.kind != "fifo",
     )
     return tune.Tuner(
         make_trainable(spec),
@@ -361,33 +374,3 @@ def make_tuner(
             verbose=1,
         ),
     )
-
-
-def sweep_tags(spec: Spec) -> dict[str, str]:
-    """Tags every run of the sweep carries: spec file, its hash, the code's commit."""
-    shown = os.path.relpath(spec.path) if spec.path.startswith(os.getcwd() + os.sep) else spec.path
-    tags = {TAG_SPEC: spec.path, TAG_SPEC_SHOWN: shown, TAG_SHA: spec.sha256}
-    commit = git_commit()
-    if commit:
-        tags[TAG_COMMIT] = commit
-    return tags
-
-
-def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
-    """The sweep's parent run (spec settings and base config as params); its shared tags."""
-    tracker.experiment(spec.name)
-    base_tags = sweep_tags(spec)
-    params = {**describe(spec), **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()}}
-    tags = {
-        **base_tags,
-        TAG_ROLE: "sweep",
-        "mlflow.note.content": spec.description,
-        TAG_SPEC_TEXT: spec.text,
-        TAG_SPACE: json.dumps({p: as_spec(d) for p, d in spec.space.items()}),
-        TAG_BASELINE: json.dumps(spec.baseline),
-        TAG_VARIANTS: json.dumps(spec.variants),
-        TAG_HARDWARE: describe_hardware(torch.device("cpu")),
-    }
-    parent_id = tracker.start_run(spec.name, params, tags)
-    tracker.log_text(parent_id, spec.text, f"spec/{Path(spec.path).name}")
-    return parent_id, base_tags

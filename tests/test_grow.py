@@ -77,6 +77,7 @@ def test_new_points_are_the_grid_points_not_run(changes, want):
         ({"space/train.seed": {"choice": [0, 1, 2]}}, "space.train.seed", "a grid"),
         ({"space/train.seed": {"grid": [1, 0]}}, "space", "nothing to extend"),
         ({"max_failures": 2}, "max_failures", "was 0, now 2"),
+        ({"search": {"algorithm": "optuna"}}, "search.algorithm", "grid to extend"),
     ],
 )
 def test_any_other_change_is_refused_naming_it(changes, key, said):

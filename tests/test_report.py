@@ -5,6 +5,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from scipy import stats
@@ -302,3 +304,15 @@ def test_final_note_and_ppl_unit():
     assert metric_label("val/ppl", [full]) == "`val/ppl` (per character)"
     assert metric_label("val/ppl", [task]) == "`val/ppl` (per token)"
     assert metric_label("val/bpc", [full]) == "`val/bpc`"
+
+
+def test_the_sweep_runner_loads_scipy_and_matplotlib_only_for_a_report():
+    """Start-up stays lean: the report's statistics and figures load when it is written."""
+    code = (
+        "import sys, nlsweep.cli, nlsweep.sweep, nlsweep.trainable, nlsweep.train\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'matplotlib'}))\n"
+        "import nlsweep.report\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'matplotlib'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "['matplotlib', 'scipy']"]

@@ -46,6 +46,7 @@ def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "best trial:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "trials: 4 done, 0 running, 0 pending; ETA ~0s (estimate: 4 trials'" in out
     report = (tmp_path / "reports" / "tiny.md").read_text()  # written from MLflow at the end
     assert "| R1 | 1 | 2 |" in report.replace("**", "") and "| R2 | 2 | 2 |" in report.replace(
         "**", ""
