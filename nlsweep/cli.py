@@ -221,13 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.spec}: --probe: only with --dry-run", file=sys.stderr)
         return 2
     if args.dry_run:  # prints the plan; imports no Ray
-        from nlsweep.summary import dry_run
+        from nlsweep.summary import dry_run, print_cost
 
         dry_run(spec)
+        step_s = None
         if args.probe:
             from nlsweep.probe import probe
 
-            probe(spec)
+            step_s = probe(spec)["step_s"]
+        print_cost(spec, step_s)
+        print("dry run: nothing was started")
         return 0
     prefer_loopback()  # before Ray is imported
     from nlsweep import sweep

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from nlsweep.config import flatten, to_dict
 from nlsweep.resources import local_resources
 from nlsweep.space import grid_points, short_names, trial_label
 from nlsweep.spec import Spec, swept_values
-from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, describe_store, ui_command
+from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, Tracker, describe_store, ui_command
 from nlsweep.train import DIVERGED
 
 
@@ -59,7 +60,33 @@ def dry_run(spec: Spec, out=print) -> None:
             f"at most {spec.max_concurrent} at a time"
         )
     out(f"storage: {spec.storage}/{spec.name}   tracking: {describe_store(spec.tracking_uri)}")
-    out("dry run: nothing was started")
+
+
+def print_cost(spec: Spec, probe_step_s: float | None = None, out=print) -> None:
+    """The sweep's expected wall time and trial-hours (`nlsweep.forecast`): from earlier
+    finished trials of the same sizes in the tracking store, else from the probe."""
+    from nlsweep.forecast import cost_lines, step_times, sweep_cost
+
+    plan, uri = spec.plan, spec.tracking_uri
+    if plan.algorithm == "grid":
+        cfgs = [spec.trial_config(dict(pt)) for pt in grid_points(plan.params)]
+    else:  # sampled sizes: each trial counted at the largest the space allows (a bound)
+        from nlsweep.probe import largest_trial
+
+        cfgs = [largest_trial(spec)[1]] * plan.trials
+    trials = [(flatten(to_dict(c)), c.train.steps) for c in cfgs]
+    history, where = {}, describe_store(uri)
+    local = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
+    if not local:  # (a SQLite store that does not exist yet has no history: not created)
+        try:
+            history = step_times(Tracker(uri).trial_timings())
+        except Exception as e:  # noqa: BLE001 - an estimate must not stop a dry run
+            out(f"cost: earlier runs unreadable in {where} ({type(e).__name__}); none used")
+    available = local_resources() if not os.environ.get("RAY_ADDRESS") else {}
+    slots = concurrency(spec, available) if available else spec.max_concurrent
+    cost = sweep_cost(trials, history, probe_step_s, slots)
+    for line in cost_lines(cost, slots, where, probe_step_s is not None):
+        out(line)
 
 
 def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:

@@ -332,6 +332,22 @@ class Tracker:
             return []
         return self.client.search_runs([exp.experiment_id], max_results=10000)
 
+    def trial_timings(self) -> list[tuple[dict, float]]:
+        """(params, wall seconds) of every finished trial run in the store that ran in one go
+        (a resumed run's time spans its interruption); an unreachable server fails in seconds."""
+        with _fail_fast():
+            ids = [e.experiment_id for e in self.client.search_experiments()]
+            runs = self.client.search_runs(
+                ids,
+                filter_string=f"tags.`{TAG_ROLE}` = 'trial' and attributes.status = 'FINISHED'",
+                max_results=5000,
+            )
+        return [
+            (dict(r.data.params), (r.info.end_time - r.info.start_time) / 1000)
+            for r in runs
+            if r.info.end_time and TAG_RESUMED not in r.data.tags
+        ]
+
     def history(self, run_id: str, key: str) -> list:
         return self.client.get_metric_history(run_id, key)
 

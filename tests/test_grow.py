@@ -127,6 +127,11 @@ def test_a_two_seed_sweep_grows_to_three_seeds(tmp_path, write_spec, capsys, mon
     report = (tmp_path / "reports" / "tiny.md").read_text().replace("**", "")
     assert "| R1 | 1 | 3 |" in report and "| R2 | 2 | 3 |" in report
 
+    rc, _ = run(tmp_path, spec, "--dry-run")  # the cost, from these six trials' times
+    out = capsys.readouterr().out
+    assert rc == 0 and "for 6 of 6 trials" in out
+    assert "6 from earlier finished trials of the same model and data sizes" in out
+
     rc, _ = run(tmp_path, spec, "--extend")  # nothing new left to run
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith(f"{spec}:") and "nothing to extend" in err

@@ -26,7 +26,8 @@ def test_probe_measures_the_largest_trial(write_spec, capsys, tmp_path, monkeypa
     out = capsys.readouterr().out
     assert "d_model=48" in out and "estimate only" in out
     assert "ms/step" in out and "peak CPU RSS" in out
-    assert "nothing was started" in out
+    assert "nothing was started" in out and "for 12 of 12 trials" in out
+    assert "12 from the probe's step time (an estimate" in out
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 

@@ -241,6 +241,7 @@ def test_dry_run_starts_nothing(tmp_path, write_spec, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "4 trials" in out and "2 at a time" in out and "nothing was started" in out
+    assert "cost: no estimate: no earlier finished trials of these sizes" in out
     assert (
         len([ln for ln in out.splitlines() if ln.strip().startswith(("0 ", "1 ", "2 ", "3 "))]) == 4
     )
