@@ -394,7 +394,7 @@ def test_a_lost_node_moves_its_trial_to_the_other_node_from_its_checkpoint(world
 
     nodes, url, _, _, _ = world
     env = {**driver_env(world, nodes.address), "PYTHONPATH": str(ROOT)}
-    steps = 600
+    steps = 2000  # long enough that the trial still runs when its checkpoint shows in MLflow
     spec = spec_file(tmp_path / "specs", "nodeloss", steps=steps, concurrent=1)
     text = spec.read_text().replace("eval_every: 4,", "eval_every: 20,")
     text = text.replace("checkpoint_every: 4}", "checkpoint_every: 100}")
