@@ -223,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:  # prints the plan; imports no Ray
         from nlsweep.summary import dry_run, print_cost
 
-        dry_run(spec)
+        slots = dry_run(spec)
         step_s = None
         if args.probe:
             from nlsweep.probe import probe
 
             step_s = probe(spec)["step_s"]
-        print_cost(spec, step_s)
+        print_cost(spec, slots, step_s)
         print("dry run: nothing was started")
         return 0
     prefer_loopback()  # before Ray is imported

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import tempfile
 import threading
@@ -250,8 +249,6 @@ def extension(spec: Spec, marker: Marker, path: str) -> Growth:
         points = new_points(old, spec.fixed)
     except ConfigError as e:
         raise SpecError.at(spec, e.key, e.expected) from None
-    ran = int(marker.trials) if marker.trials else math.prod(
-        len(d["grid"]) for d in old["space"].values()
-    )  # fmt: skip
+    ran = int(marker.trials)  # (written with `fixed`, so never missing beside it)
     finished, _ = trial_counts(spec, path)
     return Growth(points, ran, max(0, ran - finished))

@@ -29,7 +29,8 @@ def concurrency(spec: Spec, available: dict[str, float]) -> int:
     return max(n, 1)
 
 
-def dry_run(spec: Spec, out=print) -> None:
+def dry_run(spec: Spec, out=print) -> int:
+    """Print the sweep's trials and resources; returns how many trials run at once."""
     available = local_resources() if not os.environ.get("RAY_ADDRESS") else None
     plan = spec.plan
     out(
@@ -50,21 +51,25 @@ def dry_run(spec: Spec, out=print) -> None:
         per = f"{res.workers} data-parallel workers x ({per})"
     if available:
         have = f"{available['CPU']:g} CPUs, {available['GPU']:g} GPUs on this machine"
+        slots = concurrency(spec, available)
         out(
-            f"resources: {per} per trial; {have}; {concurrency(spec, available)} at a time "
+            f"resources: {per} per trial; {have}; {slots} at a time "
             f"(max_concurrent {spec.max_concurrent})"
         )
     else:
+        slots = spec.max_concurrent
         out(
             f"resources: {per} per trial on the Ray cluster at $RAY_ADDRESS; "
-            f"at most {spec.max_concurrent} at a time"
+            f"at most {slots} at a time"
         )
     out(f"storage: {spec.storage}/{spec.name}   tracking: {describe_store(spec.tracking_uri)}")
+    return slots
 
 
-def print_cost(spec: Spec, probe_step_s: float | None = None, out=print) -> None:
-    """The sweep's expected wall time and trial-hours (`nlsweep.forecast`): from earlier
-    finished trials of the same sizes in the tracking store, else from the probe."""
+def print_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out=print) -> None:
+    """The sweep's expected wall time and trial-hours at `slots` trials at a time
+    (`nlsweep.forecast`): from earlier finished trials of the same sizes in the tracking
+    store, else from the probe."""
     from nlsweep.forecast import cost_lines, step_times, sweep_cost
 
     plan, uri = spec.plan, spec.tracking_uri
@@ -76,14 +81,12 @@ def print_cost(spec: Spec, probe_step_s: float | None = None, out=print) -> None
         cfgs = [largest_trial(spec)[1]] * plan.trials
     trials = [(flatten(to_dict(c)), c.train.steps) for c in cfgs]
     history, where = {}, describe_store(uri)
-    local = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
-    if not local:  # (a SQLite store that does not exist yet has no history: not created)
+    absent = uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists()
+    if not absent:  # (a SQLite store that does not exist yet has no history: not created)
         try:
             history = step_times(Tracker(uri).trial_timings())
         except Exception as e:  # noqa: BLE001 - an estimate must not stop a dry run
             out(f"cost: earlier runs unreadable in {where} ({type(e).__name__}); none used")
-    available = local_resources() if not os.environ.get("RAY_ADDRESS") else {}
-    slots = concurrency(spec, available) if available else spec.max_concurrent
     cost = sweep_cost(trials, history, probe_step_s, slots)
     for line in cost_lines(cost, slots, where, probe_step_s is not None):
         out(line)

@@ -103,11 +103,16 @@ def make_search_alg(spec: Spec, seal: Seal | None = None, points: list | None = 
     return alg
 
 
+def evaluations(spec: Spec) -> int:
+    """Results a trial of the base config reports (one per evaluation)."""
+    return math.ceil(spec.base.train.steps / spec.base.train.eval_every)
+
+
 def make_scheduler(spec: Spec):
     sc = spec.scheduler
     if sc.kind == "fifo":
         return FIFOScheduler()
-    evals = math.ceil(spec.base.train.steps / spec.base.train.eval_every)
+    evals = evaluations(spec)
     return ASHAScheduler(
         time_attr="training_iteration",
         max_t=evals,
@@ -343,10 +348,9 @@ def make_tuner(
         max_report_frequency=10,
         sort_by_metric=False,
     )
-    train = spec.base.train
     reporter.plan = (
         len(points) if points else spec.plan.trials,
-        math.ceil(train.steps / train.eval_every),
+        evaluations(spec),
         min(spec.max_concurrent, len(points) if points else spec.plan.trials),
         spec.scheduler.kind != "fifo",
     )
