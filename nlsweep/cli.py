@@ -1,10 +1,11 @@
-"""`nlsweep` command line: `run` a sweep, `validate` a spec, `report` a sweep.
+"""`nlsweep` command line: `run` a sweep, `validate` a spec, `report` a sweep, `rerun` a trial.
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
 setup (tracking store, storage, resources, the cluster at $RAY_ADDRESS, an earlier run of
 the sweep that is neither resumed nor restarted), reported as one line before any trial
 starts; 3 the tracking store stayed away mid-sweep (resume once it is back); 130
-interrupted (the message gives the command that resumes the sweep).
+interrupted (the message gives the command that resumes the sweep). `rerun`: 0 every
+re-run trial reproduced its run, 1 one did not (each difference printed), 2 nothing could run.
 """
 
 from __future__ import annotations
@@ -74,39 +75,80 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--out", help="markdown file to write (default reports/NAME.md)")
     rep.add_argument("--run-id", help="the sweep's parent run (default: the newest sweep)")
+    again = sub.add_parser(
+        "rerun",
+        help="re-run a trial of the newest sweep (Ray, MLflow) and say whether it reproduced",
+    )
+    again.add_argument("spec", metavar="SPEC_OR_NAME", help="a spec file, or an experiment name")
+    again.add_argument(
+        "which",
+        metavar="ROW_OR_RUN_ID",
+        help="a row of the report's main table (R3: each of its seeds) or a trial's run id",
+    )
+    again.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db)"
+    )
+    again.add_argument("--storage", help="Ray storage for the re-run (default: the spec's)")
     return ap
 
 
-def report(args) -> int:
+def _locate(args) -> tuple[str | None, str, str] | int:
+    """(spec file or None, experiment name, tracking URI) of SPEC_OR_NAME; 2 after one line."""
     from pathlib import Path
 
-    from nlsweep.report import write_report
     from nlsweep.spec import DEFAULT_TRACKING_URI, NAME_RE, SpecError, absolute_uri, load_spec
-    from nlsweep.tracking import TrackingError, bound_http_calls
 
-    name, uri = args.spec, args.tracking_uri
-    if not Path(args.spec).is_file() and not NAME_RE.match(args.spec):
+    if Path(args.spec).is_file():
+        try:  # resources are the running machine's business, not a reader's
+            spec = load_spec(args.spec, available={"CPU": float("inf"), "GPU": float("inf")})
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            return 2
+        return args.spec, spec.name, absolute_uri(args.tracking_uri or spec.tracking_uri)
+    if not NAME_RE.match(args.spec):
         print(
             f"{args.spec}: neither a spec file nor an experiment name (letters, digits, _ "
             "and -: the name becomes reports/NAME.md)",
             file=sys.stderr,
         )
         return 2
+    return None, args.spec, absolute_uri(args.tracking_uri or DEFAULT_TRACKING_URI)
+
+
+def rerun(args) -> int:
+    found = _locate(args)
+    if isinstance(found, int):
+        return found
+    prefer_loopback()  # before Ray is imported
+    from nlsweep.cluster import ClusterError
+    from nlsweep.experiment import ExperimentError
+    from nlsweep.rerun import RerunError
+    from nlsweep.rerun import rerun as run_again
+    from nlsweep.spec import SpecError
+    from nlsweep.tracking import TrackingError, bound_http_calls
+
     bound_http_calls()
-    if Path(args.spec).is_file():
-        try:  # resources are the running machine's business, not the report's
-            spec = load_spec(args.spec, available={"CPU": float("inf"), "GPU": float("inf")})
-        except SpecError as e:
-            print(e, file=sys.stderr)
-            return 2
-        name, uri = spec.name, uri or spec.tracking_uri
+    spec_file, name, uri = found
     try:
-        out = write_report(
-            absolute_uri(uri or DEFAULT_TRACKING_URI),
-            name,
-            Path(args.out or f"reports/{name}.md"),
-            args.run_id,
-        )
+        return run_again(spec_file, name, uri, args.which, storage=args.storage)
+    except (RerunError, SpecError, TrackingError, ExperimentError, ClusterError) as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def report(args) -> int:
+    from pathlib import Path
+
+    from nlsweep.report import write_report
+    from nlsweep.tracking import TrackingError, bound_http_calls
+
+    found = _locate(args)
+    if isinstance(found, int):
+        return found
+    bound_http_calls()
+    _, name, uri = found
+    try:
+        out = write_report(uri, name, Path(args.out or f"reports/{name}.md"), args.run_id)
     except TrackingError as e:
         print(e, file=sys.stderr)
         return 2
@@ -201,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "report":
         return report(args)
+    if args.command == "rerun":
+        return rerun(args)
     from nlsweep.spec import SpecError, load_spec
 
     try:

@@ -1,9 +1,7 @@
-"""Report figures (matplotlib, headless): learning curves, factor scatter, search history."""
+"""Report figures (matplotlib, headless): learning curves (the rest are Optuna's own plots)."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -29,49 +27,6 @@ def learning_curves(
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{metric} (held-out)")
     ax.set_title(f"{metric} during training: mean over seeds, band = +-1 std")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
-def factor_scatter(
-    points: list[dict], factors: Sequence[str], metric: str, path: Path, log_x: set[str]
-) -> None:
-    """The final metric of every finished trial against each swept factor."""
-    n = len(factors)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, f in zip(axes.flat, factors):
-        xs = [p["factors"][f] for p in points]
-        ys = [p["value"] for p in points]
-        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs):
-            ax.scatter(xs, ys, s=18)
-            if f in log_x:
-                ax.set_xscale("log")
-        else:
-            cats = sorted({str(x) for x in xs})
-            ax.scatter([cats.index(str(x)) for x in xs], ys, s=18)
-            ax.set_xticks(range(len(cats)), cats)
-        ax.set_xlabel(f)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle(f"final {metric} against each factor")
-    _save(fig, path)
-
-
-def search_history(values: list[float], metric: str, mode: str, path: Path) -> None:
-    """Final metric of each trial in start order, with the best so far."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = np.arange(1, len(values) + 1)
-    ax.scatter(x, values, s=18, label="trial")
-    best = np.minimum.accumulate(values) if mode == "min" else np.maximum.accumulate(values)
-    ax.step(x, best, where="post", color="C3", label="best so far")
-    ax.set_xlabel("trial (start order)")
-    ax.set_ylabel(metric)
-    ax.set_title("search history")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nlsweep import figures
-from nlsweep.results import SEED, Context, Row, Trial
+import pandas as pd
+
+from nlsweep import figures, importance
+from nlsweep.results import Context, Row, Trial, trials_frame
 from nlsweep.space import short_names
-from nlsweep.spec import VARIANT
+from nlsweep.spec import DEFAULT_TRACKING_URI, absolute_uri
 from nlsweep.tasks import TASKS
 from nlsweep.tracking import (
     TAG_COMMIT,
@@ -90,18 +91,12 @@ def final_note(trials: list[Trial]) -> str:
     return f"final: whole held-out split for {len(full)} of {len(done)} runs, {n} tokens"
 
 
-def rerun_command(spec_file: str, trial: Trial) -> str:
-    """`python -m nlsweep.train SPEC [--variant NAME] --set ...`: the spec's base with this
-    trial's values. A variant is named, not spelled out as base overrides: the spec checks
-    every variant against the base, and a base changed to one variant's model kind can make
-    another variant's keys unknown."""
-    spec = os.path.relpath(spec_file) if spec_file.startswith(os.getcwd()) else spec_file
-    parts = ["python", "-m", "nlsweep.train", spec]
-    for f in [*trial.factors, SEED]:
-        if f == VARIANT:
-            parts += ["--variant", str(trial.factors[f])]
-        elif f in trial.run.params:
-            parts += ["--set", f"base.{f}={trial.run.params[f]}"]
+def rerun_command(ctx: Context, which: str) -> str:
+    """`nlsweep rerun SPEC ROW_OR_RUN_ID`: the trial(s) again through Ray and MLflow, with
+    the config their runs recorded, compared with them (`nlsweep.rerun`)."""
+    parts = ["nlsweep", "rerun", spec_shown(ctx.sweep.parent.tags, ctx.name), which]
+    if ctx.sweep.tracking_uri != absolute_uri(DEFAULT_TRACKING_URI):
+        parts += ["--tracking-uri", ctx.sweep.tracking_uri]
     return shlex.join(parts)
 
 
@@ -176,8 +171,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
     if curves:
         figures.learning_curves(curves, m, fig_dir / "curves.png")
         out += ["", f"![learning curves]({rel(fig_dir / 'curves.png', md_dir)})"]
-    out += ["", "### Rows: MLflow runs and how to re-run one trial", ""]
-    spec_file = spec_shown(ctx.sweep.parent.tags, "SPEC")
+    out += ["", "### Rows: MLflow runs, and how to re-run a row on the record", ""]
     for i, r in enumerate(rows, 1):
         links = ", ".join(
             run_link(ctx.sweep.tracking_uri, ctx.sweep.experiment_id, t.run.run_id)
@@ -185,14 +179,15 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
             for t in r.trials
         )
         out.append(f"- R{i} `{r.label}`: runs {links}")
-        out.append(f"  `{rerun_command(spec_file, r.trials[0])}`")
+        out.append(f"  `{rerun_command(ctx, f'R{i}')}`")
     return out
 
 
 def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Path) -> list[str]:
     m = ctx.metric
-    done = [t for t in trials if t.final is not None]
-    ranked = sorted(done, key=lambda t: t.final, reverse=ctx.mode == "max")
+    frame = trials_frame(trials, ctx)
+    done = frame.dropna(subset=["final"])
+    ranked = done.sort_values("final", ascending=ctx.mode == "min", kind="stable")
     names = short_names(ctx.factors)
     header = [
         "rank",
@@ -205,13 +200,13 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
     body = [
         [
             str(i),
-            *(_short(t.factors.get(f)) for f in ctx.factors),
-            str(t.seed),
-            _fmt(t.final),
-            _fmt(t.best),
-            run_link(ctx.sweep.tracking_uri, ctx.sweep.experiment_id, t.run.run_id),
+            *(_short(row[f]) for f in ctx.factors),
+            str(row["seed"]),
+            _fmt(row["final"]),
+            _fmt(row["best"]),
+            run_link(ctx.sweep.tracking_uri, ctx.sweep.experiment_id, row["run_id"]),
         ]
-        for i, t in enumerate(ranked[:TOP_K], 1)
+        for i, (_, row) in enumerate(ranked.head(TOP_K).iterrows(), 1)
     ]
     out = [
         f"{ctx.algorithm} search: {len(trials)} trials, {len(done)} finished. The top "
@@ -220,35 +215,70 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
         "",
     ]
     out += _table(header, body)
-    if done:
-        log_x = {f for f, d in ctx.space.items() if "loguniform" in d}
-        points = [{"factors": t.factors, "value": t.final} for t in done]
-        figures.factor_scatter(points, ctx.factors, m, fig_dir / "factors.png", log_x)
-        figures.search_history([t.final for t in done], m, ctx.mode, fig_dir / "history.png")
-        out += [
-            "",
-            f"![metric against each factor]({rel(fig_dir / 'factors.png', md_dir)})",
-            "",
-            f"![search history]({rel(fig_dir / 'history.png', md_dir)})",
-        ]
-    if ranked:
-        cmd = rerun_command(spec_shown(ctx.sweep.parent.tags, "SPEC"), ranked[0])
-        out += ["", f"Re-run the best trial alone: `{cmd}`"]
-    with open(fig_dir / "table.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow([*ctx.factors, "seed", "final", "best", "status", "run_id"])
-        for t in trials:
-            w.writerow(
-                [
-                    *(t.factors.get(f) for f in ctx.factors),
-                    t.seed,
-                    t.final,
-                    t.best,
-                    t.run.status,
-                    t.run.run_id,
-                ]
-            )
+    out += importance_section(frame, ctx, fig_dir, md_dir)
+    if len(ranked):
+        best = ranked.iloc[0]["run_id"][:8]
+        out += ["", f"Re-run the best trial on the record: `{rerun_command(ctx, best)}`"]
+    frame.drop(columns=["config"]).to_csv(fig_dir / "table.csv", index=False)
     return out
+
+
+def importance_section(frame, ctx: Context, fig_dir: Path, md_dir: Path) -> list[str]:
+    """fANOVA importance and Optuna's plots, on a study rebuilt from the runs."""
+    space = {f: ctx.space[f] for f in ctx.factors if f in ctx.space}
+    study = importance.rebuild_study(frame, space, ctx.mode)
+    n = importance.complete(study)
+    stopped = int(frame["stopped"].sum())
+    out = ["", "### Which factors mattered", ""]
+    scores = importance.importances(study)
+    ran = f"the {n} trials that ran to the end" + (
+        f" ({stopped} stopped early by the scheduler are not scored)" if stopped else ""
+    )
+    if scores:
+        out += [
+            f"Hyperparameter importance: Optuna's fANOVA evaluator (seed "
+            f"{importance.FANOVA_SEED}) on a study rebuilt from the MLflow runs, over {ran}. "
+            "The shares sum to 1; with few trials they are rough.",
+            "",
+        ]
+        out += _table(["factor", "importance"], [[f, f"{v:.3f}"] for v, f in _by_share(scores)])
+    else:
+        out.append(f"Importance needs at least two trials that ran to the end ({ran}).")
+    for title, png in importance.optuna_plots(study, list(scores), fig_dir).items():
+        out += ["", f"![{title} (Optuna)]({rel(png, md_dir)})"]
+    return out
+
+
+def _by_share(scores: dict[str, float]) -> list[tuple[float, str]]:
+    return sorted(((v, f) for f, v in scores.items()), reverse=True)
+
+
+def main_effects_section(rows: list[Row], ctx: Context) -> list[str]:
+    trials = [t for r in rows for t in r.trials]
+    frame = trials_frame(trials, ctx)
+    order = {f: ctx.space.get(f, {}).get("grid", []) for f in ctx.factors}
+    effects = importance.main_effects(frame, ctx.factors, order)
+    if not effects:
+        return []
+    names = short_names(ctx.factors)
+    body = [
+        [names[e.factor], _short(v), str(s.n), f"{_fmt(s.mean)} ± {_fmt(s.std)}", _ci(s.ci)]
+        + [_fmt(e.share, 3) if i == 0 else ""]
+        for e in effects
+        for i, (v, s) in enumerate(e.levels)
+    ]
+    return [
+        "",
+        "### Main effects",
+        "",
+        f"Each factor's marginal mean of the final {metric_label(ctx.metric, trials)}: the "
+        "finished runs at each of its values, pooled over the other factors and the seeds "
+        "(95% t-interval), and the share of the variance of the final values between its "
+        "values (eta², sum of squares between values over the total). Shares that sum to "
+        "well below 1 leave the rest to interactions and seed noise.",
+        "",
+        *_table(["factor", "value", "n", "mean ± std", "95% CI", "share of variance"], body),
+    ]
 
 
 def _short(v) -> str:
@@ -316,50 +346,30 @@ def rel(path: Path, md_dir: Path) -> str:
 
 
 def write_csv(rows: list[Row], ctx: Context, path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "row",
-                *ctx.factors,
-                "n",
-                "mean",
-                "std",
-                "ci_low",
-                "ci_high",
-                "diff",
-                "diff_ci_low",
-                "diff_ci_high",
-                "paired",
-                "p",
-                "p_holm",
-                "best_mean",
-                "tokens_per_s",
-                "wall_s",
-                "baseline",
-                "run_ids",
-            ]
+    """The main table, one line per row, with the full-precision numbers and run ids."""
+    records = []
+    for i, r in enumerate(rows, 1):
+        s, c = r.summary, r.comparison
+        records.append(
+            {
+                "row": f"R{i}",
+                **{f: r.factors.get(f) for f in ctx.factors},
+                "n": s.n,
+                "mean": s.mean,
+                "std": s.std,
+                "ci_low": s.ci[0] if s.ci else None,
+                "ci_high": s.ci[1] if s.ci else None,
+                "diff": c.diff if c else None,
+                "diff_ci_low": c.ci[0] if c and c.ci else None,
+                "diff_ci_high": c.ci[1] if c and c.ci else None,
+                "paired": c.paired if c else None,
+                "p": c.p if c else None,
+                "p_holm": r.p_holm,
+                "best_mean": r.best.mean,
+                "tokens_per_s": r.tokens_per_s,
+                "wall_s": r.wall_s,
+                "baseline": r.is_baseline,
+                "run_ids": " ".join(t.run.run_id for t in r.trials),
+            }
         )
-        for i, r in enumerate(rows, 1):
-            s, c = r.summary, r.comparison
-            w.writerow(
-                [
-                    f"R{i}",
-                    *(r.factors.get(f) for f in ctx.factors),
-                    s.n,
-                    s.mean,
-                    s.std,
-                    *(s.ci or ("", "")),
-                    *(
-                        (c.diff, *(c.ci or ("", "")), c.paired, "" if c.p is None else c.p)
-                        if c
-                        else ("",) * 5
-                    ),
-                    "" if r.p_holm is None else r.p_holm,
-                    r.best.mean,
-                    r.tokens_per_s,
-                    r.wall_s,
-                    r.is_baseline,
-                    " ".join(t.run.run_id for t in r.trials),
-                ]
-            )
+    pd.DataFrame.from_records(records).to_csv(path, index=False)

@@ -7,8 +7,9 @@ A report can be regenerated any time, from any machine that reaches the tracking
                  n, mean +- std, 95% CI, difference to the baseline row with its CI
                  (paired by seed when the seeds match), Holm-adjusted p-value, the
                  best-during-training mean, tokens/s and wall time; the best row in bold
-                 random/optuna sweeps: the top trials, the metric against each factor, and
-                 the search history
+                 random/optuna sweeps: the top trials; fANOVA importance and Optuna's
+                 history, slice and contour plots on a study rebuilt from the runs
+    effects      grid sweeps: each factor's marginal means and share of variance
     curves       the objective against the training step per configuration
     sanity       probable no-op factors, leaking splits, failed / diverged / stopped /
                  killed runs, and mechanisms that never fired
@@ -22,7 +23,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nlsweep.render import grid_section, header_section, rel, sampled_section, write_csv
+from nlsweep.render import (
+    grid_section,
+    header_section,
+    main_effects_section,
+    rel,
+    sampled_section,
+    write_csv,
+)
 from nlsweep.results import build_rows, read_context, read_trial
 from nlsweep.sanity import sanity_section
 from nlsweep.tracking import TrackingError, publish_report, read_sweep
@@ -42,6 +50,7 @@ def write_report(
     if ctx.algorithm == "grid":
         rows = build_rows(trials, ctx)
         lines += grid_section(rows, ctx, fig_dir, out.parent)
+        lines += main_effects_section(rows, ctx)
         write_csv(rows, ctx, fig_dir / "table.csv")
         lines += [
             "",

@@ -11,12 +11,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from nlsweep.config import as_number
 from nlsweep.space import trial_label
 from nlsweep.stats import Comparison, Summary, compare, holm, summarize
-from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, RunData, SweepData
+from nlsweep.tracking import TAG_BASELINE, TAG_SPACE, TAG_STOPPED, RunData, SweepData
 
 SEED = "train.seed"
 
@@ -103,26 +104,55 @@ def read_trial(run: RunData, ctx: Context) -> Trial:
     )
 
 
+def trials_frame(trials: list[Trial], ctx: Context) -> pd.DataFrame:
+    """One row per trial run, in start order (index = position in `trials`): its swept values,
+    seed, final and best objective, speed, status, whether a scheduler stopped it, its last
+    logged step, run id, and `config` (the swept values as one JSON key, for grouping)."""
+    records = []
+    for t in trials:
+        hist = t.run.history.get(ctx.metric, [])
+        records.append(
+            {
+                **{f: t.factors.get(f) for f in ctx.factors},
+                "seed": t.seed,
+                "final": t.final,
+                "best": t.best,
+                "tokens_per_s": t.run.metrics.get("perf/tokens_per_s"),
+                "wall_s": t.run.metrics.get("perf/elapsed_s"),
+                "status": t.run.status,
+                "stopped": TAG_STOPPED in t.run.tags,
+                "last_step": hist[-1][0] if hist else 0,
+                "run_id": t.run.run_id,
+                "config": json.dumps([t.factors.get(f) for f in ctx.factors]),
+            }
+        )
+    columns = [*ctx.factors, "seed", "final", "best", "tokens_per_s", "wall_s", "status",
+               "stopped", "last_step", "run_id", "config"]  # fmt: skip
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    for col in ("final", "best", "tokens_per_s", "wall_s"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
 def build_rows(trials: list[Trial], ctx: Context) -> list[Row]:
     """One row per configuration (seeds pooled), compared with the baseline row."""
-    groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        groups.setdefault(json.dumps([t.factors.get(f) for f in ctx.factors]), []).append(t)
+    frame = trials_frame(trials, ctx)
     rows = []
-    for members in groups.values():
-        members.sort(
-            key=lambda t: (not isinstance(t.seed, int), t.seed if isinstance(t.seed, int) else 0)
+    for _, g in frame.groupby("config", sort=False):
+        members = sorted(
+            (trials[i] for i in g.index),
+            key=lambda t: (not isinstance(t.seed, int), t.seed if isinstance(t.seed, int) else 0),
         )
-        done = [t for t in members if t.final is not None]
+        done = g.dropna(subset=["final"])
         rows.append(
             Row(
                 factors=dict(members[0].factors),
                 trials=members,
-                summary=summarize(t.final for t in done),
-                best=summarize(t.best for t in done if t.best is not None),
+                summary=summarize(done["final"]),
+                best=summarize(done["best"].dropna()),
                 is_baseline=members[0].factors == ctx.baseline,
-                tokens_per_s=_mean(t.run.metrics.get("perf/tokens_per_s") for t in done),
-                wall_s=_mean(t.run.metrics.get("perf/elapsed_s") for t in done),
+                tokens_per_s=_mean(done["tokens_per_s"]),
+                wall_s=_mean(done["wall_s"]),
             )
         )
     rows.sort(key=lambda r: (not r.is_baseline, _grid_position(r.factors, ctx)))
@@ -146,6 +176,7 @@ def _grid_position(factors: dict, ctx: Context) -> list:
     return pos
 
 
-def _mean(values) -> float:
-    xs = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(xs) / len(xs) if xs else math.nan
+def _mean(values: pd.Series) -> float:
+    """Mean of the finite values (NaN when none)."""
+    xs = values[values.map(lambda v: v is not None and math.isfinite(v))]
+    return float(xs.mean()) if len(xs) else math.nan

@@ -38,6 +38,7 @@ from nlsweep.tracking import (
     TAG_DIVERGED,
     TAG_ERROR,
     TAG_HARDWARE,
+    TAG_RERUN_OF,
     TAG_RESUMED,
     TAG_ROLE,
     TAG_SHA,
@@ -48,6 +49,7 @@ from nlsweep.tracking import (
     TAG_STOPPED,
     TAG_TRIAL,
     TAG_VARIANTS,
+    TAG_VERSIONS,
     WARNING_PREFIX,
     Tracker,
     git_commit,
@@ -62,6 +64,7 @@ METRIC_PREFIXES = (
 WARNINGS = "warnings"
 """Result key of the final report: JSON {name: why} of configured paths that never fired."""
 GPU_KEY = "gpu"
+VERSIONS = "versions"
 """Result key: the GPUs Ray gave the trial and what CUDA_VISIBLE_DEVICES said (a run tag)."""
 TAG_GPU = "nlsweep.gpu"
 FALLBACK = "checkpoint_fallback"
@@ -87,15 +90,24 @@ def metrics_of(result: dict) -> dict[str, float]:
 
 
 class RunLogger:
-    def __init__(self, spec: Spec, parent_id: str, base_tags: dict, experiment: str):
+    def __init__(
+        self,
+        spec: Spec,
+        parent_id: str,
+        base_tags: dict,
+        experiment: str,
+        repeats: dict[str, str] | None = None,
+    ):
         self.spec = spec
         self.parent_id = parent_id
         self.base_tags = dict(base_tags)
         self.experiment = experiment
+        self.repeats = dict(repeats or {})
+        """`nlsweep rerun`: repeat_key(swept values) -> the run that trial repeats."""
         self._ready = False
 
     def __getstate__(self):
-        keep = ("spec", "parent_id", "base_tags", "experiment")
+        keep = ("spec", "parent_id", "base_tags", "experiment", "repeats")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state):
@@ -221,7 +233,11 @@ class RunLogger:
         if VARIANT in values:
             params[VARIANT] = values[VARIANT]
         tags = {**self.base_tags, TAG_TRIAL: tid, TAG_ROLE: "trial"}
-        self._put("start", tid, name=trial_label(values), params=params, tags=tags)
+        name = trial_label(values)
+        if self.repeats:
+            tags[TAG_RERUN_OF] = self.repeats[repeat_key(values)]
+            name = f"{name} (rerun of {tags[TAG_RERUN_OF][:8]})"
+        self._put("start", tid, name=name, params=params, tags=tags)
         text = json.dumps({"trial_id": tid, "swept": values, "config": to_dict(cfg)}, indent=1)
         self._put("text", tid, text=text, file="config.json")
         self._put("text", None, text=text, file=f"trial_configs/{tid}.json")
@@ -245,7 +261,11 @@ class RunLogger:
         for name, why in json.loads(result.get(WARNINGS) or "{}").items():
             self._put("tag", tid, key=f"{WARNING_PREFIX}.{name}", value=why)
         if tid not in self.last_step:
-            for key, tag in (("hardware", TAG_HARDWARE), (GPU_KEY, TAG_GPU)):
+            for key, tag in (
+                ("hardware", TAG_HARDWARE),
+                (GPU_KEY, TAG_GPU),
+                (VERSIONS, TAG_VERSIONS),
+            ):
                 if key in result:
                     self._put("tag", tid, key=tag, value=str(result[key]))
         self.last_step[tid] = step
@@ -275,6 +295,11 @@ class RunLogger:
         trial event, so its held-back records are written here."""
         self._setup()
         self._flush(wait=True)
+
+
+def repeat_key(values: dict) -> str:
+    """The swept values of a trial as one key (`RunLogger.repeats`)."""
+    return json.dumps(values, sort_keys=True)
 
 
 def _one_line(e: BaseException) -> str:

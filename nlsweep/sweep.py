@@ -44,7 +44,13 @@ from nlsweep.preflight import (
     prepare_data,
 )
 from nlsweep.resources import check_resources
-from nlsweep.runlog import RunLogger, close_open_runs, open_sweep_run, outage, sweep_tags
+from nlsweep.runlog import (
+    RunLogger,
+    close_open_runs,
+    open_sweep_run,
+    outage,
+    sweep_tags,
+)
 from nlsweep.seal import Seal
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
 from nlsweep.spec import Spec, SpecError
@@ -74,7 +80,7 @@ def to_tune(dist) -> Any:
 
 def make_search_alg(spec: Spec, seal: Seal | None = None, points: list | None = None):
     plan = spec.plan
-    if plan.algorithm in ("grid", "random"):
+    if plan.algorithm in ("grid", "random") or points:
         # Ray ignores TuneConfig.max_concurrent_trials for a generator instance: cap it here.
         alg = SealedVariants(
             random_state=plan.seed, max_concurrent=spec.max_concurrent, points_to_evaluate=points
@@ -337,10 +343,17 @@ class SealedSearch(_Sealed, SearchGenerator):
 
 
 def make_tuner(
-    spec: Spec, callback: MlflowCallback, seal: Seal | None = None, points: list | None = None
+    spec: Spec,
+    callback: MlflowCallback,
+    seal: Seal | None = None,
+    points: list | None = None,
+    name: str | None = None,
+    stop: tune.Stopper | None = None,
 ) -> tune.Tuner:
     """The Ray Tune experiment: trainable, space, search, scheduler, reporter, MLflow callback;
-    with `points` (factor -> value, `--extend`), only those points of the grid."""
+    with `points` (factor -> value: `--extend`, `nlsweep rerun`), only those points. A rerun
+    names its own Tune experiment and stops where the run it repeats stopped (`stop`), with
+    no scheduler of its own."""
     names = short_names(list(spec.space))
     reporter = EtaReporter(
         parameter_columns={p: names[p] for p in spec.space},
@@ -361,7 +374,7 @@ def make_tuner(
             metric=spec.metric,
             mode=spec.mode,
             search_alg=make_search_alg(spec, seal, points),
-            scheduler=make_scheduler(spec),
+            scheduler=FIFOScheduler() if stop else make_scheduler(spec),
             # Each preset point replaces one sample, its grid values fixed (Tune's own rule).
             num_samples=len(points) if points else spec.plan.num_samples,
             # A trial's process is reused for the next one (saves the torch import and start-up,
@@ -369,7 +382,8 @@ def make_tuner(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
+            name=name or spec.name,
+            stop=stop,
             storage_path=spec.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),

@@ -51,6 +51,10 @@ TAG_BASELINE = "nlsweep.baseline"
 TAG_VARIANTS = "nlsweep.variants"
 TAG_HARDWARE = "nlsweep.hardware"
 TAG_RESUMED = "nlsweep.resumed"
+TAG_RERUN_OF = "nlsweep.rerun_of"
+"""On a child run that repeats an earlier trial (`nlsweep rerun`): the repeated run's id. Reports
+leave such runs out of the sweep's pools."""
+TAG_VERSIONS = "nlsweep.versions"
 MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
@@ -376,6 +380,8 @@ class SweepData:
     tracking_uri: str
     parent: RunData
     trials: list[RunData]
+    reruns: list[RunData] = field(default_factory=list)
+    """Child runs of `nlsweep rerun`, kept apart from the trials the sweep pools."""
 
 
 def _run_data(client, run, history_keys) -> RunData:
@@ -444,7 +450,10 @@ def _read_sweep(tracker: Tracker, experiment: str, parent_run_id, history_keys) 
         experiment_id=exp.experiment_id,
         tracking_uri=uri,
         parent=_run_data(client, parent, ()),
-        trials=[_run_data(client, r, history_keys) for r in children],
+        trials=[
+            _run_data(client, r, history_keys) for r in children if TAG_RERUN_OF not in r.data.tags
+        ],
+        reruns=[_run_data(client, r, ()) for r in children if TAG_RERUN_OF in r.data.tags],
     )
 
 

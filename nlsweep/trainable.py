@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import platform
 import socket
 import tempfile
 import time
@@ -31,7 +32,7 @@ import torch
 from ray import tune
 
 from nlsweep import checkpoint
-from nlsweep.runlog import FALLBACK, GPU_KEY, WARNINGS
+from nlsweep.runlog import FALLBACK, GPU_KEY, VERSIONS, WARNINGS
 from nlsweep.runtime import describe_hardware, out_of_share
 from nlsweep.spec import Spec, swept_values
 from nlsweep.train import DIVERGED, Diverged, Trainer
@@ -93,6 +94,7 @@ def _train(
         last = trainer.history[-1] if rank == 0 else {"step": trainer.step}
         report({**last, "hardware": hardware, **({FALLBACK: fallback} if fallback else {})})
         fallback = None
+    versions = f"torch {torch.__version__}, python {platform.python_version()}"
     gpus = ray.get_gpu_ids()
     placement = f"ray {gpus} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}"
     # Seconds this trial (this attempt) spent in reports with and without a checkpoint (the
@@ -105,6 +107,7 @@ def _train(
                 **metrics,
                 **{f"perf/{k}": v for k, v in spent.items()},
                 "hardware": hardware,
+                VERSIONS: versions,
                 **({GPU_KEY: placement} if gpus else {}),
             }
             if trainer.step == cfg.train.steps:  # mechanisms that never acted, for run tags

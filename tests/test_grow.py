@@ -8,7 +8,7 @@ from models.common import ConfigError
 from nlsweep.cli import main
 from nlsweep.grow import new_points
 from nlsweep.spec import load_spec
-from nlsweep.tracking import TAG_ROLE, Tracker
+from nlsweep.tracking import TAG_RERUN_OF, TAG_ROLE, Tracker
 from tests.helpers import GOOD_SPEC
 
 OLD = {
@@ -93,9 +93,13 @@ def run(tmp_path, spec, *extra):
 
 
 @pytest.mark.slow
-def test_a_two_seed_sweep_grows_to_three_seeds(tmp_path, write_spec, capsys, monkeypatch):
+def test_a_two_seed_sweep_grows_to_three_seeds_then_a_row_reruns(
+    tmp_path, write_spec, capsys, monkeypatch
+):
     """One new trial per configuration runs, under the same parent run, and the report's n
-    becomes 3; a change to base is refused in one line (exit 2) before anything starts."""
+    becomes 3; a change to base is refused in one line (exit 2) before anything starts. Then
+    `nlsweep rerun SPEC R2` repeats the row's three trials through Ray and MLflow, with the
+    recorded config although the spec was edited since, and each reproduces bit for bit."""
     monkeypatch.chdir(tmp_path)
     spec = write_spec()
     rc, uri = run(tmp_path, spec)
@@ -135,3 +139,20 @@ def test_a_two_seed_sweep_grows_to_three_seeds(tmp_path, write_spec, capsys, mon
     rc, _ = run(tmp_path, spec, "--extend")  # nothing new left to run
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2 and err.startswith(f"{spec}:") and "nothing to extend" in err
+
+    command = "`nlsweep rerun spec.yaml R2`"  # from tmp_path, where its store is the default
+    assert command in (tmp_path / "reports" / "tiny.md").read_text()
+    spec.write_text(spec.read_text().replace("steps: 8", "steps: 12"))  # edited since
+    rc = main(["rerun", str(spec), "R2", "--tracking-uri", uri, "--storage", str(tmp_path / "ray")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    r2 = sorted(r.info.run_id for r in children if r.data.params["cms.periods.medium"] == "2")
+    verdicts = [line for line in out.splitlines() if line.startswith("rerun of ")]
+    assert len(verdicts) == 3 and all("reproduced: " in line for line in verdicts), out
+    again = [r for r in Tracker(uri).runs("tiny") if TAG_RERUN_OF in r.data.tags]
+    assert sorted(r.data.tags[TAG_RERUN_OF] for r in again) == r2
+    assert all(r.data.tags["mlflow.parentRunId"] == parent for r in again)
+    assert all(r.data.params["train.steps"] == "8" for r in again)
+    assert main(["report", "tiny", "--tracking-uri", uri]) == 0  # re-runs stay out of the pool
+    report = (tmp_path / "reports" / "tiny.md").read_text().replace("**", "")
+    assert "| R1 | 1 | 3 |" in report and "| R2 | 2 | 3 |" in report

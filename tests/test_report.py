@@ -187,8 +187,10 @@ def test_sanity_flags(report):
 def test_rows_carry_runs_and_rerun_command(report):
     _, text, runs = report
     assert f"`{runs[(1, 1, 0)][:8]}` (seed 0)" in text
-    assert ("`python -m nlsweep.train /x/spec.yaml --set base.cms.periods.medium=1 "
-            "--set base.optim.lr_unused=1 --set base.train.seed=0`") in text  # fmt: skip
+    uri = re.search(r"in `(sqlite:///[^`]+)`", text).group(1)
+    # R1 is the baseline row (medium=4, lr_unused=1), then the grid order
+    assert re.search(r"- R3 `medium=1 lr_unused=1`: runs .*\n  `nlsweep rerun /x/spec.yaml R3 "
+                     rf"--tracking-uri {re.escape(uri)}`", text)  # fmt: skip
 
 
 def test_csv_matches_table(report):
@@ -215,9 +217,46 @@ def test_sampled_search_report(tmp_path):
     top = md_tables(text)[1]
     assert cells(top[2])[-3] == "2.4000"  # rank 1: the lowest final value
     assert len(top) == 2 + 10  # header, rule, top 10
-    for name in ("factors.png", "history.png"):
+    for name in ("history.png", "slice.png", "contour.png"):
         assert (tmp_path / "opt" / name).is_file()
     assert "Probable no-op" not in text  # no-op detection needs a grid
+    # fANOVA on the rebuilt study: medium moves the objective, lr_unused never does
+    imp = {cells(r)[0]: float(cells(r)[1]) for r in md_tables(text)[2][2:]}
+    assert set(imp) == {"cms.periods.medium", "optim.lr_unused"}
+    assert imp["cms.periods.medium"] > 0.9 > imp["optim.lr_unused"]
+    assert "over the 16 trials that ran to the end" in text
+    assert "![contour of cms.periods.medium and optim.lr_unused (Optuna)]" in text
+    best = re.search(r"Re-run the best trial on the record: `nlsweep rerun \S+ ([0-9a-f]{8})", text)
+    assert best is not None
+
+
+def test_main_effects_table(report):
+    """Marginal means and eta squared, checked against numpy on the known values."""
+    import numpy as np
+
+    _, text, _ = report
+    table = next(t for t in md_tables(text) if cells(t[0])[0] == "factor")
+    got = {}
+    factor = None
+    for line in table[2:]:
+        c = cells(line)
+        factor = c[0] or factor
+        got[(factor, c[1])] = c
+    finals = [(m, lr, v) for m, seeds in FINAL.items() for lr in (1, 2) for v in seeds.values()]
+    y = np.array([v for _, _, v in finals])
+    total = ((y - y.mean()) ** 2).sum()
+    for name, idx in (("medium", 0), ("lr_unused", 1)):
+        levels = {}
+        for row in finals:
+            levels.setdefault(row[idx], []).append(row[2])
+        between = sum(len(v) * (np.mean(v) - y.mean()) ** 2 for v in levels.values())
+        first = next(c for k, c in got.items() if k[0] == name and c[5])
+        assert float(first[5]) == pytest.approx(between / total, abs=5e-4)
+        for level, values in levels.items():
+            c = got[(name, str(level))]
+            assert int(c[2]) == len(values)
+            assert float(c[3].split(" ± ")[0]) == pytest.approx(np.mean(values), abs=5e-5)
+    assert float(next(c for k, c in got.items() if k[0] == "lr_unused" and c[5])[5]) == 0.0
 
 
 def test_report_cli(tmp_path, capsys, write_spec):

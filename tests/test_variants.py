@@ -3,10 +3,7 @@
 import pytest
 
 from nlsweep.cli import train_main
-from nlsweep.render import rerun_command
-from nlsweep.results import Trial
 from nlsweep.spec import SpecError, load_spec
-from nlsweep.tracking import RunData
 from tests.helpers import GOOD_SPEC
 
 NO_GPU = {"CPU": 2.0, "GPU": 0.0}
@@ -51,15 +48,6 @@ def test_bad_variants(write_spec, text, line, key, fragment):
         load_spec(write_spec(text), available=NO_GPU)
     assert (e.value.line, e.value.key) == (line, key), str(e.value)
     assert fragment in e.value.expected
-
-
-def test_rerun_command_names_the_variant():
-    run = RunData("r1", "variant=long seed=0", "FINISHED", 0, 0,
-                  {"train.seed": "0", "variant": "long"}, {}, {})  # fmt: skip
-    trial = Trial(run=run, factors={"variant": "long"}, seed=0, final=1.0, best=1.0)
-    assert rerun_command("/x/s.yaml", trial) == (
-        "python -m nlsweep.train /x/s.yaml --variant long --set base.train.seed=0"
-    )
 
 
 KINDS = """\
