@@ -11,13 +11,17 @@ from pathlib import Path
 import pandas as pd
 
 from nlsweep import figures, importance
+from nlsweep.forecast import duration
 from nlsweep.results import Context, Row, Trial, trials_frame
 from nlsweep.space import short_names
 from nlsweep.spec import DEFAULT_TRACKING_URI, absolute_uri
 from nlsweep.tasks import TASKS
 from nlsweep.tracking import (
     TAG_COMMIT,
+    TAG_FORECAST,
+    TAG_FORECAST_S,
     TAG_HARDWARE,
+    TAG_RESUMED,
     TAG_SHA,
     TAG_SPEC,
     TAG_SPEC_SHOWN,
@@ -300,6 +304,7 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
         ["dates", f"{_date(p.start_ms)} to {_date(p.end_ms)}"],
         ["hardware", "; ".join(hw) or "not recorded"],
         ["compute", f"{len(trials)} trials, {compute:.1f} trial-seconds ({compute / 3600:.3f} h)"],
+        ["wall time, forecast vs actual", forecast_vs_actual(p)],
         [
             "objective",
             f"{metric_label(ctx.metric, trials)} ({ctx.mode}) on held-out data; "
@@ -325,6 +330,19 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
             "</details>",
         ]
     return out
+
+
+def forecast_vs_actual(parent) -> str:
+    """The forecast the sweep recorded as it started, and its parent run's start to end."""
+    actual = (parent.end_ms - parent.start_ms) / 1000 if parent.end_ms else None
+    said = f"actual {duration(actual)}" if actual is not None else "actual: not ended"
+    if TAG_RESUMED in parent.tags:
+        said += f" (resumed {parent.tags[TAG_RESUMED]} time(s): includes the time between)"
+    if TAG_FORECAST_S not in parent.tags:
+        return f"no forecast (no earlier trials of these sizes when it started); {said}"
+    forecast = float(parent.tags[TAG_FORECAST_S])
+    ratio = f", {actual / forecast:.2f}x the forecast" if actual and forecast > 0 else ""
+    return f"forecast {parent.tags.get(TAG_FORECAST, duration(forecast))}; {said}{ratio}"
 
 
 def spec_shown(tags: dict, default: str) -> str:

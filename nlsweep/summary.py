@@ -70,7 +70,16 @@ def print_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out=pr
     """The sweep's expected wall time and trial-hours at `slots` trials at a time
     (`nlsweep.forecast`): from earlier finished trials of the same sizes in the tracking
     store, else from the probe."""
-    from nlsweep.forecast import cost_lines, step_times, sweep_cost
+    from nlsweep.forecast import cost_lines
+
+    cost, where = estimate_cost(spec, slots, probe_step_s, out)
+    for line in cost_lines(cost, slots, where, probe_step_s is not None):
+        out(line)
+
+
+def estimate_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out=print):
+    """(`forecast.Cost`, the store it was read from) of the sweep at `slots` at a time."""
+    from nlsweep.forecast import step_times, sweep_cost
 
     plan, uri = spec.plan, spec.tracking_uri
     if plan.algorithm == "grid":
@@ -87,9 +96,7 @@ def print_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out=pr
             history = step_times(Tracker(uri).trial_timings())
         except Exception as e:  # noqa: BLE001 - an estimate must not stop a dry run
             out(f"cost: earlier runs unreadable in {where} ({type(e).__name__}); none used")
-    cost = sweep_cost(trials, history, probe_step_s, slots)
-    for line in cost_lines(cost, slots, where, probe_step_s is not None):
-        out(line)
+    return sweep_cost(trials, history, probe_step_s, slots), where
 
 
 def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:

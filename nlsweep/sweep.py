@@ -33,7 +33,7 @@ from nlsweep.experiment import (
     read_bytes,
     write_marker,
 )
-from nlsweep.forecast import TrialProgress, progress_line
+from nlsweep.forecast import TrialProgress, duration, progress_line
 from nlsweep.lock import ExperimentLock
 from nlsweep.preflight import (
     adopt_tracking_uri,
@@ -54,8 +54,10 @@ from nlsweep.runlog import (
 from nlsweep.seal import Seal
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
 from nlsweep.spec import Spec, SpecError
-from nlsweep.summary import print_summary, summarize
+from nlsweep.summary import concurrency, estimate_cost, print_summary, summarize
 from nlsweep.tracking import (
+    TAG_FORECAST,
+    TAG_FORECAST_S,
     TAG_RESUMED,
     Tracker,
     bound_http_calls,
@@ -211,6 +213,7 @@ def run_sweep(
         tuner = restore_tuner(spec, path) if restore else None
         if marker is None:
             parent_id, base_tags = open_sweep_run(tracker, spec)
+            record_forecast(tracker, parent_id, spec, concurrency(spec, cluster.resources))
             write_marker(path, new_marker(spec, parent_id, spec.plan.trials))
         else:
             parent_id = marker.parent_run_id
@@ -283,6 +286,25 @@ def run_sweep(
         if cluster is not None and cluster.started_here:
             ray.shutdown()
         lock.release()
+
+
+def record_forecast(tracker: Tracker, parent_id: str, spec: Spec, slots: int) -> None:
+    """The `--dry-run` cost forecast, made as the sweep starts (from earlier finished trials
+    of the same sizes only), as parent-run tags the report sets beside the actual time."""
+    try:
+        cost, _ = estimate_cost(spec, slots, None, out=lambda _: None)
+    except Exception:  # noqa: BLE001 - a forecast never stops the sweep it forecasts
+        return
+    if cost.trial_s:
+        tracker.tags_batch(
+            parent_id,
+            {
+                TAG_FORECAST_S: f"{cost.wall_s:.1f}",
+                TAG_FORECAST: f"{duration(cost.wall_s)} of wall time at {slots} at a time, "
+                f"from earlier trials of the same sizes for {cost.from_history} of "
+                f"{cost.from_history + cost.missing} trials",
+            },
+        )
 
 
 def restore_tuner(spec: Spec, path: str) -> tune.Tuner:

@@ -55,6 +55,8 @@ TAG_RERUN_OF = "nlsweep.rerun_of"
 """On a child run that repeats an earlier trial (`nlsweep rerun`): the repeated run's id. Reports
 leave such runs out of the sweep's pools."""
 TAG_VERSIONS = "nlsweep.versions"
+TAG_FORECAST_S = "nlsweep.forecast_wall_s"
+TAG_FORECAST = "nlsweep.forecast"
 MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100

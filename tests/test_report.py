@@ -355,3 +355,18 @@ def test_the_sweep_runner_loads_scipy_and_matplotlib_only_for_a_report():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "['matplotlib', 'scipy']"]
+
+
+def test_header_sets_the_forecast_beside_the_actual_time():
+    from nlsweep.render import forecast_vs_actual
+    from nlsweep.tracking import TAG_FORECAST, TAG_FORECAST_S, TAG_RESUMED, RunData
+
+    said = "1m00s of wall time at 2 at a time, from earlier trials of the same sizes for 4 of 4"
+    tags = {TAG_FORECAST_S: "60.0", TAG_FORECAST: said}
+    run = RunData("p", "p", "FINISHED", 1_000, 91_000, {}, tags, {})
+    assert forecast_vs_actual(run) == f"forecast {said}; actual 1m30s, 1.50x the forecast"
+    run = RunData("p", "p", "FINISHED", 0, 5_000, {}, {TAG_RESUMED: "1"}, {})
+    assert forecast_vs_actual(run) == (
+        "no forecast (no earlier trials of these sizes when it started); actual 5s "
+        "(resumed 1 time(s): includes the time between)"
+    )

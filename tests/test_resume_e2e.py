@@ -8,6 +8,7 @@ every second, so the kill lands after a snapshot that knows of trial checkpoints
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -314,3 +315,12 @@ def test_existing_experiment_needs_resume_or_restart(tmp_path, write_spec, capsy
     assert len(archived) == 1 and (archived[0] / "tuner.pkl").is_file()
     runs = Tracker(f"sqlite:///{tmp_path / 'm.db'}").runs("tiny")
     assert sum(r.data.tags.get(TAG_ROLE) == "sweep" for r in runs) == 2  # the old one kept
+    # the second sweep started with the first one's trials in the store: its report sets
+    # the forecast made from them beside the time it took
+    header = (tmp_path / "reports" / "tiny.md").read_text().split("## Results")[0]
+    row = next(ln for ln in header.splitlines() if ln.startswith("| wall time, forecast"))
+    assert re.search(
+        r"forecast \S+ of wall time at 2 at a time, from earlier trials of the "
+        r"same sizes for 4 of 4 trials; actual \S+, [0-9.]+x the forecast",
+        row,
+    ), row
