@@ -15,7 +15,14 @@ from nlsweep.config import flatten, to_dict
 from nlsweep.resources import local_resources
 from nlsweep.space import grid_points, short_names, trial_label
 from nlsweep.spec import Spec, swept_values
-from nlsweep.tracking import TAG_DIVERGED, TAG_ERROR, Tracker, describe_store, ui_command
+from nlsweep.tracking import (
+    TAG_DIVERGED,
+    TAG_ERROR,
+    Tracker,
+    describe_store,
+    ui_command,
+    ui_links,
+)
 from nlsweep.train import DIVERGED
 
 
@@ -111,6 +118,14 @@ def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print
     store = describe_store(spec.tracking_uri)
     out(f"MLflow: experiment {spec.name!r} in {store}, parent run {parent_id}")
     out(f"to compare trials: {ui_command(spec.tracking_uri)}")
+    try:
+        tracker = Tracker(spec.tracking_uri)
+        children = [r.info.run_id for r in tracker.children(parent_id).values()]
+        runs, compare = ui_links(spec.tracking_uri, tracker.experiment_of(parent_id), children)
+        out(f"  runs: {runs}")
+        out(f"  compare the {len(children)} trial runs: {compare}")
+    except Exception as e:  # noqa: BLE001 - links are a convenience; the sweep has ended
+        out(f"  (no links: {type(e).__name__})")
     out(f"Ray experiment folder: {spec.storage}/{spec.name}")
     if failed:
         out(f"{failed} trial(s) failed; their MLflow runs carry the error in tag {TAG_ERROR}")

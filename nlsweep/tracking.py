@@ -9,6 +9,7 @@ metrics at step = training step (one `log_batch` per report), and the tags below
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from models.common import require
 from nlsweep.lock import sqlite_lock
@@ -57,6 +59,10 @@ leave such runs out of the sweep's pools."""
 TAG_VERSIONS = "nlsweep.versions"
 TAG_FORECAST_S = "nlsweep.forecast_wall_s"
 TAG_FORECAST = "nlsweep.forecast"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+"""The experiment tag the MLflow 3 UI reads (and its kind selector writes) for the kind of work."""
+MODEL_TRAINING = "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"
 MAX_TAG_LEN = 8000
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAMS_PER_BATCH = 100
@@ -182,6 +188,18 @@ def clip_tag(value) -> str:
     return text[: MAX_TAG_LEN - len(marker)] + marker
 
 
+def ui_links(uri: str, experiment_id: str, run_ids: list[str]) -> tuple[str, str]:
+    """Links to the experiment's runs view and to a compare view of `run_ids`: on the
+    tracking server itself, else on what `ui_command` serves (127.0.0.1:5000). Both name the
+    model-training workflow, since the MLflow 3 UI otherwise opens on its GenAI pages."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    ml = "workflowType=machine_learning"
+    runs = f"{base}/#/experiments/{experiment_id}/runs?{ml}"
+    ids = quote(json.dumps(run_ids, separators=(",", ":")))
+    exp = quote(json.dumps([experiment_id]))
+    return runs, f"{base}/#/compare-runs?runs={ids}&experiments={exp}&{ml}"
+
+
 def ui_command(uri: str) -> str:
     """The exact command that shows this store in the MLflow UI (bound to localhost)."""
     if uri.startswith(("http://", "https://")):
@@ -219,13 +237,19 @@ class Tracker:
             raise TrackingError(f"tracking_uri {self.uri}: unreachable ({_one_line(e)})") from None
 
     def experiment(self, name: str) -> str:
+        """The experiment's id (created, or restored from deletion), marked as model
+        training for the MLflow UI (`EXPERIMENT_KIND`) unless someone chose another kind."""
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            self.experiment_id = self.client.create_experiment(name)
+            self.experiment_id = self.client.create_experiment(
+                name, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+            )
         else:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return self.experiment_id
 
     def start_run(
