@@ -28,16 +28,13 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from models.common import ConfigError
 from nlsweep import sweep as runner
-from nlsweep.cluster import start_ray
 from nlsweep.config import flatten, to_dict
 from nlsweep.experiment import experiment_path
 from nlsweep.lock import ExperimentLock
 from nlsweep.preflight import check_storage, prepare_data
-from nlsweep.resources import check_resources
 from nlsweep.runlog import RunLogger, close_open_runs, repeat_key, sweep_tags
-from nlsweep.spec import Spec, SpecError, load_spec, swept_values
+from nlsweep.spec import Spec, load_spec, swept_values
 from nlsweep.tracking import (
     TAG_COMMIT,
     TAG_HARDWARE,
@@ -49,7 +46,6 @@ from nlsweep.tracking import (
     RunData,
     SweepData,
     Tracker,
-    bound_http_calls,
     read_sweep,
 )
 
@@ -171,24 +167,23 @@ class StopAt(tune.Stopper):
 
 
 def run_repeats(
-    spec: Spec, parent_id: str, tags: dict, repeats: dict[str, str], stops: dict, out=print
+    spec: Spec,
+    tracker: Tracker,
+    parent_id: str,
+    tags: dict,
+    repeats: dict[str, str],
+    stops: dict,
+    out=print,
 ) -> dict[str, str]:
     """`nlsweep rerun`: the trials whose swept values key `repeats` (-> the run each repeats),
     as new child runs of `parent_id` in a Tune experiment of their own, each stopped at its
     step in `stops`; returns repeated run id -> new run id."""
-    bound_http_calls()
     prepare_data(spec)
-    tracker = Tracker(spec.tracking_uri)
-    tracker.check()
     check_storage(spec)
     lock = ExperimentLock(spec.storage, spec.name).acquire()  # never beside the sweep itself
     cluster = None
     try:
-        cluster = start_ray()
-        try:
-            check_resources(spec.resources, cluster.resources, cluster.where)
-        except ConfigError as e:
-            raise SpecError.at(spec, e.key, e.expected) from None
+        cluster = runner.start_checked_ray(spec)
         name = f"{spec.name}-reruns"
         path = experiment_path(spec.storage, name)
         logger = RunLogger(spec, parent_id, {**sweep_tags(spec), **tags}, path, repeats)
@@ -224,8 +219,14 @@ def rerun(
     with tempfile.TemporaryDirectory() as tmp:
         recorded = []
         for r in runs:
-            got = tracker.download(r.run_id, "config.json", tmp)
-            recorded.append(json.loads(Path(got).read_text()))
+            try:
+                got = tracker.download(r.run_id, "config.json", tmp)
+                recorded.append(json.loads(Path(got).read_text()))
+            except Exception as e:  # noqa: BLE001 - missing or unreadable: either way one line
+                raise RerunError(
+                    f"run {r.run_id[:8]} ({r.name}): no readable config.json artifact, so its "
+                    f"exact config is unknown ({type(e).__name__})"
+                ) from None
         spec = exact_spec(_spec_file(spec_arg, sweep, tracker, Path(tmp)), uri, recorded, storage)
     if spec.name != name:
         raise RerunError(f"{spec.path}: name: {name} (the sweep's), got {spec.name}")
@@ -237,7 +238,7 @@ def rerun(
     }
     tags = {k: sweep.parent.tags[k] for k in (TAG_SPEC, TAG_SPEC_SHOWN, TAG_SHA)
             if k in sweep.parent.tags}  # fmt: skip
-    new_ids = run_repeats(spec, sweep.parent.run_id, tags, repeats, stops, out)
+    new_ids = run_repeats(spec, tracker, sweep.parent.run_id, tags, repeats, stops, out)
     again = {r.run_id: r for r in read_sweep(uri, name, sweep.parent.run_id).reruns}
     ok = True
     for old in runs:

@@ -64,8 +64,9 @@ METRIC_PREFIXES = (
 WARNINGS = "warnings"
 """Result key of the final report: JSON {name: why} of configured paths that never fired."""
 GPU_KEY = "gpu"
-VERSIONS = "versions"
 """Result key: the GPUs Ray gave the trial and what CUDA_VISIBLE_DEVICES said (a run tag)."""
+VERSIONS = "versions"
+"""Result key: the torch and Python versions the trial ran with (a run tag)."""
 TAG_GPU = "nlsweep.gpu"
 FALLBACK = "checkpoint_fallback"
 """Result key: the trial's newest checkpoint was unreadable and an older one was restored

@@ -18,6 +18,8 @@ from nlsweep.spec import Spec, swept_values
 from nlsweep.tracking import (
     TAG_DIVERGED,
     TAG_ERROR,
+    TAG_FORECAST,
+    TAG_FORECAST_S,
     Tracker,
     describe_store,
     ui_command,
@@ -104,6 +106,27 @@ def estimate_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out
         except Exception as e:  # noqa: BLE001 - an estimate must not stop a dry run
             out(f"cost: earlier runs unreadable in {where} ({type(e).__name__}); none used")
     return sweep_cost(trials, history, probe_step_s, slots), where
+
+
+def record_forecast(tracker: Tracker, parent_id: str, spec: Spec, slots: int) -> None:
+    """The `--dry-run` cost forecast, made as the sweep starts (from earlier finished trials
+    of the same sizes only), as parent-run tags the report sets beside the actual time."""
+    try:
+        cost, _ = estimate_cost(spec, slots, None, out=lambda _: None)
+    except Exception:  # noqa: BLE001 - a forecast never stops the sweep it forecasts
+        return
+    from nlsweep.forecast import duration
+
+    if cost.trial_s:
+        tracker.tags_batch(
+            parent_id,
+            {
+                TAG_FORECAST_S: f"{cost.wall_s:.1f}",
+                TAG_FORECAST: f"{duration(cost.wall_s)} of wall time at {slots} at a time, "
+                f"from earlier trials of the same sizes for {cost.from_history} of "
+                f"{cost.from_history + cost.missing} trials",
+            },
+        )
 
 
 def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:

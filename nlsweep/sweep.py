@@ -33,7 +33,7 @@ from nlsweep.experiment import (
     read_bytes,
     write_marker,
 )
-from nlsweep.forecast import TrialProgress, duration, progress_line
+from nlsweep.forecast import TrialProgress, progress_line
 from nlsweep.lock import ExperimentLock
 from nlsweep.preflight import (
     adopt_tracking_uri,
@@ -44,20 +44,12 @@ from nlsweep.preflight import (
     prepare_data,
 )
 from nlsweep.resources import check_resources
-from nlsweep.runlog import (
-    RunLogger,
-    close_open_runs,
-    open_sweep_run,
-    outage,
-    sweep_tags,
-)
+from nlsweep.runlog import RunLogger, close_open_runs, open_sweep_run, outage, sweep_tags
 from nlsweep.seal import Seal
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
 from nlsweep.spec import Spec, SpecError
-from nlsweep.summary import concurrency, estimate_cost, print_summary, summarize
+from nlsweep.summary import concurrency, print_summary, record_forecast, summarize
 from nlsweep.tracking import (
-    TAG_FORECAST,
-    TAG_FORECAST_S,
     TAG_RESUMED,
     Tracker,
     bound_http_calls,
@@ -193,20 +185,7 @@ def run_sweep(
         marker = prepare(spec, resume, restart, tracker, out, extend)
         path = experiment_path(spec.storage, spec.name)
         growth = extension(spec, marker, path) if extend else None
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
-        cluster = start_ray()
-        try:
-            check_resources(spec.resources, cluster.resources, cluster.where)
-        except ConfigError as e:
-            raise SpecError.at(spec, e.key, e.expected) from None
-        check_shared_storage(spec, cluster.nodes)
-        if cluster.client and not spec.tracking_uri.startswith(("http://", "https://")):
-            raise SpecError.at(
-                spec,
-                "tracking_uri",
-                "an MLflow server (http://HOST:PORT) with a Ray Client address: Tune writes "
-                f"the runs from the cluster's head node, which cannot reach {spec.tracking_uri}",
-            )
+        cluster = start_checked_ray(spec)
         # Tune reads the earlier run's state now, before any run is reopened: a file it
         # cannot read is one line, and the sweep stays as resumable as it was.
         restore = marker is not None and (not growth or growth.unfinished)
@@ -288,23 +267,31 @@ def run_sweep(
         lock.release()
 
 
-def record_forecast(tracker: Tracker, parent_id: str, spec: Spec, slots: int) -> None:
-    """The `--dry-run` cost forecast, made as the sweep starts (from earlier finished trials
-    of the same sizes only), as parent-run tags the report sets beside the actual time."""
+def start_checked_ray(spec: Spec):
+    """Ray for the spec's trials (started here, or the cluster joined), with every check that
+    needs it made before a trial starts: the resources a trial asks for, storage every node
+    reaches, and a tracking store Tune's callbacks reach under Ray Client. A Ray started here
+    is shut down again when a check fails."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
+    cluster = start_ray()
     try:
-        cost, _ = estimate_cost(spec, slots, None, out=lambda _: None)
-    except Exception:  # noqa: BLE001 - a forecast never stops the sweep it forecasts
-        return
-    if cost.trial_s:
-        tracker.tags_batch(
-            parent_id,
-            {
-                TAG_FORECAST_S: f"{cost.wall_s:.1f}",
-                TAG_FORECAST: f"{duration(cost.wall_s)} of wall time at {slots} at a time, "
-                f"from earlier trials of the same sizes for {cost.from_history} of "
-                f"{cost.from_history + cost.missing} trials",
-            },
-        )
+        try:
+            check_resources(spec.resources, cluster.resources, cluster.where)
+        except ConfigError as e:
+            raise SpecError.at(spec, e.key, e.expected) from None
+        check_shared_storage(spec, cluster.nodes)
+        if cluster.client and not spec.tracking_uri.startswith(("http://", "https://")):
+            raise SpecError.at(
+                spec,
+                "tracking_uri",
+                "an MLflow server (http://HOST:PORT) with a Ray Client address: Tune writes "
+                f"the runs from the cluster's head node, which cannot reach {spec.tracking_uri}",
+            )
+    except BaseException:
+        if cluster.started_here:
+            ray.shutdown()
+        raise
+    return cluster
 
 
 def restore_tuner(spec: Spec, path: str) -> tune.Tuner:

@@ -32,6 +32,8 @@ def _quiet() -> None:
     after mlflow's import, which configures its own logger."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # a progress bar per artifact download would sit on stderr above a one-line error
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 TAG_TRIAL = "nlsweep.trial_id"

@@ -76,3 +76,14 @@ def test_rows_and_run_ids_name_their_runs(tmp_path):
     uri, _ = make_store(tmp_path / "o", algorithm="optuna")
     with pytest.raises(RerunError, match="used optuna search: name a run id"):
         targets(read_sweep(uri, "synthetic"), "R1")
+
+
+def test_a_run_without_its_recorded_config_is_one_line(tmp_path, capsys):
+    """The synthetic runs carry no config.json: the re-run refuses before anything starts."""
+    from nlsweep.cli import main
+
+    uri, runs = make_store(tmp_path)
+    assert main(["rerun", "synthetic", runs[(1, 1, 0)][:8], "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"run {runs[(1, 1, 0)][:8]} (medium=1")
+    assert "no readable config.json artifact" in err[0]
