@@ -97,9 +97,9 @@ def _save(ax_or_axes, path: Path) -> None:
     ax = ax_or_axes.flat[0] if hasattr(ax_or_axes, "flat") else ax_or_axes
     fig = ax.get_figure()
     fig.set_size_inches(max(7.0, fig.get_size_inches()[0]), 4.5)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    # Not tight_layout: it cannot place the contour's colorbar axes, and warns so.
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -161,3 +161,23 @@ def test_passkey_memory(tmp_path, monkeypatch):
             assert m["memory/0/writes"] > 0 and "memory/0/bounded" in m
             forget_to = "init" if variant.endswith("carried") else "zero"
             assert p["model.memory_forget_to"] == forget_to
+
+
+def test_hope_tune(tmp_path, monkeypatch):
+    """The Optuna + ASHA space (its smoke run draws 4 trials; a seed grid does not mix with
+    optuna): the teach signal drives the CMS chain at the periods drawn, and the report
+    explains the search with fANOVA importance."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    rc = main(["run", str(SPACES / "hope_tune.yaml"), "--smoke", "--set", "search.num_samples=4",
+               "--tracking-uri", uri, "--storage", str(tmp_path / "ray")])  # fmt: skip
+    assert rc == 0
+    runs = [r for r in Tracker(uri).runs("hope_tune") if r.data.tags.get(TAG_ROLE) == "trial"]
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        p, m = r.data.params, r.data.metrics
+        fastest = json.loads(p["cms.token_periods"])[0]
+        assert (m[f"cms_inner/0_p{fastest}/updates"] > 0) == (float(p["teach.scale"]) > 0)
+    assert "Which factors mattered" in (tmp_path / "reports" / "hope_tune.md").read_text()
