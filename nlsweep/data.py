@@ -1,4 +1,5 @@
-"""Character-level corpora, held-out splits and contiguous-stream batching.
+"""Text corpora, held-out splits, tokenisation (`nlsweep/tokenizer.py`) and contiguous-stream
+batching.
 
 Corpora (`data.corpus`):
     pydoc            the documentation topics bundled with CPython (`pydoc_data.topics`):
@@ -13,7 +14,8 @@ otherwise downloaded there and sha256-checked.
 
 Batches are B contiguous streams: the training tokens are cut into B rows and batch k is
 columns [kT, (k+1)T) of every row, so row b continues where it stopped (persistent recurrent
-state depends on this). The vocabulary comes from the training split alone; id 0 is <unk>.
+state depends on this). The vocabulary (characters, or a SentencePiece model) comes from the
+training split alone; id 0 is <unk>.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import io
 import os
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +35,13 @@ import torch
 from models.common import ConfigError, require
 from models.teach import IGNORE
 from nlsweep.tasks import TASKS, load_task
+from nlsweep.tokenizer import (
+    CharTokenizer,
+    SentencePieceTokenizer,
+    TokenizerError,
+    cached_sentencepiece,
+    load_sentencepiece,
+)
 
 DEFAULT_VAL_FRACTION = 0.1
 SHINGLE = 32
@@ -97,6 +106,13 @@ class DataConfig:
     (default: one call per sequence)."""
     task_seed: int = 0
     """mqar, passkey: seed of the generated training and held-out sequences."""
+    tokenizer: Literal["char", "sentencepiece"] = "char"
+    """Text corpora: characters of the training split, or a SentencePiece model trained on
+    the training split alone (`nlsweep/tokenizer.py`; cached, so trials share one)."""
+    model_type: Literal["unigram", "bpe"] | None = None
+    """sentencepiece: the subword model (default unigram)."""
+    tokenizer_path: str = ""
+    """sentencepiece: a trained model file to use instead of training one."""
 
     def __post_init__(self):
         task_fields = {
@@ -142,8 +158,8 @@ class DataConfig:
             require(not self.path, "path", "unset for a generated task")
             require(self.task_seed >= 0, "task_seed", f">= 0, got {self.task_seed}")
         else:
-            require(self.vocab_size is None, "vocab_size", "unset unless corpus is a task")
             require(self.task_seed == 0, "task_seed", "unset unless corpus is mqar or passkey")
+        self._check_tokenizer()
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
         require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
         if self.val_fraction is not None:
@@ -158,6 +174,30 @@ class DataConfig:
                 "unset for wikitext2 (its held-out split is test.txt)",
             )
         require(self.corpus != "text" or self.path, "path", "a text file path for corpus: text")
+
+    def _check_tokenizer(self) -> None:
+        spm = self.tokenizer == "sentencepiece"
+        require(not spm or self.corpus not in TASKS, "tokenizer", "char for a generated task")
+        if self.corpus in TASKS:
+            pass
+        elif not spm:
+            require(self.vocab_size is None, "vocab_size", "unset unless corpus is a task or "
+                    "tokenizer is sentencepiece")  # fmt: skip
+        elif self.tokenizer_path:
+            require(self.vocab_size is None, "vocab_size", "unset with tokenizer_path (the "
+                    "model has its own)")  # fmt: skip
+            require(self.model_type is None, "model_type", "unset with tokenizer_path")
+        else:
+            require(self.vocab_size is not None, "vocab_size", "a vocabulary size for "
+                    "tokenizer sentencepiece (or a trained model in tokenizer_path)")  # fmt: skip
+            require(self.vocab_size >= 2, "vocab_size", f">= 2, got {self.vocab_size}")
+            self.model_type = self.model_type or "unigram"
+        if not spm:
+            require(
+                self.model_type is None, "model_type", "unset unless tokenizer is sentencepiece"
+            )
+            require(not self.tokenizer_path, "tokenizer_path", "unset unless tokenizer is "
+                    "sentencepiece")  # fmt: skip
 
 
 def cache_root() -> Path:
@@ -250,16 +290,16 @@ def read_text(path: Path) -> str:
     return text
 
 
-def check_fits(cfg: DataConfig, train_text: str, val_text: str) -> None:
-    """Both splits fill `batch_size` streams of at least `seq_len` tokens (characters), or
-    one line naming the field; what `StreamBatcher` would refuse mid-trial, found first."""
-    for where, text in (("training", train_text), ("held-out", val_text)):
-        row_len = (len(text) - 1) // cfg.batch_size
+def check_fits(cfg: DataConfig, train_tokens: int, val_tokens: int) -> None:
+    """Both splits (their lengths in tokens) fill `batch_size` streams of at least `seq_len`
+    tokens, or one line naming the field; what `StreamBatcher` would refuse mid-trial."""
+    unit = "characters" if cfg.tokenizer == "char" else "tokens"
+    for where, n in (("training", train_tokens), ("held-out", val_tokens)):
+        row_len = (n - 1) // cfg.batch_size
         if row_len < cfg.seq_len:
             raise DataError(
                 f"data.seq_len: at most {max(row_len, 0)} so that the {where} split of corpus "
-                f"{cfg.corpus} ({len(text)} characters) fills {cfg.batch_size} streams, "
-                f"got {cfg.seq_len}"
+                f"{cfg.corpus} ({n} {unit}) fills {cfg.batch_size} streams, got {cfg.seq_len}"
             )
 
 
@@ -277,24 +317,6 @@ def load_texts(cfg: DataConfig) -> tuple[str, str]:
     frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
     cut = int(len(text) * (1 - frac))
     return text[:cut], text[cut:]
-
-
-class CharVocab:
-    """Characters of the training split; id 0 stands for any character outside it."""
-
-    def __init__(self, train_text: str):
-        self.chars = sorted(set(train_text))
-        self.index = {c: i + 1 for i, c in enumerate(self.chars)}
-
-    def __len__(self) -> int:
-        return len(self.chars) + 1
-
-    def encode(self, text: str) -> torch.Tensor:
-        get = self.index.get
-        return torch.tensor([get(c, 0) for c in text], dtype=torch.long)
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[i - 1] if i > 0 else "\ufffd" for i in ids)
 
 
 def shingle_overlap(train: str, val: str, k: int = SHINGLE) -> float:
@@ -385,11 +407,13 @@ class StreamBatcher:
 
 @dataclass
 class Corpus:
-    vocab: CharVocab
+    vocab: CharTokenizer | SentencePieceTokenizer
     train: torch.Tensor
     val: torch.Tensor
     val_overlap: float
     val_unk_rate: float
+    val_units: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per held-out token, the bytes and characters of text it stands for (val/bpb, val/bpc)."""
     accuracy_key: str | None = None
     """Text corpora report no accuracy; tasks name theirs (e.g. val/recall_acc)."""
     generated = False
@@ -404,6 +428,12 @@ class Corpus:
             StreamBatcher(self.train, batch_size, seq_len, "training"),
             StreamBatcher(self.val, batch_size, seq_len, "held-out"),
         )
+
+    def unit_batchers(self, batch_size: int, seq_len: int) -> dict[str, StreamBatcher]:
+        """Batchers over `val_units` laid out as the held-out batcher: a window's targets
+        line up with the bytes (characters) they stand for."""
+        return {k: StreamBatcher(v, batch_size, seq_len, "held-out")
+                for k, v in self.val_units.items()}  # fmt: skip
 
 
 def cached_overlap(train: str, val: str) -> float:
@@ -426,18 +456,38 @@ def cached_overlap(train: str, val: str) -> float:
     return value
 
 
+def build_tokenizer(cfg: DataConfig, train_text: str):
+    """The tokenizer of `cfg`, from the training split alone; DataError (one line) if it
+    cannot be trained or loaded."""
+    try:
+        if cfg.tokenizer == "char":
+            return CharTokenizer(train_text)
+        if cfg.tokenizer_path:
+            return load_sentencepiece(cfg.tokenizer_path)
+        return cached_sentencepiece(train_text, cfg.vocab_size, cfg.model_type, cache_root())
+    except TokenizerError as e:
+        raise DataError(str(e)) from None
+
+
+def tokenize(cfg: DataConfig, train_text: str, val_text: str):
+    """(tokenizer, training ids, held-out ids, held-out units)."""
+    if not train_text or not val_text:
+        raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
+    tok = build_tokenizer(cfg, train_text)
+    val, units = tok.encode_with_units(val_text)
+    return tok, tok.encode(train_text), val, units
+
+
 def load_corpus(cfg: DataConfig) -> Corpus:
     if cfg.corpus in TASKS:
         return load_task(cfg)
     train_text, val_text = load_texts(cfg)
-    if not train_text or not val_text:
-        raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
-    vocab = CharVocab(train_text)
-    val = vocab.encode(val_text)
+    tok, train, val, units = tokenize(cfg, train_text, val_text)
     return Corpus(
-        vocab=vocab,
-        train=vocab.encode(train_text),
+        vocab=tok,
+        train=train,
         val=val,
         val_overlap=cached_overlap(train_text, val_text),
         val_unk_rate=float((val == 0).float().mean()),
+        val_units=units,
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from models.common import ConfigError
 from nlsweep import seal
-from nlsweep.data import DataError, cached_overlap, check_fits, load_texts
+from nlsweep.data import DataError, cached_overlap, check_fits, load_texts, tokenize
 from nlsweep.experiment import (
     ExperimentError,
     Marker,
@@ -135,25 +135,38 @@ def candidate_configs(spec: Spec) -> list:
     return [spec.base] + [spec.trial_config(dict(zip(axes, combo))) for combo in points]
 
 
-def prepare_data(spec: Spec) -> None:
-    """Find (or download) and read every corpus the trials will read, and check that each
-    trial's batch shape fits its splits, before anything starts (one line on failure)."""
+def prepare_data(spec: Spec) -> dict[str, bytes]:
+    """Find (or download) and read every corpus the trials will read, train the subword
+    models they use, and check that each trial's batch shape fits its splits, before
+    anything starts (one line on failure). Returns the subword models: {file name: bytes}."""
     texts: dict[tuple, tuple[str, str]] = {}
+    lengths: dict[tuple, tuple[int, int]] = {}
+    models: dict[str, bytes] = {}
     shapes = set()
     for cfg in candidate_configs(spec):
         d = cfg.data
         if d.corpus in TASKS:  # generated to the asked shape
             continue
         key = (d.corpus, d.path, d.val_fraction)
+        # A subword model is trained here, once, before any trial: a vocabulary the text
+        # cannot support is one line now, and every trial finds the model in the cache.
+        tok_key = (key, d.tokenizer, d.vocab_size, d.model_type, d.tokenizer_path)
         try:
             if key not in texts:
                 texts[key] = load_texts(d)
                 cached_overlap(*texts[key])  # computed once here, not per trial
-            if (key, d.seq_len, d.batch_size) not in shapes:
-                shapes.add((key, d.seq_len, d.batch_size))
-                check_fits(d, *texts[key])
+            if tok_key not in lengths:
+                tok, train, val, _ = tokenize(d, *texts[key])
+                lengths[tok_key] = (len(train), len(val))
+                if d.tokenizer == "sentencepiece":
+                    what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
+                    models[f"{d.corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
+            if (tok_key, d.seq_len, d.batch_size) not in shapes:
+                shapes.add((tok_key, d.seq_len, d.batch_size))
+                check_fits(d, *lengths[tok_key])
         except DataError as e:
             raise SpecError.at(spec, "base.data", str(e)) from None
+    return models
 
 
 def trial_counts(spec: Spec, path: str) -> tuple[int, int]:

@@ -304,6 +304,8 @@ def load_spec(
         err(f"base.{e.key}", e.expected)
     if metric in TASK_OBJECTIVES and base.data.corpus != TASK_OBJECTIVES[metric]:
         err("metric", f"{metric} is reported by corpus {TASK_OBJECTIVES[metric]} only")
+    if metric == "val/bpb" and base.data.corpus in TASK_OBJECTIVES.values():
+        err("metric", "val/bpb is reported by text corpora only (a generated task has no text)")
     length = LENGTH_OBJECTIVE.fullmatch(metric)
     if length and int(length[1]) not in (base.data.eval_lengths or []):
         err("metric", f"{metric} is reported only with {length[1]} in base.data.eval_lengths")

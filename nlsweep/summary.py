@@ -12,6 +12,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from nlsweep.config import flatten, to_dict
+from nlsweep.experiment import filesystem
 from nlsweep.resources import local_resources
 from nlsweep.space import grid_points, short_names, trial_label
 from nlsweep.spec import Spec, swept_values
@@ -127,6 +128,30 @@ def record_forecast(tracker: Tracker, parent_id: str, spec: Spec, slots: int) ->
                 f"{cost.from_history + cost.missing} trials",
             },
         )
+
+
+def record_tokenizers(tracker: Tracker, parent_id: str, models: dict[str, bytes], path: str,
+                      out=print) -> None:  # fmt: skip
+    """The subword models the trials read, as artifacts `tokenizer/*.model` of the parent
+    run; where the store takes no artifacts, as files in the Ray experiment's `tokenizer/`."""
+    if not models:
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, blob in models.items():
+            (Path(tmp) / name).write_bytes(blob)
+        try:
+            tracker.log_artifacts(parent_id, tmp, "tokenizer")
+            return
+        except Exception as e:  # noqa: BLE001 - the models are kept beside the experiment
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fs, root = filesystem(path)
+    fs.create_dir(f"{root}/tokenizer", recursive=True)
+    for name, blob in models.items():
+        with fs.open_output_stream(f"{root}/tokenizer/{name}") as f:
+            f.write(blob)
+    out(f"warning: the tokenizer models went to {path}/tokenizer/ (MLflow took no artifact: {why})")
 
 
 def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:

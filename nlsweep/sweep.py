@@ -48,7 +48,13 @@ from nlsweep.runlog import RunLogger, close_open_runs, open_sweep_run, outage, s
 from nlsweep.seal import Seal
 from nlsweep.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
 from nlsweep.spec import Spec, SpecError
-from nlsweep.summary import concurrency, print_summary, record_forecast, summarize
+from nlsweep.summary import (
+    concurrency,
+    print_summary,
+    record_forecast,
+    record_tokenizers,
+    summarize,
+)
 from nlsweep.tracking import (
     TAG_RESUMED,
     Tracker,
@@ -174,7 +180,9 @@ def run_sweep(
     every trial finished, 1 some failed, 3 the tracking store stayed away (resume once it is
     back), 130 interrupted (the message says how to resume)."""
     bound_http_calls()
-    prepare_data(spec)  # bad data: one line before the tracking store or storage is touched
+    # Bad data (or a vocabulary its text cannot support): one line before the tracking
+    # store or storage is touched.
+    models = prepare_data(spec)
     adopt_tracking_uri(spec, resume or extend, out)
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
@@ -194,6 +202,7 @@ def run_sweep(
             parent_id, base_tags = open_sweep_run(tracker, spec)
             record_forecast(tracker, parent_id, spec, concurrency(spec, cluster.resources))
             write_marker(path, new_marker(spec, parent_id, spec.plan.trials))
+            record_tokenizers(tracker, parent_id, models, path, out)
         else:
             parent_id = marker.parent_run_id
             tracker.experiment(spec.name)

@@ -46,7 +46,9 @@ __all__ = ["DIVERGED", "Diverged", "Trainer", "TrialConfig"]
 STATE_FORMAT = 2  # 2: the Titans memory state carries its chunk position and chunk-start memory
 SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
-OBJECTIVES = ("val/bpc", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc")
+OBJECTIVES = (
+    "val/bpc", "val/bpb", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc"
+)  # fmt: skip
 TASK_OBJECTIVES = {"val/recall_acc": "mqar", "val/passkey_acc": "passkey"}  # only they report
 
 
@@ -240,6 +242,10 @@ class Trainer:
         )
         B, T = cfg.data.batch_size, cfg.data.seq_len
         self.batcher, self.heldout = self.corpus.batchers(B, T)
+        # Text corpora: the bytes and characters each held-out target stands for, so loss
+        # can be put per byte and per character whatever the tokenizer.
+        units = getattr(self.corpus, "unit_batchers", None)
+        self.heldout_units = units(B, T) if units else {}
         self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
         self.extra_evals = self.corpus.extra_evals(B)
         self.step = 0
@@ -331,6 +337,15 @@ class Trainer:
         heldout = heldout or self.heldout
         return (heldout.window(k) for k in range(self.eval_windows))
 
+    def unit_windows(self, final: bool, window: int | None = None) -> dict:
+        """{unit: its per-target counts, window by window}, laid out as the windows of the
+        evaluation (`final_windows` when `final`, else the sampled ones)."""
+        whole = final and self.final_whole_split
+        return {
+            k: (y for _, y in (b.full_windows(window) if whole else self.sampled_windows(b)))
+            for k, b in self.heldout_units.items()
+        }
+
     def _segments(self, windows):
         """`windows` cut along time into `data.eval_segment` tokens (unset: as they are);
         consecutive segments continue each row's stream, so `evaluate` carries the state
@@ -354,11 +369,14 @@ class Trainer:
         return self.heldout.full_windows(window)
 
     @torch.no_grad()
-    def evaluate(self, windows=None) -> float:
+    def evaluate(self, windows=None, units: dict | None = None) -> float:
         """Mean held-out cross-entropy (nats/token) over `windows` (default the sampled
-        ones), consecutive windows continuing each row's stream; sets `accuracy` and
-        `eval_tokens`."""
+        ones), consecutive windows continuing each row's stream; sets `accuracy`,
+        `eval_tokens`, `eval_nats` (the summed loss) and `eval_units` (the sum over the
+        scored targets of each of `units`: {name: per-target counts, window by window})."""
         windows = self.sampled_windows() if windows is None else windows
+        units = units or {}
+        counted = dict.fromkeys(units, 0)
         was_training = self.model.training
         self.model.eval()
         total, count, hits = 0.0, 0, 0
@@ -377,10 +395,13 @@ class Trainer:
             ).item()
             active = flat != IGNORE
             count += int(active.sum())
+            for k, it in units.items():
+                counted[k] += int(next(it).reshape(-1)[active.cpu()].sum())
             hits += int((logits.reshape(-1, logits.shape[-1]).argmax(-1) == flat)[active].sum())
         self.model.train(was_training)
         self.accuracy = hits / max(count, 1)  # of the positions the loss counts
         self.eval_tokens = count
+        self.eval_nats, self.eval_units = total, counted
         return total / max(count, 1)
 
     def _metrics(self) -> dict[str, float]:
@@ -388,15 +409,18 @@ class Trainer:
         since = self._since_eval
         final = self.step == self.cfg.train.steps
         t0 = time.perf_counter()
-        val_loss = self.evaluate(self.final_windows() if final else None)
+        val_loss = self.evaluate(self.final_windows() if final else None, self.unit_windows(final))
         eval_s = time.perf_counter() - t0
+        bits = self.eval_nats / math.log(2)
+        per = self.eval_units
         m = {
             "step": self.step,
             "tokens": self.step * B * T,
             "train/loss": since["loss"] / max(since["n"], 1),
             "val/loss": val_loss,
-            "val/bpc": val_loss / math.log(2),
-            "val/ppl": math.exp(min(val_loss, 700.0)),
+            # bits per character of the held-out text (per token for a generated task)
+            "val/bpc": bits / per["chars"] if per.get("chars") else val_loss / math.log(2),
+            "val/ppl": math.exp(min(val_loss, 700.0)),  # per token
             "perf/tokens_per_s": since["n"] * B * T / max(since["seconds"], 1e-9),
             "perf/step_ms": 1000.0 * since["seconds"] / max(since["n"], 1),
             "model/params": float(param_count(self.model)),
@@ -407,6 +431,8 @@ class Trainer:
             # 1: this evaluation scored the whole held-out split (the report marks it)
             "eval/full_split": float(final and self.final_whole_split),
         }
+        if per.get("bytes"):
+            m["val/bpb"] = bits / per["bytes"]  # bits per UTF-8 byte: any tokenizer's scale
         m.update(memory_peaks(self.device))
         if self.corpus.accuracy_key:
             m[self.corpus.accuracy_key] = self.accuracy

@@ -9,7 +9,6 @@ import torch
 from models.common import ConfigError
 from nlsweep import data
 from nlsweep.data import (
-    CharVocab,
     DataConfig,
     DataError,
     StreamBatcher,
@@ -18,6 +17,7 @@ from nlsweep.data import (
     resolve_files,
     shingle_overlap,
 )
+from nlsweep.tokenizer import CharTokenizer
 from tests.helpers import has_shakespeare
 
 
@@ -57,7 +57,7 @@ def test_vocab_comes_from_training_split_only(tmp_path):
     c = load_corpus(DataConfig(corpus="text", path=str(f)))
     assert c.vocab.chars == ["a", "b"]
     assert c.val_unk_rate == 1.0  # every held-out char is unknown to training
-    assert CharVocab("ba").decode(CharVocab("ba").encode("abx").tolist()) == "ab\ufffd"
+    assert CharTokenizer("ba").decode(CharTokenizer("ba").encode("abx").tolist()) == "ab\ufffd"
 
 
 def test_streams_are_contiguous_and_wrap():
