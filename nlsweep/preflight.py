@@ -155,12 +155,13 @@ def prepare_data(spec: Spec) -> dict[str, bytes]:
             if key not in texts:
                 texts[key] = load_texts(d)
                 cached_overlap(*texts[key])  # computed once here, not per trial
-            if tok_key not in lengths:
+            if tok_key not in lengths and d.tokenizer == "char":
+                lengths[tok_key] = tuple(len(t) for t in texts[key])  # a character a token
+            elif tok_key not in lengths:
                 tok, train, val, _ = tokenize(d, *texts[key])
                 lengths[tok_key] = (len(train), len(val))
-                if d.tokenizer == "sentencepiece":
-                    what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
-                    models[f"{d.corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
+                what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
+                models[f"{d.corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
             if (tok_key, d.seq_len, d.batch_size) not in shapes:
                 shapes.add((tok_key, d.seq_len, d.batch_size))
                 check_fits(d, *lengths[tok_key])
