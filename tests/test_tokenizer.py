@@ -235,3 +235,17 @@ def test_subword_sweep_records_its_tokenizer(tmp_path, cache, monkeypatch):
     got = tracker.download(parent.info.run_id, name, tmp_path / "dl")
     assert Path(got).read_bytes() == cached.read_bytes()
     assert "val/bpb" in (tmp_path / "reports" / "spm.md").read_text()
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_bytes_scored_do_not_depend_on_batch_or_window(tmp_path, cache, batch_size):
+    """The final evaluation charges every held-out target's bytes exactly once, however the
+    split is cut into rows (batch size) and windows along the stream."""
+    text = ASCII.replace("cat", "çat")
+    t = trainer(text_file(tmp_path, text), batch_size=batch_size, tokenizer="sentencepiece",
+                vocab_size=36)  # fmt: skip
+    ids, units = t.corpus.val, t.corpus.val_units
+    expected = {k: int(v[1:].sum()) for k, v in units.items()}  # all targets: not the first
+    for window in (None, 5, 10**6):
+        t.evaluate(t.final_windows(window), t.unit_windows(True, window))
+        assert t.eval_units == expected and t.eval_tokens == len(ids) - 1
