@@ -56,6 +56,13 @@ def _describe(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _same_container(tp, value: Any) -> bool:
+    """`value` is the list or mapping that `tp` describes, whatever its items are."""
+    if get_origin(tp) is list:
+        return isinstance(value, list)
+    return (get_origin(tp) is dict or dataclasses.is_dataclass(tp)) and isinstance(value, dict)
+
+
 def coerce(tp, value: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are."""
     origin = get_origin(tp)
@@ -63,14 +70,18 @@ def coerce(tp, value: Any, key: str) -> Any:
         if value in get_args(tp) and not isinstance(value, bool):
             return value
     elif origin in (Union, types.UnionType):
+        inner = None  # the error inside a list or mapping of the right shape says more
         for arg in get_args(tp):
             if arg is type(None) and value is None:
                 return None
             if arg is not type(None):
                 try:
                     return coerce(arg, value, key)
-                except ConfigError:
-                    pass
+                except ConfigError as e:
+                    if _same_container(arg, value):
+                        inner = inner or e
+        if inner is not None:
+            raise inner
     elif origin is dict:
         key_tp, val_tp = get_args(tp)
         if isinstance(value, dict):
@@ -83,7 +94,7 @@ def coerce(tp, value: Any, key: str) -> Any:
             return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
-            return build(tp, value, key)
+            return build(tp, value, f"{key}.")
     elif tp is float:
         value = as_number(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -8,9 +8,8 @@ Corpora (`data.corpus`):
     wikitext2        valid.txt trains and test.txt is held out (the word-tokenised WikiText-2
                      splits used as a second text domain, not the WikiText-2 benchmark)
     text             any UTF-8 file given by data.path, split like tinyshakespeare
-Files resolve from `data.path`, then `$NLSWEEP_DATA/<folder>/`, then the user cache
-(`$XDG_CACHE_HOME/nlsweep/<folder>/`; folder = tinyshakespeare or wikitext-2), and are
-otherwise downloaded there and sha256-checked.
+    phases           several of the above in order, one vocabulary (`nlsweep/phases.py`)
+Where the files come from: `nlsweep/corpora.py`.
 
 Batches are B contiguous streams: the training tokens are cut into B rows and batch k is
 columns [kT, (k+1)T) of every row, so row b continues where it stopped (persistent recurrent
@@ -20,20 +19,25 @@ training split alone; id 0 is <unk>.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
-import urllib.request
-import zipfile
+import dataclasses
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 
 from models.common import ConfigError, require
 from models.teach import IGNORE
+from nlsweep.corpora import (  # noqa: F401 - re-exported: callers read corpora through here
+    DEFAULT_VAL_FRACTION,
+    DataError,
+    cache_root,
+    cached_overlap,
+    load_texts,
+    read_text,
+    resolve_files,
+    shingle_overlap,
+)
 from nlsweep.tasks import TASKS, load_task
 from nlsweep.tokenizer import (
     CharTokenizer,
@@ -43,45 +47,68 @@ from nlsweep.tokenizer import (
     load_sentencepiece,
 )
 
-DEFAULT_VAL_FRACTION = 0.1
-SHINGLE = 32
-
-# Folder names under $NLSWEEP_DATA and the cache (the shared data layout's spelling).
-FOLDERS = {"tinyshakespeare": "tinyshakespeare", "wikitext2": "wikitext-2"}
-# name -> files, their sha256, and where to fetch them (url, member inside a zip or None)
-REMOTE = {
-    "tinyshakespeare": {
-        "input.txt": (
-            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-            None,
-        ),
-    },
-    "wikitext2": {
-        "valid.txt": (
-            "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
-            "https://wikitext.smerity.com/wikitext-2-v1.zip",
-            "wikitext-2/wiki.valid.tokens",
-        ),
-        "test.txt": (
-            "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
-            "https://wikitext.smerity.com/wikitext-2-v1.zip",
-            "wikitext-2/wiki.test.tokens",
-        ),
-    },
-}
+TEXT_CORPORA = ("pydoc", "tinyshakespeare", "wikitext2", "text")
+PHASE_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 
 
-class DataError(RuntimeError):
-    """A corpus cannot be found, fetched or used; the message is one line."""
+def _check_split(cfg) -> None:
+    """The rules of a text corpus's files and split, for `data:` and each of its phases."""
+    require(cfg.corpus != "text" or cfg.path, "path", "a text file path for corpus: text")
+    if cfg.val_fraction is not None:
+        require(
+            0 < cfg.val_fraction < 1,
+            "val_fraction",
+            f"a fraction in (0, 1), got {cfg.val_fraction}",
+        )
+        require(
+            cfg.corpus != "wikitext2",
+            "val_fraction",
+            "unset for wikitext2 (its held-out split is test.txt)",
+        )
+
+
+@dataclass
+class PhaseConfig:
+    """One entry of `data.phases`: a text corpus trained on for `steps` steps."""
+
+    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text"] | None = None
+    """The phase's text corpus (its splits as for `data.corpus`)."""
+    steps: int = 0
+    """Training steps on this corpus; a multiple of train.eval_every, so that an evaluation
+    ends the phase."""
+    path: str = ""
+    """As `data.path`, for this phase's corpus."""
+    val_fraction: float | None = None
+    """As `data.val_fraction`, for this phase's corpus."""
+    name: str = ""
+    """The phase in metric names (`val/<name>/bpb`); default the corpus."""
+
+    def __post_init__(self):
+        require(self.corpus is not None, "corpus", f"one of {', '.join(TEXT_CORPORA)}")
+        require(self.steps >= 1, "steps", f"a positive number of steps, got {self.steps}")
+        _check_split(self)
+        self.name = self.name or self.corpus
+        require(
+            PHASE_NAME.fullmatch(self.name),
+            "name",
+            f"1-40 letters, digits or _ (it names metrics: val/<name>/bpb), got {self.name!r}",
+        )
 
 
 @dataclass
 class DataConfig:
     """`data:` section."""
 
-    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text", "mqar", "passkey"] = "pydoc"
-    """A text corpus (characters), or a synthetic memory task (`nlsweep/tasks.py`)."""
+    corpus: (
+        Literal["pydoc", "tinyshakespeare", "wikitext2", "text", "mqar", "passkey", "phases"] | None
+    ) = None
+    """A text corpus, a synthetic memory task (`nlsweep/tasks.py`), or `phases` (the default
+    when `phases` is set; otherwise the default is pydoc)."""
+    phases: list[PhaseConfig] | None = None
+    """Continual learning (`nlsweep/phases.py`): text corpora trained on one after another,
+    with one vocabulary learnt from all their training splits; every evaluation scores the
+    held-out split of each phase trained so far and of the next. Replaces corpus, path and
+    val_fraction, which each phase sets."""
     path: str = ""
     """Folder holding the corpus files (a file for `text`); empty = NLSWEEP_DATA / cache."""
     seq_len: int = 64
@@ -115,6 +142,7 @@ class DataConfig:
     """sentencepiece: a trained model file to use instead of training one."""
 
     def __post_init__(self):
+        self._check_phases()
         task_fields = {
             "mqar": ("num_kv_pairs",),
             "passkey": ("key_len", "eval_lengths", "eval_segment"),
@@ -162,18 +190,33 @@ class DataConfig:
         self._check_tokenizer()
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
         require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
-        if self.val_fraction is not None:
-            require(
-                0 < self.val_fraction < 1,
-                "val_fraction",
-                f"a fraction in (0, 1), got {self.val_fraction}",
+        _check_split(self)
+
+    def _check_phases(self) -> None:
+        if self.phases is None:
+            require(self.corpus != "phases", "phases", "a list of phases for corpus: phases")
+            self.corpus = self.corpus or "pydoc"
+            return
+        where = "unset with phases (each phase sets its own)"
+        require(self.corpus in (None, "phases"), "corpus", where)
+        require(not self.path, "path", where)
+        require(self.val_fraction is None, "val_fraction", where)
+        require(len(self.phases) >= 2, "phases", f"at least two phases, got {len(self.phases)}")
+        seen = set()
+        for i, p in enumerate(self.phases):
+            require(p.name not in seen, f"phases[{i}].name", f"unique among the phases (two "
+                    f"are {p.name}: name them)")  # fmt: skip
+            seen.add(p.name)
+        self.corpus = "phases"
+
+    def phase_configs(self) -> list[DataConfig]:
+        """Each phase as a single-corpus config with this one's tokenizer and batch shape."""
+        return [
+            dataclasses.replace(
+                self, corpus=p.corpus, path=p.path, val_fraction=p.val_fraction, phases=None
             )
-            require(
-                self.corpus != "wikitext2",
-                "val_fraction",
-                "unset for wikitext2 (its held-out split is test.txt)",
-            )
-        require(self.corpus != "text" or self.path, "path", "a text file path for corpus: text")
+            for p in self.phases or ()
+        ]
 
     def _check_tokenizer(self) -> None:
         spm = self.tokenizer == "sentencepiece"
@@ -200,96 +243,6 @@ class DataConfig:
                     "sentencepiece")  # fmt: skip
 
 
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "nlsweep"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _download(name: str, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    blobs: dict[str, bytes] = {}
-    for fname, (sha, url, member) in REMOTE[name].items():
-        try:
-            if url not in blobs:
-                with urllib.request.urlopen(url, timeout=30) as r:
-                    blobs[url] = r.read()
-        except OSError as e:
-            files = ", ".join(REMOTE[name])
-            raise DataError(
-                f"corpus {name}: not found locally and the download from {url} failed ({e}); "
-                f"put {files} in $NLSWEEP_DATA/{FOLDERS[name]}/, {folder}/ or data.path"
-            ) from None
-        data = blobs[url]
-        if member is not None:
-            data = zipfile.ZipFile(io.BytesIO(data)).read(member)
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise DataError(f"corpus {name}: downloaded {fname} does not match sha256 {sha}")
-        tmp = folder / f".{fname}.part"
-        tmp.write_bytes(data)
-        tmp.replace(folder / fname)  # atomic: a half-written file never looks complete
-
-
-def resolve_files(cfg: DataConfig, download: bool = True) -> dict[str, Path]:
-    """The files of `cfg.corpus`, found or fetched; raises DataError with the places looked."""
-    if cfg.corpus == "pydoc":
-        return {}
-    if cfg.corpus == "text":
-        p = Path(cfg.path)
-        if not p.is_file():
-            raise DataError(f"data.path: {p} is not a readable text file")
-        return {"text": p}
-    names = list(REMOTE[cfg.corpus])
-    if cfg.path:  # asked for by name: another copy found elsewhere would hide the typo
-        folder = Path(cfg.path)
-        missing = [n for n in names if not (folder / n).is_file()]
-        if missing:
-            raise DataError(
-                f"data.path: {folder} has no {', '.join(missing)} (corpus {cfg.corpus}); "
-                "fix the path, or leave it unset to use $NLSWEEP_DATA or the cache"
-            )
-        return {n: folder / n for n in names}
-    candidates = []
-    if os.environ.get("NLSWEEP_DATA"):
-        candidates.append(Path(os.environ["NLSWEEP_DATA"]) / FOLDERS[cfg.corpus])
-    cache = cache_root() / FOLDERS[cfg.corpus]
-    candidates.append(cache)
-    for folder in candidates:
-        if all((folder / n).is_file() for n in names):
-            return {n: folder / n for n in names}
-    if not download:
-        raise DataError(
-            f"corpus {cfg.corpus}: {', '.join(names)} not found in "
-            + ", ".join(str(c) for c in candidates)
-        )
-    _download(cfg.corpus, cache)
-    return {n: cache / n for n in names}
-
-
-def read_text(path: Path) -> str:
-    """A corpus file as text, or one line saying why it is not usable as one."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: unreadable ({e.strerror or e})") from None
-    if not raw.strip():
-        raise DataError(f"{path}: empty; a corpus needs text to train on and to hold out")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            "a corpus is a text file"
-        ) from None
-    if "\x00" in text:
-        raise DataError(f"{path}: binary (NUL bytes at offset {text.index(chr(0))}); "
-                        "a corpus is a text file")  # fmt: skip
-    return text
-
-
 def check_fits(cfg: DataConfig, train_tokens: int, val_tokens: int) -> None:
     """Both splits (their lengths in tokens) fill `batch_size` streams of at least `seq_len`
     tokens, or one line naming the field; what `StreamBatcher` would refuse mid-trial."""
@@ -301,49 +254,6 @@ def check_fits(cfg: DataConfig, train_tokens: int, val_tokens: int) -> None:
                 f"data.seq_len: at most {max(row_len, 0)} so that the {where} split of corpus "
                 f"{cfg.corpus} ({n} {unit}) fills {cfg.batch_size} streams, got {cfg.seq_len}"
             )
-
-
-def load_texts(cfg: DataConfig) -> tuple[str, str]:
-    """(training text, held-out text); the two never overlap by construction."""
-    files = resolve_files(cfg)
-    if cfg.corpus == "wikitext2":
-        return read_text(files["valid.txt"]), read_text(files["test.txt"])
-    if cfg.corpus == "pydoc":
-        from pydoc_data.topics import topics
-
-        text = "\n\n".join(topics[k] for k in sorted(topics))
-    else:
-        text = read_text(files.get("text") or files["input.txt"])
-    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
-    cut = int(len(text) * (1 - frac))
-    return text[:cut], text[cut:]
-
-
-def shingle_overlap(train: str, val: str, k: int = SHINGLE) -> float:
-    """Fraction of the held-out text's k-character shingles that also occur in training.
-
-    A leakage alarm: a corpus built by repeating its own text scores near 1. Shingles are
-    compared by a 64-bit hash of their UTF-32 code points (collisions are negligible here).
-    """
-
-    def hashes(s: str) -> np.ndarray:
-        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        if len(codes) < k:
-            return np.zeros(0, dtype=np.uint64)
-        rng = np.random.default_rng(12345)
-        weights = rng.integers(1, 2**63, size=k, dtype=np.uint64) | np.uint64(1)
-        windows = np.lib.stride_tricks.sliding_window_view(codes, k)
-        out = np.empty(len(windows), dtype=np.uint64)
-        step = 1 << 15  # bounded temporaries: k * step * 8 bytes
-        with np.errstate(over="ignore"):
-            for i in range(0, len(windows), step):
-                out[i : i + step] = (windows[i : i + step] * weights).sum(axis=1, dtype=np.uint64)
-        return out
-
-    v = hashes(val)
-    if len(v) == 0:
-        return 0.0
-    return float(np.isin(v, np.unique(hashes(train))).mean())
 
 
 class StreamBatcher:
@@ -436,26 +346,6 @@ class Corpus:
                 for k, v in self.val_units.items()}  # fmt: skip
 
 
-def cached_overlap(train: str, val: str) -> float:
-    """`shingle_overlap`, remembered on disk by the texts' hash: every trial of a sweep reads
-    the same split, and recomputing it cost each trial about 1.5 s."""
-    digest = hashlib.sha256(f"{SHINGLE}\0{len(train)}\0{train}\0{val}".encode()).hexdigest()
-    path = cache_root() / "overlap" / digest
-    try:
-        return float(path.read_text())
-    except (OSError, ValueError):
-        pass
-    value = shingle_overlap(train, val)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{digest}.{os.getpid()}.part")
-        tmp.write_text(repr(value))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs the recomputation
-    return value
-
-
 def build_tokenizer(cfg: DataConfig, train_text: str):
     """The tokenizer of `cfg`, from the training split alone; DataError (one line) if it
     cannot be trained or loaded."""
@@ -469,20 +359,20 @@ def build_tokenizer(cfg: DataConfig, train_text: str):
         raise DataError(str(e)) from None
 
 
-def tokenize(cfg: DataConfig, train_text: str, val_text: str):
-    """(tokenizer, training ids, held-out ids, held-out units)."""
+def tokenize(cfg: DataConfig, train_text: str, val_text: str, tok=None):
+    """(tokenizer, training ids, held-out ids, held-out units); the tokenizer is `tok`, or
+    else built from `train_text`."""
     if not train_text or not val_text:
         raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
-    tok = build_tokenizer(cfg, train_text)
+    tok = tok or build_tokenizer(cfg, train_text)
     val, units = tok.encode_with_units(val_text)
     return tok, tok.encode(train_text), val, units
 
 
-def load_corpus(cfg: DataConfig) -> Corpus:
-    if cfg.corpus in TASKS:
-        return load_task(cfg)
-    train_text, val_text = load_texts(cfg)
-    tok, train, val, units = tokenize(cfg, train_text, val_text)
+def text_corpus(cfg: DataConfig, train_text: str, val_text: str, tok=None) -> Corpus:
+    """A text corpus from its two splits (tokenised by `tok`, else by a tokenizer of the
+    training split)."""
+    tok, train, val, units = tokenize(cfg, train_text, val_text, tok)
     return Corpus(
         vocab=tok,
         train=train,
@@ -491,3 +381,14 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         val_unk_rate=float((val == 0).float().mean()),
         val_units=units,
     )
+
+
+def load_corpus(cfg: DataConfig):
+    """The corpus of `cfg`: a text `Corpus`, a generated task or a sequence of phases."""
+    if cfg.corpus in TASKS:
+        return load_task(cfg)
+    if cfg.phases:
+        from nlsweep.phases import load_phases  # phases are built from this module's corpora
+
+        return load_phases(cfg)
+    return text_corpus(cfg, *load_texts(cfg))

@@ -29,6 +29,7 @@ from nlsweep.experiment import (
     restorable,
 )
 from nlsweep.grow import new_points
+from nlsweep.phases import phase_tokenizer
 from nlsweep.space import candidate_values
 from nlsweep.spec import Spec, SpecError
 from nlsweep.tasks import TASKS
@@ -140,31 +141,42 @@ def prepare_data(spec: Spec) -> dict[str, bytes]:
     models they use, and check that each trial's batch shape fits its splits, before
     anything starts (one line on failure). Returns the subword models: {file name: bytes}."""
     texts: dict[tuple, tuple[str, str]] = {}
-    lengths: dict[tuple, tuple[int, int]] = {}
+    lengths: dict[tuple, list[tuple[int, int]]] = {}
     models: dict[str, bytes] = {}
     shapes = set()
     for cfg in candidate_configs(spec):
         d = cfg.data
         if d.corpus in TASKS:  # generated to the asked shape
             continue
-        key = (d.corpus, d.path, d.val_fraction)
+        # data.phases: every phase's corpus, with one vocabulary of all their training splits
+        parts = d.phase_configs() or [d]
+        keys = tuple((p.corpus, p.path, p.val_fraction) for p in parts)
         # A subword model is trained here, once, before any trial: a vocabulary the text
         # cannot support is one line now, and every trial finds the model in the cache.
-        tok_key = (key, d.tokenizer, d.vocab_size, d.model_type, d.tokenizer_path)
+        tok_key = (keys, d.tokenizer, d.vocab_size, d.model_type, d.tokenizer_path)
         try:
-            if key not in texts:
-                texts[key] = load_texts(d)
-                cached_overlap(*texts[key])  # computed once here, not per trial
+            for key, part in zip(keys, parts):
+                if key not in texts:
+                    texts[key] = load_texts(part)
+                    cached_overlap(*texts[key])  # computed once here, not per trial
             if tok_key not in lengths and d.tokenizer == "char":
-                lengths[tok_key] = tuple(len(t) for t in texts[key])  # a character a token
+                # a character a token
+                lengths[tok_key] = [tuple(len(t) for t in texts[k]) for k in keys]
             elif tok_key not in lengths:
-                tok, train, val, _ = tokenize(d, *texts[key])
-                lengths[tok_key] = (len(train), len(val))
+                tok = phase_tokenizer(d, [texts[k] for k in keys])
+                lengths[tok_key] = [
+                    (len(train), len(val))
+                    for _, train, val, _ in (
+                        tokenize(p, *texts[k], tok) for k, p in zip(keys, parts)
+                    )
+                ]
                 what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
-                models[f"{d.corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
+                corpus = "+".join(p.corpus for p in parts)
+                models[f"{corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
             if (tok_key, d.seq_len, d.batch_size) not in shapes:
                 shapes.add((tok_key, d.seq_len, d.batch_size))
-                check_fits(d, *lengths[tok_key])
+                for part, n in zip(parts, lengths[tok_key]):
+                    check_fits(part, *n)
         except DataError as e:
             raise SpecError.at(spec, "base.data", str(e)) from None
     return models

@@ -61,7 +61,8 @@ def metric_label(m: str, trials: list[Trial]) -> str:
     if not m.endswith("/ppl"):
         return f"`{m}`"
     corpora = {t.run.params.get("data.corpus", "pydoc") for t in trials}
-    unit = "per token" if corpora & set(TASKS) else "per character"
+    subword = any(t.run.params.get("data.tokenizer") == "sentencepiece" for t in trials)
+    unit = "per token" if corpora & set(TASKS) or subword else "per character"
     return f"`{m}` ({unit})"
 
 
@@ -75,11 +76,13 @@ def _scored_whole_split(t: Trial) -> bool:
     return p.get("train.final_eval") == "full" and p.get("data.corpus", "pydoc") not in TASKS
 
 
-def final_note(trials: list[Trial]) -> str:
+def final_note(trials: list[Trial], metric: str = "") -> str:
     """What the final value of each run scored, and how many held-out tokens."""
     done = [t for t in trials if t.final is not None]
     if not done:
         return "final: no finished run"
+    if metric == "val/mean_bpb":  # data.phases: forgetting is measured on the same windows
+        return "final: each phase's sampled held-out windows, the same at every evaluation"
     full = [t for t in done if _scored_whole_split(t)]
     counts = sorted({int(t.run.metrics.get("data/val_tokens", 0)) for t in done})
     n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,} to {counts[-1]:,}"
@@ -157,8 +160,8 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         body.append(cells)
     out = [
         f"Main table: the **final** held-out {metric_label(m, trials)} of each run (the value "
-        f"at its last evaluation; {final_note(trials)}), pooled over seeds; the learning "
-        "curves' earlier points score the sampled windows. 'best during training' is the "
+        f"at its last evaluation; {final_note(trials, ctx.metric)}), pooled over seeds; the "
+        "learning curves' earlier points score the sampled windows. 'best during training' is the "
         "mean of each run's "
         f"best evaluation. Bold: the best row ({ctx.mode}). ≈ : the 95% CI of the "
         "difference contains 0, so the row is not distinguishable from the baseline. "
@@ -215,7 +218,7 @@ def sampled_section(trials: list[Trial], ctx: Context, fig_dir: Path, md_dir: Pa
     out = [
         f"{ctx.algorithm} search: {len(trials)} trials, {len(done)} finished. The top "
         f"{min(TOP_K, len(done))} by final held-out {metric_label(m, trials)} ({ctx.mode}; "
-        f"{final_note(trials)}):",
+        f"{final_note(trials, ctx.metric)}):",
         "",
     ]
     out += _table(header, body)
@@ -308,7 +311,7 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
         [
             "objective",
             f"{metric_label(ctx.metric, trials)} ({ctx.mode}) on held-out data; "
-            f"{ctx.algorithm} search; {final_note(trials)}",
+            f"{ctx.algorithm} search; {final_note(trials, ctx.metric)}",
         ],
         ["report generated", _date(datetime.now(timezone.utc).timestamp() * 1000)],
     ]

@@ -10,6 +10,7 @@ A report can be regenerated any time, from any machine that reaches the tracking
                  random/optuna sweeps: the top trials; fANOVA importance and Optuna's
                  history, slice and contour plots on a study rebuilt from the runs
     effects      grid sweeps: each factor's marginal means and share of variance
+    continual    sweeps over data.phases: forgetting per phase with CIs, the phase matrix
     curves       the objective against the training step per configuration
     sanity       probable no-op factors, leaking splits, failed / diverged / stopped /
                  killed runs, and mechanisms that never fired
@@ -23,6 +24,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from nlsweep.continual import continual_section
 from nlsweep.render import (
     grid_section,
     header_section,
@@ -59,6 +61,7 @@ def write_report(
         ]
     else:
         lines += sampled_section(trials, ctx, fig_dir, out.parent)
+    lines += continual_section(trials, ctx)
     lines += ["", "## Sanity checks", "", *sanity_section(trials, ctx), ""]
     tmp = out.with_name(out.name + ".part")
     tmp.write_text("\n".join(lines))

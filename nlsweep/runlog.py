@@ -59,7 +59,7 @@ from nlsweep.train import DIVERGED
 
 METRIC_PREFIXES = (
     "train", "val", "perf", "model", "cms", "data", "state", "optim", "surprise", "memory",
-    "cms_inner", "teach", "eval",
+    "cms_inner", "teach", "eval", "phase", "forgetting", "continual",
 )  # fmt: skip
 WARNINGS = "warnings"
 """Result key of the final report: JSON {name: why} of configured paths that never fired."""

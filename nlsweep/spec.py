@@ -306,6 +306,8 @@ def load_spec(
         err("metric", f"{metric} is reported by corpus {TASK_OBJECTIVES[metric]} only")
     if metric == "val/bpb" and base.data.corpus in TASK_OBJECTIVES.values():
         err("metric", "val/bpb is reported by text corpora only (a generated task has no text)")
+    if metric == "val/mean_bpb" and not base.data.phases:
+        err("metric", "val/mean_bpb is reported with base.data.phases only")
     length = LENGTH_OBJECTIVE.fullmatch(metric)
     if length and int(length[1]) not in (base.data.eval_lengths or []):
         err("metric", f"{metric} is reported only with {length[1]} in base.data.eval_lengths")
@@ -427,6 +429,14 @@ def _smoke(base_raw: dict) -> dict:
     train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2, checkpoint_every=0)
     train.update(final_eval="sampled")
     out = {**base_raw, "train": train}
+    phases = (base_raw.get("data") or {}).get("phases")
+    if isinstance(phases, list) and phases and all(isinstance(p, dict) for p in phases):
+        # one evaluation per phase, which ends it; the phases' total is the run's length
+        each = max(SMOKE_STEPS // len(phases), 1)
+        full = sum(p.get("steps") for p in phases if isinstance(p.get("steps"), int)) or full
+        out["data"] = {**base_raw["data"], "phases": [{**p, "steps": each} for p in phases]}
+        train.update(steps=each * len(phases), eval_every=each)
+        steps = each * len(phases)
     optim = base_raw.get("optim")
     if isinstance(optim, dict) and isinstance(full, int) and full > 0:
         # the schedule shrinks with the run, keeping its shape (a bad `steps` is reported
@@ -440,11 +450,21 @@ def _smoke(base_raw: dict) -> dict:
 
 
 def _absolute_data_path(base_raw: dict) -> dict:
-    """Trials run in their own folders, so a relative data.path is made absolute here."""
+    """Trials run in their own folders, so a relative data.path (or a phase's path) is made
+    absolute here."""
+
+    def absolute(d):
+        if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"]:
+            return {**d, "path": str(Path(d["path"]).expanduser().resolve())}
+        return d
+
     data = base_raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
-        return set_path(base_raw, "data.path", str(Path(data["path"]).expanduser().resolve()))
-    return base_raw
+    if not isinstance(data, dict):
+        return base_raw
+    data = absolute(data)
+    if isinstance(data.get("phases"), list):
+        data = {**data, "phases": [absolute(p) for p in data["phases"]]}
+    return {**base_raw, "data": data}
 
 
 def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:

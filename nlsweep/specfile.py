@@ -70,6 +70,11 @@ def line_map(text: str) -> dict[str, int]:
                 lines[key] = k.start_mark.line + 1
                 # `space` keys are already dotted paths; their values are distributions.
                 walk(v, key + ".", dotted_keys=(key == "space"))
+        elif isinstance(node, yaml.SequenceNode):  # data.phases[i].steps and the like
+            for i, item in enumerate(node.value):
+                key = f"{prefix.removesuffix('.')}[{i}]"
+                lines[key] = item.start_mark.line + 1
+                walk(item, key + ".", dotted_keys)
 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

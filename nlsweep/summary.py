@@ -146,11 +146,17 @@ def record_tokenizers(tracker: Tracker, parent_id: str, models: dict[str, bytes]
             return
         except Exception as e:  # noqa: BLE001 - the models are kept beside the experiment
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    fs, root = filesystem(path)
-    fs.create_dir(f"{root}/tokenizer", recursive=True)
-    for name, blob in models.items():
-        with fs.open_output_stream(f"{root}/tokenizer/{name}") as f:
-            f.write(blob)
+    try:
+        fs, root = filesystem(path)
+        fs.create_dir(f"{root}/tokenizer", recursive=True)
+        for name, blob in models.items():
+            with fs.open_output_stream(f"{root}/tokenizer/{name}") as f:
+                f.write(blob)
+    except Exception as e:  # noqa: BLE001 - trials read the cache; say what was not kept
+        where = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        out(f"warning: the tokenizer models were not recorded (MLflow took no artifact: "
+            f"{why}; {path}/tokenizer/: {where})")  # fmt: skip
+        return
     out(f"warning: the tokenizer models went to {path}/tokenizer/ (MLflow took no artifact: {why})")
 
 

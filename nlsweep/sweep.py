@@ -214,6 +214,8 @@ def run_sweep(
             known = tracker.children(parent_id)
             done = sum(r.info.status == "FINISHED" for r in known.values())
             out(f"resuming {path} ({done} of its {len(known)} trial runs had finished)")
+            if extend:  # new points may read a vocabulary the first run did not train
+                record_tokenizers(tracker, parent_id, models, path, out)
         callback = MlflowCallback(RunLogger(spec, parent_id, base_tags, path))
         wanted = spec.tracking.system_metrics
         if wanted == "on" or (wanted == "auto" and not cluster.client):

@@ -32,6 +32,7 @@ from models.teach import IGNORE, TeachConfig
 from nlsweep.config import build
 from nlsweep.data import Corpus, DataConfig, load_corpus
 from nlsweep.parallel import DataParallel, Forward
+from nlsweep.phases import phase_metrics
 from nlsweep.runtime import (
     DIVERGED,
     Diverged,
@@ -47,7 +48,8 @@ STATE_FORMAT = 2  # 2: the Titans memory state carries its chunk position and ch
 SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
 # Metrics a spec may name as its objective (all reported at every evaluation).
 OBJECTIVES = (
-    "val/bpc", "val/bpb", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc"
+    "val/bpc", "val/bpb", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc",
+    "val/mean_bpb",
 )  # fmt: skip
 TASK_OBJECTIVES = {"val/recall_acc": "mqar", "val/passkey_acc": "passkey"}  # only they report
 
@@ -180,6 +182,8 @@ class TrialConfig:
                 raise ConfigError(f"{name}.{e.key}", e.expected) from None
         optim = build(OptimConfig, d.get("optim"), "optim.")
         train = build(TrainConfig, d.get("train"), "train.")
+        if data.phases:
+            _fit_phases(data, train, d.get("train") or {})
         try:
             optim.check_steps(train.steps)
         except ConfigError as e:
@@ -194,6 +198,19 @@ class TrialConfig:
             state=state,
             train=train,
         )
+
+
+def _fit_phases(data: DataConfig, train: TrainConfig, raw_train: dict) -> None:
+    """train.steps is the phases' total, and an evaluation ends every phase."""
+    total = sum(p.steps for p in data.phases)
+    if "steps" in raw_train and train.steps != total:
+        raise ConfigError("train.steps", f"unset or the phases' total {total}, got {train.steps}")
+    for i, p in enumerate(data.phases):
+        if p.steps % train.eval_every:
+            raise ConfigError(f"data.phases[{i}].steps", f"a multiple of train.eval_every "
+                              f"({train.eval_every}) so that an evaluation ends the phase, "
+                              f"got {p.steps}")  # fmt: skip
+    train.steps = total
 
 
 class Trainer:
@@ -246,9 +263,13 @@ class Trainer:
         # can be put per byte and per character whatever the tokenizer.
         units = getattr(self.corpus, "unit_batchers", None)
         self.heldout_units = units(B, T) if units else {}
+        self.split = self.corpus  # whose held-out split the headline val/* metrics score
+        self.phased = hasattr(self.corpus, "phase_at")
         self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
         self.extra_evals = self.corpus.extra_evals(B)
         self.step = 0
+        if self.phased:
+            self._follow_phase()
         # Recurrent training state carried between batches (None: zeros at the next batch).
         self.state = None
         self.state_resets = 0
@@ -404,10 +425,20 @@ class Trainer:
         self.eval_nats, self.eval_units = total, counted
         return total / max(count, 1)
 
+    def _follow_phase(self) -> None:
+        """data.phases: point the headline held-out metrics at the current phase's split."""
+        j = self.corpus.phase_at(self.step)
+        B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
+        self.heldout, self.heldout_units = self.corpus.heldout(j, B, T)
+        self.split = self.corpus.parts[j]
+        self.eval_windows = min(self.cfg.train.eval_batches, self.heldout.windows_per_epoch)
+
     def _metrics(self) -> dict[str, float]:
         B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
         since = self._since_eval
         final = self.step == self.cfg.train.steps
+        if self.phased:
+            self._follow_phase()
         t0 = time.perf_counter()
         val_loss = self.evaluate(self.final_windows() if final else None, self.unit_windows(final))
         eval_s = time.perf_counter() - t0
@@ -424,8 +455,8 @@ class Trainer:
             "perf/tokens_per_s": since["n"] * B * T / max(since["seconds"], 1e-9),
             "perf/step_ms": 1000.0 * since["seconds"] / max(since["n"], 1),
             "model/params": float(param_count(self.model)),
-            "data/val_overlap": self.corpus.val_overlap,
-            "data/val_unk_rate": self.corpus.val_unk_rate,
+            "data/val_overlap": self.split.val_overlap,
+            "data/val_unk_rate": self.split.val_unk_rate,
             "data/val_tokens": float(self.eval_tokens),
             "perf/eval_s": eval_s,
             # 1: this evaluation scored the whole held-out split (the report marks it)
@@ -447,6 +478,8 @@ class Trainer:
             m["surprise/steps"] = float(n)  # steps since the last evaluation that applied it
             for k, v in since.get("surprise", {}).items():
                 m[k] = v / max(n, 1)
+        if self.phased:
+            m.update(phase_metrics(self, m))
         m["state/resets"] = float(self.state_resets)
         for i, t in enumerate(self.state or ()):
             # mean over streams of the per-stream L2 norm; 0 for a state that was just reset

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.common import ConfigError
-from nlsweep import data
+from nlsweep import corpora
 from nlsweep.data import (
     DataConfig,
     DataError,
@@ -150,7 +150,9 @@ def test_download_stores_verified_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     payload = b"To be, or not to be"
     sha = hashlib.sha256(payload).hexdigest()
-    monkeypatch.setitem(data.REMOTE, "tinyshakespeare", {"input.txt": (sha, "https://x/y", None)})
+    monkeypatch.setitem(
+        corpora.REMOTE, "tinyshakespeare", {"input.txt": (sha, "https://x/y", None)}
+    )
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: FakeResponse(payload))
     files = resolve_files(DataConfig(corpus="tinyshakespeare"))
     assert files["input.txt"].read_bytes() == payload
@@ -164,10 +166,10 @@ def test_wikitext_rejects_val_fraction():
 def test_overlap_is_cached_by_content(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    real = data.shingle_overlap
-    monkeypatch.setattr(data, "shingle_overlap", lambda a, b: calls.append(1) or real(a, b))
+    real = corpora.shingle_overlap
+    monkeypatch.setattr(corpora, "shingle_overlap", lambda a, b: calls.append(1) or real(a, b))
     a, b = "abcdefghij" * 20, "abcdefghij" * 5
-    assert data.cached_overlap(a, b) == 1.0
-    assert data.cached_overlap(a, b) == 1.0
-    assert data.cached_overlap(a, b + "zzzz" * 10) < 1.0  # other text, other entry
+    assert corpora.cached_overlap(a, b) == 1.0
+    assert corpora.cached_overlap(a, b) == 1.0
+    assert corpora.cached_overlap(a, b + "zzzz" * 10) < 1.0  # other text, other entry
     assert len(calls) == 2

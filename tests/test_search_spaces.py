@@ -181,3 +181,32 @@ def test_hope_tune(tmp_path, monkeypatch):
         fastest = json.loads(p["cms.token_periods"])[0]
         assert (m[f"cms_inner/0_p{fastest}/updates"] > 0) == (float(p["teach.scale"]) > 0)
     assert "Which factors mattered" in (tmp_path / "reports" / "hope_tune.md").read_text()
+
+
+def test_continual(tmp_path, monkeypatch):
+    runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "continual")}
+    assert set(runs) == {"transformer", "nested_lstm", "lstm_flat", "hope"}
+    assert {r.data.params["model.d_model"] for r in runs.values()} == {"32"}  # equal width
+    for variant, r in runs.items():
+        m = r.data.metrics
+        # one vocabulary, three phases, each scored at the end; forgetting of the first two
+        assert r.data.params["data.vocab_size"] == "1024" and m["phase/index"] == 2
+        for phase in ("tinyshakespeare", "wikitext2", "pydoc"):
+            assert m[f"continual/after_pydoc/{phase}/bpb"] == m[f"val/{phase}/bpb"] > 0
+        assert {"forgetting/tinyshakespeare", "forgetting/wikitext2"} <= set(m)
+        # the CMS periods act in nested_lstm only: slow updates every 16 steps, not every step
+        slow = m.get("cms/slow/updates")
+        assert (slow is not None and slow < m["cms/fast/updates"]) == (variant == "nested_lstm")
+    text = (tmp_path / "reports" / "continual.md").read_text()
+    assert "## Continual learning" in text and "| after wikitext2 |" in text
+
+
+def test_hope_vs_titan_spm(tmp_path, monkeypatch):
+    runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "hope_vs_titan_spm")}
+    assert len(runs) == 6
+    for r in runs.values():
+        p, m = r.data.params, r.data.metrics
+        assert (p["data.tokenizer"], p["data.vocab_size"], p["data.model_type"]) == (
+            "sentencepiece", "1024", "unigram",
+        )  # fmt: skip
+        assert m["data/val_unk_rate"] == 0 and 0 < m["val/bpb"] < m["val/loss"] / 0.693

@@ -214,7 +214,8 @@ def test_subword_sweep_records_its_tokenizer(tmp_path, cache, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "spm.yaml"
-    spec.write_text(SPEC.format(metric="val/bpb", path=text_file(tmp_path, ASCII), vocab=36))
+    text = SPEC.format(metric="val/bpb", path=text_file(tmp_path, ASCII), vocab=36)
+    spec.write_text(text.replace("space:\n", "space:\n  data.vocab_size: {grid: [36]}\n"))
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     assert main(["run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]) == 0
     tracker = Tracker(uri)
@@ -235,6 +236,12 @@ def test_subword_sweep_records_its_tokenizer(tmp_path, cache, monkeypatch):
     got = tracker.download(parent.info.run_id, name, tmp_path / "dl")
     assert Path(got).read_bytes() == cached.read_bytes()
     assert "val/bpb" in (tmp_path / "reports" / "spm.md").read_text()
+    # --extend to a new vocabulary size: its model joins the parent run's artifacts
+    spec.write_text(text.replace("space:\n", "space:\n  data.vocab_size: {grid: [36, 30]}\n"))
+    argv = ["run", str(spec), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]
+    assert main([*argv, "--extend"]) == 0
+    names = tracker.artifacts(parent.info.run_id, "tokenizer")
+    assert len(names) == 2 and any(n.startswith("tokenizer/text-unigram30-") for n in names)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3])
@@ -249,3 +256,20 @@ def test_bytes_scored_do_not_depend_on_batch_or_window(tmp_path, cache, batch_si
     for window in (None, 5, 10**6):
         t.evaluate(t.final_windows(window), t.unit_windows(True, window))
         assert t.eval_units == expected and t.eval_tokens == len(ids) - 1
+
+
+def test_tokenizer_models_kept_beside_the_experiment_or_one_warning(tmp_path):
+    from nlsweep.summary import record_tokenizers
+
+    class NoArtifacts:
+        def log_artifacts(self, *a):
+            raise RuntimeError("artifact store refused\nsecond line")
+
+    said = []
+    record_tokenizers(NoArtifacts(), "p", {"a.model": b"m"}, str(tmp_path / "exp"), said.append)
+    assert (tmp_path / "exp" / "tokenizer" / "a.model").read_bytes() == b"m"
+    assert "went to" in said[0] and "artifact store refused" in said[0]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # storage that cannot take a folder either
+    record_tokenizers(NoArtifacts(), "p", {"a.model": b"m"}, str(blocker / "exp"), said.append)
+    assert len(said) == 2 and "\n" not in said[1] and "were not recorded" in said[1]

@@ -1,0 +1,205 @@
+"""Where a text corpus's files come from, its two splits as text, and the leakage alarm
+between them.
+
+Files resolve from `data.path`, then `$NLSWEEP_DATA/<folder>/`, then the user cache
+(`$XDG_CACHE_HOME/nlsweep/<folder>/`; folder = tinyshakespeare or wikitext-2), and are
+otherwise downloaded there and sha256-checked (an atomic write: a half-written file never
+looks complete). `cfg` below is a `nlsweep.data.DataConfig` or anything with its corpus,
+path and val_fraction fields (a phase of `data.phases`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_VAL_FRACTION = 0.1
+SHINGLE = 32
+
+# Folder names under $NLSWEEP_DATA and the cache (the shared data layout's spelling).
+FOLDERS = {"tinyshakespeare": "tinyshakespeare", "wikitext2": "wikitext-2"}
+# name -> files, their sha256, and where to fetch them (url, member inside a zip or None)
+REMOTE = {
+    "tinyshakespeare": {
+        "input.txt": (
+            "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+            None,
+        ),
+    },
+    "wikitext2": {
+        "valid.txt": (
+            "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+            "https://wikitext.smerity.com/wikitext-2-v1.zip",
+            "wikitext-2/wiki.valid.tokens",
+        ),
+        "test.txt": (
+            "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+            "https://wikitext.smerity.com/wikitext-2-v1.zip",
+            "wikitext-2/wiki.test.tokens",
+        ),
+    },
+}
+
+
+class DataError(RuntimeError):
+    """A corpus cannot be found, fetched or used; the message is one line."""
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "nlsweep"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _download(name: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    blobs: dict[str, bytes] = {}
+    for fname, (sha, url, member) in REMOTE[name].items():
+        try:
+            if url not in blobs:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    blobs[url] = r.read()
+        except OSError as e:
+            files = ", ".join(REMOTE[name])
+            raise DataError(
+                f"corpus {name}: not found locally and the download from {url} failed ({e}); "
+                f"put {files} in $NLSWEEP_DATA/{FOLDERS[name]}/, {folder}/ or data.path"
+            ) from None
+        data = blobs[url]
+        if member is not None:
+            data = zipfile.ZipFile(io.BytesIO(data)).read(member)
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise DataError(f"corpus {name}: downloaded {fname} does not match sha256 {sha}")
+        tmp = folder / f".{fname}.part"
+        tmp.write_bytes(data)
+        tmp.replace(folder / fname)  # atomic: a half-written file never looks complete
+
+
+def resolve_files(cfg, download: bool = True) -> dict[str, Path]:
+    """The files of `cfg.corpus`, found or fetched; raises DataError with the places looked."""
+    if cfg.corpus == "pydoc":
+        return {}
+    if cfg.corpus == "text":
+        p = Path(cfg.path)
+        if not p.is_file():
+            raise DataError(f"data.path: {p} is not a readable text file")
+        return {"text": p}
+    names = list(REMOTE[cfg.corpus])
+    if cfg.path:  # asked for by name: another copy found elsewhere would hide the typo
+        folder = Path(cfg.path)
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise DataError(
+                f"data.path: {folder} has no {', '.join(missing)} (corpus {cfg.corpus}); "
+                "fix the path, or leave it unset to use $NLSWEEP_DATA or the cache"
+            )
+        return {n: folder / n for n in names}
+    candidates = []
+    if os.environ.get("NLSWEEP_DATA"):
+        candidates.append(Path(os.environ["NLSWEEP_DATA"]) / FOLDERS[cfg.corpus])
+    cache = cache_root() / FOLDERS[cfg.corpus]
+    candidates.append(cache)
+    for folder in candidates:
+        if all((folder / n).is_file() for n in names):
+            return {n: folder / n for n in names}
+    if not download:
+        raise DataError(
+            f"corpus {cfg.corpus}: {', '.join(names)} not found in "
+            + ", ".join(str(c) for c in candidates)
+        )
+    _download(cfg.corpus, cache)
+    return {n: cache / n for n in names}
+
+
+def read_text(path: Path) -> str:
+    """A corpus file as text, or one line saying why it is not usable as one."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: unreadable ({e.strerror or e})") from None
+    if not raw.strip():
+        raise DataError(f"{path}: empty; a corpus needs text to train on and to hold out")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+            "a corpus is a text file"
+        ) from None
+    if "\x00" in text:
+        raise DataError(f"{path}: binary (NUL bytes at offset {text.index(chr(0))}); "
+                        "a corpus is a text file")  # fmt: skip
+    return text
+
+
+def load_texts(cfg) -> tuple[str, str]:
+    """(training text, held-out text); the two never overlap by construction."""
+    files = resolve_files(cfg)
+    if cfg.corpus == "wikitext2":
+        return read_text(files["valid.txt"]), read_text(files["test.txt"])
+    if cfg.corpus == "pydoc":
+        from pydoc_data.topics import topics
+
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+    else:
+        text = read_text(files.get("text") or files["input.txt"])
+    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    cut = int(len(text) * (1 - frac))
+    return text[:cut], text[cut:]
+
+
+def shingle_overlap(train: str, val: str, k: int = SHINGLE) -> float:
+    """Fraction of the held-out text's k-character shingles that also occur in training.
+
+    A leakage alarm: a corpus built by repeating its own text scores near 1. Shingles are
+    compared by a 64-bit hash of their UTF-32 code points (collisions are negligible here).
+    """
+
+    def hashes(s: str) -> np.ndarray:
+        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        if len(codes) < k:
+            return np.zeros(0, dtype=np.uint64)
+        rng = np.random.default_rng(12345)
+        weights = rng.integers(1, 2**63, size=k, dtype=np.uint64) | np.uint64(1)
+        windows = np.lib.stride_tricks.sliding_window_view(codes, k)
+        out = np.empty(len(windows), dtype=np.uint64)
+        step = 1 << 15  # bounded temporaries: k * step * 8 bytes
+        with np.errstate(over="ignore"):
+            for i in range(0, len(windows), step):
+                out[i : i + step] = (windows[i : i + step] * weights).sum(axis=1, dtype=np.uint64)
+        return out
+
+    v = hashes(val)
+    if len(v) == 0:
+        return 0.0
+    return float(np.isin(v, np.unique(hashes(train))).mean())
+
+
+def cached_overlap(train: str, val: str) -> float:
+    """`shingle_overlap`, remembered on disk by the texts' hash: every trial of a sweep reads
+    the same split, and recomputing it cost each trial about 1.5 s."""
+    digest = hashlib.sha256(f"{SHINGLE}\0{len(train)}\0{train}\0{val}".encode()).hexdigest()
+    path = cache_root() / "overlap" / digest
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        pass
+    value = shingle_overlap(train, val)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{digest}.{os.getpid()}.part")
+        tmp.write_text(repr(value))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache only costs the recomputation
+    return value
