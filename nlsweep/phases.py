@@ -51,6 +51,12 @@ def phase_tokenizer(cfg: DataConfig, texts: list[tuple[str, str]]):
     return build_tokenizer(cfg, union_of_training(texts))
 
 
+def phase_of(ends: list[int], step: int) -> int:
+    """The phase that trains step `step` (1-based; phase 0 before any step, the last one
+    past the end), given each phase's last step `ends`."""
+    return min(bisect.bisect_left(ends, max(step, 1)), len(ends) - 1)
+
+
 class PhasedBatcher:
     """Training batches from phase 1's streams for s_1 steps, then phase 2's, ...; its state
     is every phase's cursor and the number of batches drawn."""
@@ -62,8 +68,8 @@ class PhasedBatcher:
 
     @property
     def phase(self) -> int:
-        """The phase of the next batch (the last one past the end)."""
-        return min(bisect.bisect_right(self.ends, self.drawn), len(self.ends) - 1)
+        """The phase of the next batch."""
+        return phase_of(self.ends, self.drawn + 1)
 
     def next(self):
         batcher = self.batchers[self.phase]
@@ -96,8 +102,8 @@ class PhasedCorpus:
         return list(itertools.accumulate(self.steps))
 
     def phase_at(self, step: int) -> int:
-        """The phase that trained step `step` (1-based; phase 0 before any step)."""
-        return min(bisect.bisect_left(self.ends, max(step, 1)), len(self.steps) - 1)
+        """The phase that trained step `step` (`phase_of`)."""
+        return phase_of(self.ends, step)
 
     def extra_evals(self, batch_size: int) -> dict:
         return {}
@@ -131,17 +137,13 @@ def load_phases(cfg: DataConfig) -> PhasedCorpus:
     )
 
 
-def _sampled(batcher: StreamBatcher, n: int):
-    return (batcher.window(k) for k in range(min(n, batcher.windows_per_epoch)))
-
-
 def phase_metrics(trainer, headline: dict) -> dict[str, float]:
     """The continual-learning metrics of the evaluation after `trainer.step` (see the
     notation above). `headline` holds the evaluation's `val/*` metrics of the current
     phase, reused where they scored the same windows."""
     corpus: PhasedCorpus = trainer.corpus
     cfg = trainer.cfg
-    B, T, n = cfg.data.batch_size, cfg.data.seq_len, cfg.train.eval_batches
+    B, T = cfg.data.batch_size, cfg.data.seq_len
     step, final = trainer.step, trainer.step == cfg.train.steps
     cur = corpus.phase_at(step)
     out = {"phase/index": float(cur), "phase/end": float(step == corpus.ends[cur])}
@@ -154,7 +156,7 @@ def phase_metrics(trainer, headline: dict) -> dict[str, float]:
         else:
             held, units = corpus.heldout(j, B, T)
             trainer.evaluate(
-                _sampled(held, n), {k: (y for _, y in _sampled(u, n)) for k, u in units.items()}
+                trainer.sampled_windows(held), trainer.unit_windows(False, units=units)
             )
             b = trainer.eval_nats / LN2 / trainer.eval_units["bytes"]
         out[f"val/{corpus.names[j]}/bpb"] = b
@@ -167,10 +169,9 @@ def phase_metrics(trainer, headline: dict) -> dict[str, float]:
 def _at_end(corpus: PhasedCorpus, history: list[dict], last: dict) -> dict[str, float]:
     """Forgetting per earlier phase and the phase matrix, from the run's evaluations."""
     out = {}
-    rows = [h for h in history if "phase/end" in h] + [last]
     for name in corpus.names[:-1]:
         key = f"val/{name}/bpb"
-        out[f"forgetting/{name}"] = last[key] - min(h[key] for h in rows if key in h)
+        out[f"forgetting/{name}"] = last[key] - min(h[key] for h in [*history, last] if key in h)
     out["forgetting/mean"] = sum(out.values()) / len(out)
     by_step = {int(h["step"]): h for h in history}
     for i, (trained, end) in enumerate(zip(corpus.names, corpus.ends)):

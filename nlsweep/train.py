@@ -265,7 +265,6 @@ class Trainer:
         self.heldout_units = units(B, T) if units else {}
         self.split = self.corpus  # whose held-out split the headline val/* metrics score
         self.phased = hasattr(self.corpus, "phase_at")
-        self.eval_windows = min(cfg.train.eval_batches, self.heldout.windows_per_epoch)
         self.extra_evals = self.corpus.extra_evals(B)
         self.step = 0
         if self.phased:
@@ -354,17 +353,20 @@ class Trainer:
         self._since_eval["surprise_steps"] = self._since_eval.get("surprise_steps", 0) + 1
 
     def sampled_windows(self, heldout=None):
-        """The fixed windows of every periodic evaluation (of `heldout`, default the split)."""
+        """The fixed windows of every periodic evaluation (of `heldout`, default the split):
+        its first `train.eval_batches`, or all it has."""
         heldout = heldout or self.heldout
-        return (heldout.window(k) for k in range(self.eval_windows))
+        n = min(self.cfg.train.eval_batches, heldout.windows_per_epoch)
+        return (heldout.window(k) for k in range(n))
 
-    def unit_windows(self, final: bool, window: int | None = None) -> dict:
+    def unit_windows(self, final: bool, window: int | None = None, units=None) -> dict:
         """{unit: its per-target counts, window by window}, laid out as the windows of the
-        evaluation (`final_windows` when `final`, else the sampled ones)."""
+        evaluation (`final_windows` when `final`, else the sampled ones) of `units` (unit
+        batchers; default the held-out split's)."""
         whole = final and self.final_whole_split
         return {
             k: (y for _, y in (b.full_windows(window) if whole else self.sampled_windows(b)))
-            for k, b in self.heldout_units.items()
+            for k, b in (self.heldout_units if units is None else units).items()
         }
 
     def _segments(self, windows):
@@ -431,7 +433,6 @@ class Trainer:
         B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
         self.heldout, self.heldout_units = self.corpus.heldout(j, B, T)
         self.split = self.corpus.parts[j]
-        self.eval_windows = min(self.cfg.train.eval_batches, self.heldout.windows_per_epoch)
 
     def _metrics(self) -> dict[str, float]:
         B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
