@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -46,24 +47,55 @@ def stop_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
         proc.wait(timeout=20)
 
 
+def environment_sites() -> list[str]:
+    """The site folders the running interpreter assembled its packages from, in its order:
+    a system Python's, a virtualenv's (and its base's, with --system-site-packages), a conda
+    env's or a uv env's, and the user site where it is on."""
+    sites = list(site.getsitepackages())
+    user = site.getusersitepackages()
+    if site.ENABLE_USER_SITE and os.path.isdir(user):
+        sites.append(user)
+    return [s for s in sites if os.path.isdir(s)]
+
+
 def worker_python(folder: Path) -> str:
-    """A Python for the cluster's nodes that has the dependencies but not nlsweep: a venv on
-    this interpreter's packages whose `sitecustomize` drops the editable-install finder, as
-    on a node where only the declared dependencies were installed."""
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(folder)], check=True
-    )
+    """A Python for the cluster's nodes that has every declared dependency but not nlsweep,
+    as on a node where only the dependencies were installed: a bare venv whose one `.pth`
+    adds the running environment's site folders (with their own `.pth` files, as `site`
+    does), and whose `sitecustomize` then drops the editable-install finder. A venv made
+    with --system-site-packages would see the base interpreter's packages instead, which
+    lack everything when pytest itself runs in a virtualenv."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     py = folder / "bin" / "python"
-    site = subprocess.run(
+    purelib = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    Path(site, "sitecustomize.py").write_text(
+    adds = "; ".join(f"site.addsitedir({s!r})" for s in environment_sites())
+    Path(purelib, "_nlsweep_test_env.pth").write_text(f"import site; {adds}\n")
+    # sitecustomize runs after every .pth file, so the finder is gone before any import.
+    Path(purelib, "sitecustomize.py").write_text(
         "import sys\n"
         "sys.meta_path[:] = [f for f in sys.meta_path\n"
         "                    if '__editable__' not in getattr(f, '__module__', '')]\n"
+        f"sys.path[:] = [p for p in sys.path if p.rstrip('/') != {str(ROOT)!r}]\n"
     )
+    check = subprocess.run(
+        [str(py), "-c", "import ray, torch, mlflow; import nlsweep"],
+        cwd=folder, capture_output=True, text=True,
+    )  # fmt: skip
+    last = (check.stderr.strip().splitlines() or [""])[-1]
+    if "No module named 'nlsweep'" not in last:
+        raise RuntimeError(f"{py}: the nodes' Python must have ray, torch and mlflow but not "
+                           f"nlsweep; importing them gave: {last or 'no error'}")  # fmt: skip
     return str(py)
+
+
+def tool(name: str) -> list[str]:
+    """The command for one of the dependencies' programs in the running environment, whether
+    or not its bin folder is on PATH (a virtualenv used without activating it)."""
+    modules = {"mlflow": "mlflow", "ray": "ray.scripts.scripts", "moto_server": "moto.server"}
+    return [sys.executable, "-m", modules[name]]
 
 
 def node_env(token_file: Path, extra: dict | None = None) -> dict:
@@ -192,9 +224,11 @@ def start_mlflow(
     folder.mkdir(parents=True, exist_ok=True)
     if command is None:
         port = port or free_port()
-        command = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        command = [*tool("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                    "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                    "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
+    if command[0] == "mlflow":  # as the README writes it: this environment's mlflow
+        command = [*tool("mlflow"), *command[1:]]
     port = int(command[command.index("--port") + 1])
     log = open(folder / f"server-{port}.log", "a")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -211,7 +245,7 @@ def start_moto(folder: Path) -> tuple[subprocess.Popen, dict]:
     port = free_port()
     log = open(folder / "moto.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["moto_server", "-H", "127.0.0.1", "-p", str(port)], cwd=folder,
+        [*tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], cwd=folder,
         start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

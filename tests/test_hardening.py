@@ -18,6 +18,7 @@ from nlsweep.cli import main
 from nlsweep.lock import ExperimentLock
 from nlsweep.spec import absolute_uri, load_spec
 from tests.helpers import GOOD_SPEC, ROOT
+from tests.servers import tool
 
 NO_GPU = {"CPU": 2.0, "GPU": 0.0}
 
@@ -490,7 +491,7 @@ def test_local_sweep_starts_its_own_ray_on_loopback_beside_a_ray_start(tmp_path)
     port = s.getsockname()[1]
     s.close()
     head = subprocess.Popen(
-        ["ray", "start", "--head", f"--port={port}", "--num-cpus=1", "--block",
+        [*tool("ray"), "start", "--head", f"--port={port}", "--num-cpus=1", "--block",
          "--include-dashboard=false", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
