@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from nlsweep import checkpoint
 from nlsweep.spec import load_spec
-from nlsweep.train import Trainer
+from nlsweep.training import checkpoint
+from nlsweep.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,7 @@ SPEC = ROOT / "search_spaces" / "hope_vs_titan.yaml"
 
 
 def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
-    from nlsweep.config import to_dict
+    from nlsweep.config.builder import to_dict
     from nlsweep.spec import load_spec
 
     spec = load_spec(SPEC, available={"CPU": float(os.cpu_count() or 1), "GPU": 0.0})
@@ -55,7 +55,8 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
 def interleaved_rates(configs: dict, steps: int, rounds: int) -> dict:
     """Training tokens/s of each config: the fastest of `rounds` rounds of `steps` steps,
     the kinds taking turns within each round."""
-    from nlsweep.train import Trainer, TrialConfig
+    from nlsweep.training.trainer import Trainer
+    from nlsweep.training.trial import TrialConfig
 
     trainers = {k: Trainer(TrialConfig.from_dict(raw)) for k, raw in configs.items()}
     best = {}
@@ -81,7 +82,8 @@ def step_flops(raw: dict) -> float:
         sdpa_flop_count,
     )
 
-    from nlsweep.train import Trainer, TrialConfig
+    from nlsweep.training.trainer import Trainer
+    from nlsweep.training.trial import TrialConfig
 
     def attention(q, k, v, *args, **kwargs):
         return sdpa_flop_count(q, k, v)
@@ -103,8 +105,9 @@ def step_flops(raw: dict) -> float:
 
 def peak_child(variant: str, d: int, chunk: int, inner_chunk: int = 0) -> None:
     """In a fresh process: 2 training steps, then the peak memory as JSON on stdout."""
-    from nlsweep.runtime import Diverged, memory_peaks
-    from nlsweep.train import Trainer, TrialConfig
+    from nlsweep.training.runtime import Diverged, memory_peaks
+    from nlsweep.training.trainer import Trainer
+    from nlsweep.training.trial import TrialConfig
 
     model = {"d_model": d, "d_ff": 4 * d, "n_heads": max(1, d // 64)}
     if variant in ("titans", "hope"):

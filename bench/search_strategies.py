@@ -51,10 +51,11 @@ from search_report import (
     trial_lists,
 )
 
-from nlsweep.cluster import start_ray
+from nlsweep.execution.cluster import start_ray
+from nlsweep.execution.sweep import make_scheduler, make_search_alg, to_tune
 from nlsweep.spec import Spec, load_spec
-from nlsweep.sweep import make_scheduler, make_search_alg, to_tune
-from nlsweep.tracking import TrackingError, read_sweep
+from nlsweep.tracking.read import read_sweep
+from nlsweep.tracking.store import TrackingError
 
 # Ray's workers cannot import the scripts in bench/: ship what the replayed trainable calls
 # by value, as __main__'s own functions are.

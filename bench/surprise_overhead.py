@@ -18,8 +18,10 @@ import time
 
 import torch
 
-from nlsweep.data import DataConfig, load_corpus
-from nlsweep.train import Trainer, TrialConfig
+from nlsweep.data.config import DataConfig
+from nlsweep.data.load import load_corpus
+from nlsweep.training.trainer import Trainer
+from nlsweep.training.trial import TrialConfig
 
 SIZES = {
     # the quickstart's model and batch

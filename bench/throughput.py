@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from nlsweep.train import Trainer, TrialConfig
+from nlsweep.training.trainer import Trainer
+from nlsweep.training.trial import TrialConfig
 
 KINDS = ("nested_lstm", "transformer", "titans", "hope_attention", "hope")
 MODES = {
@@ -69,7 +70,7 @@ def _dp_worker(rank: int, world: int, port: int, raw: dict, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from nlsweep.parallel import DDP_OPTIONS, DataParallel
+    from nlsweep.training.parallel import DDP_OPTIONS, DataParallel
 
     cuda = raw["train"]["device"] == "cuda"
     if cuda:

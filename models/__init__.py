@@ -1,20 +1,10 @@
 """PyTorch models and optimizers for Nested Learning ablations.
 
-`MODEL_KINDS` maps the `model.kind` of a trial config to its config dataclass and module.
-This package never imports ray, mlflow or yaml.
+The model kinds a trial can name are registered in `models.kinds` (`MODEL_KINDS`). This
+package never imports ray, mlflow, yaml or nlsweep, and importing it (or `models.errors`)
+loads no torch: the harness's torch-free layers share `ConfigError` from here.
 """
 
-from models.hope import Hope, HopeAttention, HopeAttentionConfig, HopeConfig
-from models.nested_lstm import NestedLSTM, NestedLSTMConfig
-from models.titans import Titans, TitansConfig
-from models.transformer import Transformer, TransformerConfig
+from models.errors import ConfigError, require
 
-MODEL_KINDS = {
-    "nested_lstm": (NestedLSTMConfig, NestedLSTM),
-    "transformer": (TransformerConfig, Transformer),
-    "titans": (TitansConfig, Titans),
-    "hope_attention": (HopeAttentionConfig, HopeAttention),
-    "hope": (HopeConfig, Hope),
-}
-
-__all__ = ["MODEL_KINDS", "Hope", "HopeAttention", "NestedLSTM", "Titans", "Transformer"]
+__all__ = ["ConfigError", "require"]

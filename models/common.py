@@ -1,4 +1,4 @@
-"""Shared pieces of the model package: the config error type and ownership checks.
+"""Shared pieces of the model package: ownership checks, parameter counts, state detaching.
 
 `models/` never imports yaml, ray or mlflow: configs here are plain dataclasses that check
 their own values in `__post_init__` and raise `ConfigError(key, expected)`; the harness adds
@@ -12,23 +12,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from models.errors import ConfigError, require
 
-class ConfigError(ValueError):
-    """A config value is outside what its owner accepts."""
-
-    def __init__(self, key: str, expected: str):
-        super().__init__(f"{key}: {expected}")
-        self.key = key
-        self.expected = expected
-
-    def __reduce__(self):
-        # Ray pickles a trial's exception to the driver; keep the two-argument form intact.
-        return (ConfigError, (self.key, self.expected))
-
-
-def require(cond: bool, key: str, expected: str) -> None:
-    if not cond:
-        raise ConfigError(key, expected)
+__all__ = ["ConfigError", "check_ownership", "detach_state", "param_count", "require"]
 
 
 def check_ownership(model: nn.Module, groups: Mapping[str, Iterable[nn.Parameter]]) -> None:

@@ -1,4 +1,7 @@
-"""`nlsweep` command line: `run` a sweep, `validate` a spec, `report` a sweep, `rerun` a trial.
+"""nlsweep's command line: run, validate, report, list the trials of, train or rerun a sweep.
+
+`run` a sweep, `validate` a spec, `report` a sweep, `trials` of a sweep as a table or CSV,
+`train` a spec's base config as one trial without Ray, `rerun` a trial.
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
 setup (tracking store, storage, resources, the cluster at $RAY_ADDRESS, an earlier run of
@@ -75,6 +78,16 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--out", help="markdown file to write (default reports/NAME.md)")
     rep.add_argument("--run-id", help="the sweep's parent run (default: the newest sweep)")
+    tri = sub.add_parser("trials", help="every trial of a sweep, one row each (or --csv FILE)")
+    tri.add_argument("spec", metavar="SPEC_OR_NAME", help="a spec file, or an experiment name")
+    tri.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db)"
+    )
+    tri.add_argument("--csv", metavar="FILE", help="write the trials as CSV instead of printing")
+    tri.add_argument("--run-id", help="the sweep's parent run (default: the newest sweep)")
+    one = sub.add_parser("train", help="run a spec's base config as one trial, without Ray")
+    one.add_argument("spec", help="YAML sweep spec")
+    one.add_argument("rest", nargs=argparse.REMAINDER, help="--set, --smoke, --variant")
     again = sub.add_parser(
         "rerun",
         help="re-run a trial of the newest sweep (Ray, MLflow) and say whether it reproduced",
@@ -94,25 +107,18 @@ def parser() -> argparse.ArgumentParser:
 
 def _locate(args) -> tuple[str | None, str, str] | int:
     """(spec file or None, experiment name, tracking URI) of SPEC_OR_NAME; 2 after one line."""
-    from pathlib import Path
+    from nlsweep.api import locate
+    from nlsweep.spec import SpecError
 
-    from nlsweep.spec import DEFAULT_TRACKING_URI, NAME_RE, SpecError, absolute_uri, load_spec
-
-    if Path(args.spec).is_file():
-        try:  # resources are the running machine's business, not a reader's
-            spec = load_spec(args.spec, available={"CPU": float("inf"), "GPU": float("inf")})
-        except SpecError as e:
+    try:
+        return locate(args.spec, args.tracking_uri)
+    except SpecError as e:
+        if e.key == "SPEC_OR_NAME":  # a name that is no name: the old one-line wording
+            print(f"{args.spec}: neither a spec file nor an experiment name (letters, digits, "
+                  "_ and -: the name becomes reports/NAME.md)", file=sys.stderr)  # fmt: skip
+        else:
             print(e, file=sys.stderr)
-            return 2
-        return args.spec, spec.name, absolute_uri(args.tracking_uri or spec.tracking_uri)
-    if not NAME_RE.match(args.spec):
-        print(
-            f"{args.spec}: neither a spec file nor an experiment name (letters, digits, _ "
-            "and -: the name becomes reports/NAME.md)",
-            file=sys.stderr,
-        )
         return 2
-    return None, args.spec, absolute_uri(args.tracking_uri or DEFAULT_TRACKING_URI)
 
 
 def rerun(args) -> int:
@@ -120,12 +126,13 @@ def rerun(args) -> int:
     if isinstance(found, int):
         return found
     prefer_loopback()  # before Ray is imported
-    from nlsweep.cluster import ClusterError
-    from nlsweep.experiment import ExperimentError
-    from nlsweep.rerun import RerunError
-    from nlsweep.rerun import rerun as run_again
+    from nlsweep.execution.cluster import ClusterError
+    from nlsweep.execution.experiment import ExperimentError
+    from nlsweep.execution.rerun import RerunError
+    from nlsweep.execution.rerun import rerun as run_again
     from nlsweep.spec import SpecError
-    from nlsweep.tracking import TrackingError, bound_http_calls
+    from nlsweep.tracking.config import bound_http_calls
+    from nlsweep.tracking.store import TrackingError
 
     bound_http_calls()
     spec_file, name, uri = found
@@ -139,8 +146,9 @@ def rerun(args) -> int:
 def report(args) -> int:
     from pathlib import Path
 
-    from nlsweep.report import write_report
-    from nlsweep.tracking import TrackingError, bound_http_calls
+    from nlsweep.report.writer import write_report
+    from nlsweep.tracking.config import bound_http_calls
+    from nlsweep.tracking.store import TrackingError
 
     found = _locate(args)
     if isinstance(found, int):
@@ -173,27 +181,46 @@ def format_metrics(m: dict[str, float]) -> str:
 
 
 def prefer_loopback() -> None:
-    """Make the Ray a local sweep starts listen on 127.0.0.1 only (GCS, raylet, object
-    manager, workers, agents), through Ray's single-machine mode, whose node address is the
-    loopback one. Ray reads the switch when it is imported, so this runs before; a cluster
-    at $RAY_ADDRESS is left as it is."""
-    import os
+    """Ray listens on 127.0.0.1 only in a local sweep (see `nlsweep.api.prefer_loopback`)."""
+    from nlsweep.api import prefer_loopback as loopback
 
-    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    loopback()
+
+
+def trials(args) -> int:
+    """`nlsweep trials NAME [--csv FILE]`: every trial of the newest sweep, one row each."""
+    from nlsweep.api import load_trials
+    from nlsweep.tracking.store import TrackingError
+
+    found = _locate(args)
+    if isinstance(found, int):
+        return found
+    try:
+        frame = load_trials(found[1], tracking_uri=found[2], run_id=args.run_id)
+    except TrackingError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"{len(frame)} trials: {args.csv}")
+    else:
+        print(frame.to_string(index=False))
+    return 0
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """`python -m nlsweep.train SPEC`: the spec's base config as one trial, without Ray."""
+    """`nlsweep train SPEC` (or `python -m nlsweep.train SPEC`): the spec's base config as
+    one trial, without Ray."""
     import torch
 
     from models.common import ConfigError, param_count
-    from nlsweep.data import DataError
+    from nlsweep.data.corpora import DataError
     from nlsweep.spec import VARIANT, SpecError, load_spec
-    from nlsweep.train import Diverged, Trainer
+    from nlsweep.training.runtime import Diverged
+    from nlsweep.training.trainer import Trainer
 
     ap = argparse.ArgumentParser(
-        prog="python -m nlsweep.train", description="Run a spec's base config as one trial."
+        prog="nlsweep train", description="Run a spec's base config as one trial."
     )
     ap.add_argument("spec")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -240,7 +267,11 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own options, as `python -m nlsweep.train` takes them
+        return train_main(argv[1:])
     args = parser().parse_args(argv)
+    if args.command == "trials":
+        return trials(args)
     if args.command == "report":
         return report(args)
     if args.command == "rerun":
@@ -265,22 +296,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.spec}: --probe: only with --dry-run", file=sys.stderr)
         return 2
     if args.dry_run:  # prints the plan; imports no Ray
-        from nlsweep.summary import dry_run, print_cost
+        from nlsweep.execution.summary import dry_run, print_cost
 
         slots = dry_run(spec)
         step_s = None
         if args.probe:
-            from nlsweep.probe import probe
+            from nlsweep.execution.probe import probe
 
             step_s = probe(spec)["step_s"]
         print_cost(spec, slots, step_s)
         print("dry run: nothing was started")
         return 0
     prefer_loopback()  # before Ray is imported
-    from nlsweep import sweep
-    from nlsweep.cluster import ClusterError
-    from nlsweep.experiment import ExperimentError
-    from nlsweep.tracking import TrackingError
+    from nlsweep.execution import sweep
+    from nlsweep.execution.cluster import ClusterError
+    from nlsweep.execution.experiment import ExperimentError
+    from nlsweep.tracking.store import TrackingError
 
     try:
         return sweep.run_sweep(

@@ -3,6 +3,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import GOOD_SPEC, SHARED_DATA
 
@@ -13,9 +14,11 @@ if "NLSWEEP_DATA" not in os.environ and SHARED_DATA.is_dir():
 
 @pytest.fixture
 def write_spec(tmp_path):
-    def write(text: str = GOOD_SPEC, name: str = "spec.yaml") -> Path:
+    def write(text: str | dict = GOOD_SPEC, name: str = "spec.yaml") -> Path:
+        """A spec file from YAML text, or from a dict (dumped with yaml.safe_dump)."""
         p = tmp_path / name
-        p.write_text(textwrap.dedent(text))
+        p.write_text(yaml.safe_dump(text, sort_keys=False) if isinstance(text, dict)
+                     else textwrap.dedent(text))  # fmt: skip
         return p
 
     return write

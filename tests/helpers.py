@@ -1,9 +1,14 @@
 """Constants and helpers shared by the tests."""
 
+import copy
 import os
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
+NO_GPU = {"CPU": 2.0, "GPU": 0.0}
+"""Resources of a machine without GPUs, for specs loaded in tests."""
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # A complete, valid spec; tests edit copies of it.
@@ -27,6 +32,53 @@ max_concurrent: 2
 """
 
 
+GOOD = yaml.safe_load(GOOD_SPEC)
+"""The good spec as a dict: tests change it with `spec_text`, never by replacing text (the
+spec-error tests, which check line numbers, edit the text on purpose)."""
+
+
+def spec_text(changes: dict | None = None, drop: tuple = (), base: dict | None = None) -> str:
+    """A spec as YAML (`yaml.safe_dump`) from the good one: each change `"base/train/steps":
+    12` sets that key (paths split on '/', since space keys hold dots), each path in `drop`
+    is removed."""
+    spec = copy.deepcopy(GOOD if base is None else base)
+    for path, value in (changes or {}).items():
+        *parents, leaf = path.split("/")
+        node = spec
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    for path in drop:
+        *parents, leaf = path.split("/")
+        node = spec
+        for key in parents:
+            node = node[key]
+        del node[leaf]
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
 def has_shakespeare() -> bool:
     d = os.environ.get("NLSWEEP_DATA")
     return bool(d) and (Path(d) / "tinyshakespeare" / "input.txt").is_file()
+
+
+def edit(old: str, new: str, text: str = GOOD_SPEC) -> str:
+    """`text` (the good spec) with `old` replaced, which must be there."""
+    assert old in text, old
+    return text.replace(old, new)
+
+
+def one_line(capsys) -> str:
+    """What the command printed on stderr, which must be one line."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def nothing_started(folder: Path) -> None:
+    """No tracking store, no Ray storage and no Ray instance came of a refused command."""
+    import ray
+
+    assert not (folder / "mlflow.db").exists()
+    assert not (folder / "ray_results").exists()
+    assert not ray.is_initialized()

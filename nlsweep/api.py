@@ -1,0 +1,154 @@
+"""nlsweep's Python API, for notebooks and scripts: the same steps as the command line.
+
+    spec = nlsweep.load_spec("search_spaces/quickstart.yaml", overrides=["base.train.steps=40"])
+    result = nlsweep.run_sweep(spec)          # Ray Tune + MLflow, then the report
+    result.trials                             # pandas: one row per trial
+    nlsweep.load_trials("quickstart", tracking_uri="sqlite:///mlflow.db")  # on any machine
+    nlsweep.write_report("quickstart", tracking_uri=...)
+    nlsweep.Trainer(spec.base)                # one trial, no Ray
+
+Errors are exceptions here (`SpecError`, `TrackingError`, ...), each with the one-line message
+the command line prints; the command line is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from nlsweep.report.results import trial_table
+from nlsweep.report.writer import write_report as _write_report
+from nlsweep.spec import NAME_RE, Spec, SpecError
+from nlsweep.spec import load_spec as _load_spec
+from nlsweep.tracking.config import DEFAULT_TRACKING_URI, absolute_uri, bound_http_calls
+from nlsweep.tracking.read import read_sweep
+
+__all__ = ["SweepResult", "load_spec", "load_trials", "locate", "run_sweep", "write_report"]
+
+EVERYWHERE = {"CPU": float("inf"), "GPU": float("inf")}
+"""Resources for reading a spec only: what this machine has is a runner's business."""
+
+
+def load_spec(
+    path: str | os.PathLike,
+    overrides: list[str] | tuple = (),
+    *,
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+) -> Spec:
+    """Parse and validate a spec file, with `--set`-style overrides (`"base.train.steps=40"`);
+    raises `SpecError` (its message: `FILE:LINE: key: expected`)."""
+    return _load_spec(
+        path, overrides=list(overrides), smoke=smoke, tracking_uri=tracking_uri, storage=storage
+    )
+
+
+def locate(name_or_spec, tracking_uri: str | None = None) -> tuple[str | None, str, str]:
+    """(spec file or None, experiment name, absolute tracking URI) of a `Spec`, a spec file or
+    an experiment name; an explicit `tracking_uri` wins over the spec's."""
+    if isinstance(name_or_spec, Spec):
+        return (
+            name_or_spec.path,
+            name_or_spec.name,
+            absolute_uri(tracking_uri or name_or_spec.tracking_uri),
+        )
+    text = str(name_or_spec)
+    if Path(text).is_file():
+        spec = _load_spec(text, available=EVERYWHERE)
+        return text, spec.name, absolute_uri(tracking_uri or spec.tracking_uri)
+    if not NAME_RE.match(text):
+        raise SpecError(
+            text, 0, "SPEC_OR_NAME", "a spec file or an experiment name (letters, digits, _ and "
+            "-: the name becomes reports/NAME.md)",
+        )  # fmt: skip
+    return None, text, absolute_uri(tracking_uri or DEFAULT_TRACKING_URI)
+
+
+def load_trials(
+    name_or_spec, tracking_uri: str | None = None, run_id: str | None = None
+) -> pd.DataFrame:
+    """Every trial of the newest sweep of `name_or_spec` (or of parent run `run_id`), read from
+    the tracking store: one row per trial with its swept values, seed, status, the objective's
+    final and best, run id, and the final value of each metric it logged."""
+    _, name, uri = locate(name_or_spec, tracking_uri)
+    bound_http_calls()
+    return trial_table(read_sweep(uri, name, run_id))
+
+
+def write_report(
+    name_or_spec,
+    out: str | os.PathLike | None = None,
+    *,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+) -> Path:
+    """Write the ablation report of a sweep from the tracking store (default
+    `reports/NAME.md`, with its figures and CSV beside it); returns the markdown's path."""
+    _, name, uri = locate(name_or_spec, tracking_uri)
+    bound_http_calls()
+    return _write_report(uri, name, Path(out or f"reports/{name}.md"), run_id)
+
+
+@dataclass
+class SweepResult:
+    """What `run_sweep` ran: its exit code (as the command line's: 0 every trial finished,
+    1 some failed, 3 the tracking store stayed away, 130 interrupted), the report it wrote
+    (None when asked for none), and the trials as `load_trials` reads them."""
+
+    name: str
+    exit_code: int
+    report: Path | None
+    trials: pd.DataFrame
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def prefer_loopback() -> None:
+    """Make the Ray a local sweep starts listen on 127.0.0.1 only (GCS, raylet, object
+    manager, workers, agents), through Ray's single-machine mode, whose node address is the
+    loopback one. Ray reads the switch when it is imported, so this runs before; a cluster
+    at $RAY_ADDRESS is left as it is."""
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def run_sweep(
+    spec: Spec | str | os.PathLike,
+    *,
+    resume: bool = False,
+    restart: bool = False,
+    extend: bool = False,
+    report_dir: str | os.PathLike | None = "reports",
+    out=print,
+) -> SweepResult:
+    """Run a sweep (a `Spec` or a spec file) through Ray Tune and MLflow, as `nlsweep run`
+    does, write its report into `report_dir` (None: none), and return its trials. Refusals
+    before anything starts raise (`SpecError`, `TrackingError`, `ExperimentError`,
+    `ClusterError`), each with its one-line message."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    prefer_loopback()  # before Ray is imported
+    from nlsweep.execution.sweep import run_sweep as execute
+
+    folder = None if report_dir is None else Path(report_dir)
+    again = shlex.join(["nlsweep", "run", str(Path(spec.path).resolve()), "--resume"])
+    code = execute(
+        spec,
+        out=out,
+        report_dir=folder,
+        resume=resume,
+        restart=restart,
+        extend=extend,
+        resume_command=again,
+    )
+    trials = load_trials(spec)
+    report = None if folder is None else folder / f"{spec.name}.md"
+    return SweepResult(spec.name, code, report if report and report.exists() else None, trials)

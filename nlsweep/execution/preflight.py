@@ -1,0 +1,282 @@
+"""Checks a sweep passes before anything starts: the storage folder, the corpora, and what
+an earlier run of the same sweep left behind (resume it, archive it, or refuse to run).
+
+Each failure is one line naming the spec key or folder at fault; nothing has been created
+or moved when one is raised (an archive is the last step, after every check passed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.errors import ConfigError
+from nlsweep.config.grow import new_points
+from nlsweep.config.space import candidate_values
+from nlsweep.data.config import check_fits
+from nlsweep.data.corpora import DataError, cached_overlap, load_texts
+from nlsweep.data.phases import phase_tokenizer
+from nlsweep.data.streams import tokenize
+from nlsweep.data.tasks import TASKS
+from nlsweep.execution import seal
+from nlsweep.execution.experiment import (
+    ExperimentError,
+    Marker,
+    archive,
+    check_resumable,
+    experiment_path,
+    read_marker,
+    refusal,
+    restorable,
+)
+from nlsweep.spec import Spec, SpecError
+
+SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
+                   "glusterfs", "ocfs2", "gfs2", "panfs", "wekafs", "fuse.")  # fmt: skip
+"""Filesystems that several machines mount (fuse.*: s3fs, gcsfuse, juicefs, sshfs, ...)."""
+PROBE_TIMEOUT_S = 60
+
+
+def _store_error(spec: Spec, e: BaseException) -> SpecError:
+    text = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = (text[0] if text else type(e).__name__)[:300]
+    return SpecError.at(spec, "storage", f"a reachable, writable location; {spec.storage}: {why}")
+
+
+def _probe_uri(uri: str) -> None:
+    """Write and delete a small object under `uri` (pyarrow, as Ray's storage layer does)."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    fs.create_dir(root, recursive=True)
+    probe = f"{root.rstrip('/')}/.nlsweep-probe-{os.getpid()}"
+    with fs.open_output_stream(probe) as f:
+        f.write(b"nlsweep storage probe")
+    fs.delete_file(probe)
+
+
+def check_storage(spec: Spec) -> None:
+    """The storage folder or URI exists (or can be made) and takes a write, now."""
+    if "://" in spec.storage:
+        failure: list[BaseException] = []
+
+        def probe():
+            try:
+                _probe_uri(spec.storage)
+            except Exception as e:  # noqa: BLE001 - any failure means unusable storage
+                failure.append(e)
+
+        # A daemon thread: an endpoint that never answers must not hang the CLI or its exit.
+        worker = threading.Thread(target=probe, daemon=True)
+        worker.start()
+        worker.join(PROBE_TIMEOUT_S)
+        if worker.is_alive():
+            failure.append(TimeoutError(f"no answer in {PROBE_TIMEOUT_S} s"))
+        if failure:
+            raise _store_error(spec, failure[0])
+        return
+    try:
+        Path(spec.storage).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=spec.storage):
+            pass
+    except OSError as e:
+        raise SpecError.at(
+            spec, "storage", f"a writable folder; {spec.storage}: {e.strerror or e}"
+        ) from None
+
+
+def filesystem_type(path: str, mounts: str = "/proc/mounts") -> str:
+    """The type of the filesystem holding `path` (longest matching mount point)."""
+    target = os.path.realpath(path)
+    best, kind = "", "unknown"
+    try:
+        with open(mounts) as f:
+            rows = [ln.split() for ln in f]
+    except OSError:
+        return kind
+    for row in rows:
+        if len(row) < 3:
+            continue
+        point = row[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, row[2]
+    return kind
+
+
+def check_shared_storage(spec: Spec, nodes: int, mounts: str = "/proc/mounts") -> None:
+    """On a cluster of several nodes, trials move between nodes (a retry, a lost node) and
+    every node writes checkpoints: the storage must be one that all of them reach."""
+    if nodes <= 1 or "://" in spec.storage:
+        return
+    kind = filesystem_type(spec.storage, mounts)
+    if kind.startswith(SHARED_FS_TYPES):
+        return
+    raise SpecError.at(
+        spec,
+        "storage",
+        f"storage every node of the cluster reaches; {spec.storage} is on this machine's "
+        f"{kind} filesystem and the cluster has {nodes} nodes: use s3://BUCKET/PREFIX "
+        "(gs://, abfs:// likewise) or a folder on a shared filesystem (NFS, Lustre, ...)",
+    )
+
+
+MAX_POINTS = 512
+"""Points of the space whose data settings are checked (every combination of the values a
+grid or choice lists and both ends of each range, up to this many)."""
+
+
+def candidate_configs(spec: Spec) -> list:
+    """The base config and the trial configs at the space's candidate points."""
+    axes = {p: candidate_values(d) for p, d in spec.space.items()}
+    points = itertools.islice(itertools.product(*axes.values()), MAX_POINTS)
+    return [spec.base] + [spec.trial_config(dict(zip(axes, combo))) for combo in points]
+
+
+def prepare_data(spec: Spec) -> dict[str, bytes]:
+    """Find (or download) and read every corpus the trials will read, train the subword
+    models they use, and check that each trial's batch shape fits its splits, before
+    anything starts (one line on failure). Returns the subword models: {file name: bytes}."""
+    texts: dict[tuple, tuple[str, str]] = {}
+    lengths: dict[tuple, list[tuple[int, int]]] = {}
+    models: dict[str, bytes] = {}
+    shapes = set()
+    for cfg in candidate_configs(spec):
+        d = cfg.data
+        if d.corpus in TASKS:  # generated to the asked shape
+            continue
+        # data.phases: every phase's corpus, with one vocabulary of all their training splits
+        parts = d.phase_configs() or [d]
+        keys = tuple((p.corpus, p.path, p.val_fraction) for p in parts)
+        # A subword model is trained here, once, before any trial: a vocabulary the text
+        # cannot support is one line now, and every trial finds the model in the cache.
+        tok_key = (keys, d.tokenizer, d.vocab_size, d.model_type, d.tokenizer_path)
+        try:
+            for key, part in zip(keys, parts):
+                if key not in texts:
+                    texts[key] = load_texts(part)
+                    cached_overlap(*texts[key])  # computed once here, not per trial
+            if tok_key not in lengths and d.tokenizer == "char":
+                # a character a token
+                lengths[tok_key] = [tuple(len(t) for t in texts[k]) for k in keys]
+            elif tok_key not in lengths:
+                tok = phase_tokenizer(d, [texts[k] for k in keys])
+                lengths[tok_key] = [
+                    (len(train), len(val))
+                    for _, train, val, _ in (
+                        tokenize(p, *texts[k], tok) for k, p in zip(keys, parts)
+                    )
+                ]
+                what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
+                corpus = "+".join(p.corpus for p in parts)
+                models[f"{corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
+            if (tok_key, d.seq_len, d.batch_size) not in shapes:
+                shapes.add((tok_key, d.seq_len, d.batch_size))
+                for part, n in zip(parts, lengths[tok_key]):
+                    check_fits(part, *n)
+        except DataError as e:
+            raise SpecError.at(spec, "base.data", str(e)) from None
+    return models
+
+
+def trial_counts(spec: Spec, path: str) -> tuple[int, int]:
+    """(finished, planned) trials of the experiment at `path`, from Tune's newest experiment
+    state read as plain JSON (its pickled fields are never decoded: no code from storage)."""
+    import json
+
+    import pyarrow.fs
+
+    from nlsweep.execution.experiment import filesystem, read_bytes
+
+    fs, root = filesystem(path)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
+        states = sorted(i.base_name for i in infos if i.base_name.startswith("experiment_state-"))
+        if not states:
+            return 0, spec.plan.trials
+        state = json.loads(read_bytes(f"{path.rstrip('/')}/{states[-1]}"))
+        trials = [json.loads(t[0]) for t in state["trial_data"]]
+        finished = sum(t.get("status") == "TERMINATED" for t in trials)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ExperimentError(
+            f"{path}: its experiment state is unreadable ({type(e).__name__}); "
+            "pass --restart to archive it and start over"
+        ) from None
+    return finished, max(spec.plan.trials, len(trials))
+
+
+def adopt_tracking_uri(spec: Spec, resume: bool, out=print) -> None:
+    """On --resume, a spec whose tracking URI was relative (the default sqlite:///mlflow.db)
+    logs to the store its sweep started with, whatever folder the resume runs from."""
+    path = experiment_path(spec.storage, spec.name)
+    if not (resume and spec.tracking_uri_relative and restorable(path)):
+        return
+    marker = read_marker(path)
+    if marker is not None and marker.tracking_uri != spec.tracking_uri:
+        out(f"resuming with the tracking store the sweep started with: {marker.tracking_uri}")
+        spec.tracking_uri = marker.tracking_uri
+
+
+def prepare(
+    spec: Spec, resume: bool, restart: bool, tracker, out=print, extend: bool = False
+) -> Marker | None:
+    """Every check on what an earlier run left: returns the marker of the experiment to
+    resume or extend (its files verified against the digests the sweep recorded,
+    `nlsweep.seal`), or None to start a new one (after archiving the old folder with
+    --restart). Nothing is read from the folder but JSON before that verification."""
+    path = experiment_path(spec.storage, spec.name)
+    marker = None
+    if extend and not restorable(path):
+        raise ExperimentError(f"{path}: no sweep to extend there; run it without --extend")
+    if restorable(path):
+        if not (resume or restart or extend):
+            raise refusal(path, *trial_counts(spec, path))
+        if resume or extend:
+            marker = read_marker(path)
+            fingerprint = marker.fingerprint if extend and marker else spec.fingerprint
+            check_resumable(path, marker, fingerprint, spec.tracking_uri)
+            if not tracker.has_run(marker.parent_run_id):
+                raise ExperimentError(
+                    f"{path}: its MLflow parent run {marker.parent_run_id} is not in "
+                    f"{spec.tracking_uri}; resume with the tracking URI it started with, or "
+                    "--restart to archive the experiment and start over"
+                )
+            seal.verify(path, tracker, marker.parent_run_id)
+    elif resume:
+        out(f"nothing to resume at {path}: starting the sweep")
+    if restart and restorable(path):
+        out(f"archived the earlier experiment to {archive(path)}")
+    return marker
+
+
+@dataclass
+class Growth:
+    """What `--extend` runs: the new grid points, after the `unfinished` of the `ran` trials
+    the experiment planned."""
+
+    points: list[dict]
+    ran: int
+    unfinished: int
+
+
+def extension(spec: Spec, marker: Marker, path: str) -> Growth:
+    """The new trials `spec` adds to the experiment at `path` (one line, exit 2, for any
+    other change to the spec), and how many of the experiment's own trials have not ended."""
+    if not marker.fixed:
+        raise ExperimentError(
+            f"{path}: it was started before --extend existed, so its space is not on record; "
+            "finish it with --resume, or --restart it with the larger space"
+        )
+    old = json.loads(marker.fixed)
+    try:
+        points = new_points(old, spec.fixed)
+    except ConfigError as e:
+        raise SpecError.at(spec, e.key, e.expected) from None
+    ran = int(marker.trials)  # (written with `fixed`, so never missing beside it)
+    finished, _ = trial_counts(spec, path)
+    return Growth(points, ran, max(0, ran - finished))

@@ -1,0 +1,426 @@
+"""Sweep specs: YAML -> a validated `Spec`, or one `SPEC:LINE: key: expected` error.
+
+Everything a sweep needs is checked here, before Ray starts and before any MLflow run
+exists: unknown keys, types and ranges of every trial field (by building the typed config
+dataclasses), `space` paths and whether each distribution's values fit its field, the
+search/space combination, the experiment name (it becomes a folder), and the resources the
+trials ask for against what the machine has. The file is parsed with `yaml.safe_load`;
+a second, node-level parse (also the safe loader) only records line numbers.
+The full format is documented in docs/spec.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from models.errors import ConfigError
+from nlsweep.config.builder import as_number, build, flatten, get_path, set_path, to_dict
+from nlsweep.config.resources import Resources, check_resources, local_resources
+from nlsweep.config.space import (
+    CONTINUOUS,
+    Choice,
+    Distribution,
+    Grid,
+    RandInt,
+    SchedulerConfig,
+    SearchConfig,
+    SearchPlan,
+    as_spec,
+    candidate_values,
+    parse_distribution,
+    translate,
+)
+from nlsweep.config.specfile import Reporter, SpecError, apply_override, line_map, refuse_aliases
+from nlsweep.spec.variants import (
+    NAME_RE,
+    VARIANT,
+    apply_point,
+    check_variant_factor,
+    parse_variants,
+)
+from nlsweep.tracking.config import DEFAULT_TRACKING_URI, TrackingConfig, absolute_uri
+from nlsweep.training.trial import OBJECTIVES, TASK_OBJECTIVES, TrialConfig
+
+LENGTH_OBJECTIVE = re.compile(r"val/passkey_acc/len(\d+)")  # passkey at an eval_lengths length
+
+TOP_KEYS = (
+    "name",
+    "baseline",
+    "variants",
+    "description",
+    "metric",
+    "mode",
+    "base",
+    "space",
+    "search",
+    "scheduler",
+    "resources",
+    "max_concurrent",
+    "max_failures",
+    "storage",
+    "tracking_uri",
+    "tracking",
+)
+DEFAULT_MAX_FAILURES = 1
+SEED_PATH = "train.seed"
+SMOKE_STEPS = 20
+
+
+@dataclass
+class Spec:
+    name: str
+    description: str
+    metric: str
+    mode: Literal["min", "max"]
+    base: TrialConfig
+    base_raw: dict
+    space: dict[str, Distribution]
+    search: SearchConfig
+    scheduler: SchedulerConfig
+    resources: Resources
+    max_concurrent: int
+    storage: str
+    tracking_uri: str
+    path: str
+    sha256: str
+    lines: dict[str, int] = field(default_factory=dict)
+    """Dotted key -> line in the spec file, for error messages raised after loading."""
+    baseline: dict[str, Any] = field(default_factory=dict)
+    """The reference configuration of the swept factors (grid search), seeds excluded."""
+    text: str = ""
+    """The spec file's text, recorded with the sweep so reports can quote it."""
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named bundles of base overrides (dotted path -> value), swept by `space.variant`."""
+    max_failures: int = DEFAULT_MAX_FAILURES
+    """Times a trial that raised is retried from its newest checkpoint before it is FAILED."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """What reaches MLflow besides metrics; not part of the fingerprint (no trial changes)."""
+    tracking_uri_relative: bool = False
+    """The spec's tracking URI was relative (as the default is) and made absolute against
+    the working folder: a resume from elsewhere takes the store its sweep started with."""
+    plan: SearchPlan = field(init=False)
+
+    def __post_init__(self):
+        self.plan = translate(self.space, self.search)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that decides which trials run and how (after --set and --smoke);
+        an interrupted sweep resumes only under the same fingerprint."""
+        return hashlib.sha256(json.dumps(self.fixed, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def fixed(self) -> dict:
+        """What the fingerprint hashes, as JSON-ready data (kept beside the experiment, so
+        that `--extend` can say what changed)."""
+        fixed = {
+            "name": self.name,
+            "metric": self.metric,
+            "mode": self.mode,
+            "base": self.base_raw,
+            "space": {p: as_spec(d) for p, d in self.space.items()},
+            "variants": self.variants,
+            **{k: to_dict(getattr(self, k)) for k in ("search", "scheduler", "resources")},
+            "max_concurrent": self.max_concurrent,
+            "max_failures": self.max_failures,
+        }
+        return json.loads(json.dumps(fixed, default=str))
+
+    def trial_config(self, values: dict[str, Any]) -> TrialConfig:
+        """The trial config for one point of the space (dotted path -> value)."""
+        return TrialConfig.from_dict(apply_point(self.base_raw, self.variants, values))
+
+
+def _check_batch_split(workers: int, base, space: dict, variants: dict, err: Reporter) -> None:
+    """Every batch size a trial can get splits evenly over the trial's workers."""
+    if workers == 1:
+        return
+    path = "data.batch_size"
+    where = {f"base.{path}": [base.data.batch_size]}
+    if path in space:
+        where[f"space.{path}"] = list(candidate_values(space[path]))
+    for name, overrides in variants.items():
+        if path in overrides:
+            where[f"variants.{name}.{path}"] = [overrides[path]]
+    for key, sizes in where.items():
+        for b in sizes:
+            if b % workers:
+                err(key, f"a multiple of resources.workers ({workers}), got {b}")
+
+
+def _parse_space(
+    space_raw, base: TrialConfig, base_raw: dict, variants: dict, err: Reporter
+) -> dict:
+    """`space:` -> {path: distribution}, every value checked against its base field."""
+    if not isinstance(space_raw, dict):
+        err("space", "a mapping of dotted paths into base -> distribution")
+    base_dict = to_dict(base)
+    known = flatten(base_dict)
+    space: dict[str, Distribution] = {}
+    for p, raw in space_raw.items():
+        key = f"space.{p}"
+        if p == VARIANT:
+            try:
+                space[p] = parse_distribution(raw)
+            except ConfigError as e:
+                err(key, e.expected)
+            check_variant_factor(space[p], variants, space_raw, err)
+            continue
+        if not isinstance(p, str) or p not in known:
+            err(key, f"a path into base, e.g. {', '.join(list(known)[:4])}, ...")
+        try:
+            dist = parse_distribution(raw)
+        except ConfigError as e:
+            err(key, e.expected if e.key == "distribution" else f"{e.key}: {e.expected}")
+        current = get_path(base_dict, p)
+        if isinstance(current, float) and isinstance(dist, (Grid, Choice)):
+            dist = type(dist)(tuple(as_number(v) for v in dist.values))  # 1e-3 is a float
+        kind = type(current).__name__
+        if isinstance(dist, CONTINUOUS) and not isinstance(current, float):
+            err(key, f"a distribution over {kind} values (uniform and loguniform draw real "
+                     "numbers; use randint, choice or grid)")  # fmt: skip
+        if isinstance(dist, RandInt) and not isinstance(current, (int, float)):
+            err(key, f"a distribution over {kind} values, not randint")
+        for v in candidate_values(dist):
+            try:
+                TrialConfig.from_dict(set_path(base_raw, p, v))
+            except ConfigError as e:
+                err(key, f"values valid for base.{p}; {v!r} gives {e.key}: {e.expected}")
+        space[p] = dist
+    return space
+
+
+def load_spec(
+    path: str | os.PathLike,
+    overrides: list[str] | tuple = (),
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    storage: str | None = None,
+    available: dict[str, float] | None = None,
+) -> Spec:
+    """Parse and validate a spec; raises SpecError. `available` defaults to this machine."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise SpecError(file, 0, "file", f"a readable YAML spec ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError(
+            file, line, "file", f"UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
+    refuse_aliases(text, file)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(file, line, "yaml", f"valid YAML ({problem})") from None
+    err = Reporter(file, line_map(text))
+    if not isinstance(data, dict):
+        err("spec", "a mapping with keys name, metric, base, space, ...")
+    for item in overrides:
+        data = apply_override(data, item, err)
+    for k in data:
+        if k not in TOP_KEYS:
+            err(str(k), f"unknown key; expected one of {', '.join(TOP_KEYS)}")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        err("name", f"a safe folder name matching [A-Za-z0-9_-]+, got {name!r}")
+    metric = data.get("metric", "val/bpc")
+    if metric not in OBJECTIVES and not LENGTH_OBJECTIVE.fullmatch(str(metric)):
+        err("metric", f"one of {', '.join(OBJECTIVES)} or val/passkey_acc/len<L>, got {metric!r}")
+    mode = data.get("mode", "min")
+    if mode not in ("min", "max"):
+        err("mode", f"min or max, got {mode!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        err("description", "a string")
+
+    base_raw = data.get("base")
+    if not isinstance(base_raw, dict):
+        err("base", "a mapping with sections model, cms, optim, data, train")
+    if smoke:
+        base_raw = _smoke(base_raw)
+    base_raw = _absolute_data_path(base_raw)
+    try:
+        base = TrialConfig.from_dict(base_raw)
+    except ConfigError as e:
+        err(f"base.{e.key}", e.expected)
+    if metric in TASK_OBJECTIVES and base.data.corpus != TASK_OBJECTIVES[metric]:
+        err("metric", f"{metric} is reported by corpus {TASK_OBJECTIVES[metric]} only")
+    if metric == "val/bpb" and base.data.corpus in TASK_OBJECTIVES.values():
+        err("metric", "val/bpb is reported by text corpora only (a generated task has no text)")
+    if metric == "val/mean_bpb" and not base.data.phases:
+        err("metric", "val/mean_bpb is reported with base.data.phases only")
+    length = LENGTH_OBJECTIVE.fullmatch(metric)
+    if length and int(length[1]) not in (base.data.eval_lengths or []):
+        err("metric", f"{metric} is reported only with {length[1]} in base.data.eval_lengths")
+
+    sections = {}
+    for key, cls in (
+        ("search", SearchConfig),
+        ("scheduler", SchedulerConfig),
+        ("resources", Resources),
+        ("tracking", TrackingConfig),
+    ):
+        try:
+            sections[key] = build(cls, data.get(key), f"{key}.")
+        except ConfigError as e:
+            err(e.key, e.expected)
+
+    variants = parse_variants(data.get("variants"), base_raw, err)
+    space = _parse_space(data.get("space") or {}, base, base_raw, variants, err)
+    baseline = _parse_baseline(data.get("baseline"), space, err)
+    if sections["scheduler"].kind == "asha":
+        for p in ("train.steps", "train.eval_every"):
+            if p in space:
+                err(
+                    f"space.{p}",
+                    "not swept with scheduler asha (its rungs count evaluations, "
+                    "which must mean the same step in every trial)",
+                )
+    try:
+        translate(space, sections["search"])
+    except ConfigError as e:
+        err(f"space.{e.key}", e.expected)
+    _check_batch_split(sections["resources"].workers, base, space, variants, err)
+
+    concurrent = data.get("max_concurrent", 1)
+    if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
+        err("max_concurrent", f"a positive integer, got {concurrent!r}")
+    failures = data.get("max_failures", DEFAULT_MAX_FAILURES)
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
+        err("max_failures", f"a non-negative integer (retries per trial), got {failures!r}")
+    store = storage or data.get("storage", "./ray_results")
+    if not isinstance(store, str) or not store:
+        err("storage", "a folder path or a URI")
+    if "://" not in store:
+        store = str(Path(store).expanduser().resolve())
+    uri = tracking_uri or data.get("tracking_uri", DEFAULT_TRACKING_URI)
+    if not isinstance(uri, str) or not uri:
+        err("tracking_uri", "an MLflow tracking URI such as sqlite:///mlflow.db")
+    uri_relative = absolute_uri(uri) != uri and not tracking_uri
+    uri = absolute_uri(uri)
+
+    if available is None and not os.environ.get("RAY_ADDRESS"):
+        available = local_resources()
+    if available is not None:
+        try:
+            check_resources(sections["resources"], available, "this machine")
+        except ConfigError as e:
+            err(e.key, e.expected)
+
+    return Spec(
+        name=name,
+        description=description,
+        metric=metric,
+        mode=mode,
+        base=base,
+        base_raw=base_raw,
+        space=space,
+        search=sections["search"],
+        scheduler=sections["scheduler"],
+        resources=sections["resources"],
+        max_concurrent=concurrent,
+        max_failures=failures,
+        tracking=sections["tracking"],
+        storage=store,
+        tracking_uri=uri,
+        tracking_uri_relative=uri_relative,
+        path=str(Path(path).resolve()),
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        lines=err.lines,
+        baseline=baseline,
+        text=text,
+        variants=variants,
+    )
+
+
+def _parse_baseline(raw, space: dict[str, Distribution], err: Reporter) -> dict[str, Any]:
+    """`baseline:` -> the reference value of every grid factor (default: its first value)."""
+    grid = {p: d for p, d in space.items() if isinstance(d, Grid) and p != SEED_PATH}
+    if raw is None:
+        return {p: d.values[0] for p, d in grid.items()}
+    if not isinstance(raw, dict):
+        err("baseline", "a mapping of swept factor -> value, e.g. {cms.periods.medium: 4}")
+    for p, v in raw.items():
+        key = f"baseline.{p}"
+        if p not in grid:
+            err(key, f"one of the grid factors {', '.join(grid) or '(none)'}")
+        if v not in grid[p].values:
+            err(key, f"one of the swept values {list(grid[p].values)}, got {v!r}")
+    return {p: raw.get(p, d.values[0]) for p, d in grid.items()}
+
+
+def _smoke(base_raw: dict) -> dict:
+    """A CI-sized copy of the base config: few steps, two evaluations of two windows (the
+    last one too: scoring a whole held-out split would dominate a smoke run)."""
+    train = dict(base_raw.get("train") or {})
+    full = train.get("steps", 300)
+    steps = min(full, SMOKE_STEPS) if isinstance(full, int) else SMOKE_STEPS
+    train.update(steps=steps, eval_every=max(steps // 2, 1), eval_batches=2, checkpoint_every=0)
+    train.update(final_eval="sampled")
+    out = {**base_raw, "train": train}
+    phases = (base_raw.get("data") or {}).get("phases")
+    if isinstance(phases, list) and phases and all(isinstance(p, dict) for p in phases):
+        # one evaluation per phase, which ends it; the phases' total is the run's length
+        each = max(SMOKE_STEPS // len(phases), 1)
+        full = sum(p.get("steps") for p in phases if isinstance(p.get("steps"), int)) or full
+        out["data"] = {**base_raw["data"], "phases": [{**p, "steps": each} for p in phases]}
+        train.update(steps=each * len(phases), eval_every=each)
+        steps = each * len(phases)
+    optim = base_raw.get("optim")
+    if isinstance(optim, dict) and isinstance(full, int) and full > 0:
+        # the schedule shrinks with the run, keeping its shape (a bad `steps` is reported
+        # by validation as it was before --smoke)
+        optim = dict(optim)
+        for key in ("warmup_steps", "decay_steps"):
+            if isinstance(optim.get(key), int) and optim[key] > 0:
+                optim[key] = max(1, optim[key] * steps // full)
+        out["optim"] = optim
+    return out
+
+
+def _absolute_data_path(base_raw: dict) -> dict:
+    """Trials run in their own folders, so a relative data.path (or a phase's path) is made
+    absolute here."""
+
+    def absolute(d):
+        if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"]:
+            return {**d, "path": str(Path(d["path"]).expanduser().resolve())}
+        return d
+
+    data = base_raw.get("data")
+    if not isinstance(data, dict):
+        return base_raw
+    data = absolute(data)
+    if isinstance(data.get("phases"), list):
+        data = {**data, "phases": [absolute(p) for p in data["phases"]]}
+    return {**base_raw, "data": data}
+
+
+def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
+    """The swept part of a Ray trial config, in the spec's order."""
+    return {p: config[p] for p in spec.space if p in config}
+
+
+def describe(spec: Spec) -> dict[str, Any]:
+    """Flat, loggable summary of the spec's top-level settings."""
+    keys = ("name", "metric", "mode", "max_concurrent", "max_failures", "storage", "tracking_uri")
+    out = {k: getattr(spec, k) for k in keys}
+    sections = ("search", "scheduler", "resources", "tracking")
+    out.update(flatten({k: to_dict(getattr(spec, k)) for k in sections}))
+    return out

@@ -1,0 +1,37 @@
+"""The names nlsweep gives its MLflow tags, and the limits of what one tag or param holds."""
+
+TAG_TRIAL = "nlsweep.trial_id"
+TAG_CORPUS_KIND = "nlsweep.corpus_kind"
+"""text, task (generated, scored per token) or phases: what a report says a run scored."""
+TAG_SPEC = "nlsweep.spec_file"
+TAG_SPEC_SHOWN = "nlsweep.spec_shown"
+"""The spec path as reports print it: relative to the folder the sweep ran from (absolute
+when outside it), so a report does not depend on where it is regenerated."""
+TAG_SHA = "nlsweep.spec_sha256"
+TAG_COMMIT = "nlsweep.git_commit"
+TAG_ROLE = "nlsweep.role"
+TAG_ERROR = "nlsweep.error"
+TAG_STOPPED = "nlsweep.stopped_early"
+WARNING_PREFIX = "nlsweep.warning"
+"""Tags `WARNING_PREFIX.NAME` on a trial run: a configured mechanism that never acted."""
+TAG_DIVERGED = "nlsweep.diverged"
+TAG_SPEC_TEXT = "nlsweep.spec_text"
+TAG_SPACE = "nlsweep.space"
+TAG_BASELINE = "nlsweep.baseline"
+TAG_VARIANTS = "nlsweep.variants"
+TAG_HARDWARE = "nlsweep.hardware"
+TAG_RESUMED = "nlsweep.resumed"
+TAG_RERUN_OF = "nlsweep.rerun_of"
+"""On a child run that repeats an earlier trial (`nlsweep rerun`): the repeated run's id. Reports
+leave such runs out of the sweep's pools."""
+TAG_VERSIONS = "nlsweep.versions"
+TAG_FORECAST_S = "nlsweep.forecast_wall_s"
+TAG_FORECAST = "nlsweep.forecast"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+"""The experiment tag the MLflow 3 UI reads (and its kind selector writes) for the kind of work."""
+MODEL_TRAINING = "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"
+MAX_TAG_LEN = 8000
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LEN = 6000

@@ -1,0 +1,377 @@
+"""The training loop: one trial, runnable without Ray (`python -m nlsweep.train SPEC`).
+
+A `Trainer` owns the complete training state as explicit data (model, per-level optimizers
+with their clocks and accumulated gradients, recurrent state, RNG states, data cursor, step,
+metric history); `state_dict()` / `load_state_dict()` round-trip it exactly. `Trainer.run()`
+yields one metrics dict per evaluation, which the Ray trainable forwards to `tune.report`.
+Evaluation always uses held-out text and its own recurrent state, so the training state is
+left untouched (notes, pitfalls 1 and 7).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.cms import CMSOptimizer
+from models.common import ConfigError, check_ownership, detach_state, param_count
+from models.kinds import MODEL_KINDS
+from models.optim import build_optimizer
+from models.surprise import surprise_backward
+from models.teach import IGNORE
+from nlsweep.data.load import load_corpus
+from nlsweep.data.phases import phase_metrics
+from nlsweep.data.streams import Corpus
+from nlsweep.training.parallel import DataParallel, Forward
+from nlsweep.training.runtime import (
+    Diverged,
+    memory_peaks,
+    pick_device,
+    rng_state,
+    set_rng_state,
+)
+from nlsweep.training.trial import TrialConfig
+
+STATE_FORMAT = 2  # 2: the Titans memory state carries its chunk position and chunk-start memory
+
+
+class Trainer:
+    """One trial's training state and loop. With `dp` (several data-parallel workers, see
+    `nlsweep/training/parallel.py`) every worker builds one and trains its rows of each batch; only
+    rank 0's evaluations carry metrics, and `state_dict` is collective."""
+
+    def __init__(
+        self,
+        cfg: TrialConfig,
+        device: torch.device | None = None,
+        corpus: Corpus | None = None,
+        dp: DataParallel | None = None,
+    ):
+        self.cfg = cfg
+        self.dp = dp or DataParallel()
+        if cfg.data.batch_size % self.dp.world:
+            raise ConfigError(
+                "data.batch_size",
+                f"a multiple of resources.workers ({self.dp.world}), got {cfg.data.batch_size}",
+            )
+        self.device = device or pick_device(cfg.train)
+        seed = cfg.train.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.corpus = corpus or load_corpus(cfg.data)
+        vocab = len(self.corpus.vocab)
+        cls = MODEL_KINDS[cfg.model.kind][1]
+        self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
+        extra = (cfg.cms, cfg.teach) if self.targets else ()
+        self.model = cls(cfg.model, vocab, *extra).to(self.device)
+        self.forward = self.dp.wrap(Forward(self.model))  # DDP with several workers
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)
+        self.state_dim = getattr(cls, "state_batch_dim", 0)  # where a state keeps its rows
+        groups = self.model.level_parameters()
+        check_ownership(self.model, groups)
+        modules = self.model.level_modules()
+        self.cms = CMSOptimizer(
+            groups,
+            cfg.cms,
+            lambda level, ps, factor: build_optimizer(ps, cfg.optim, factor, modules[level]),
+            schedule=lambda i: cfg.optim.lr_multiplier(i, cfg.train.steps),
+            grad_clip=cfg.optim.grad_clip,
+        )
+        B, T = cfg.data.batch_size, cfg.data.seq_len
+        self.batcher, self.heldout = self.corpus.batchers(B, T)
+        # Text corpora: the bytes and characters each held-out target stands for, so loss
+        # can be put per byte and per character whatever the tokenizer.
+        units = getattr(self.corpus, "unit_batchers", None)
+        self.heldout_units = units(B, T) if units else {}
+        self.split = self.corpus  # whose held-out split the headline val/* metrics score
+        self.phased = hasattr(self.corpus, "phase_at")
+        self.extra_evals = self.corpus.extra_evals(B)
+        self.step = 0
+        if self.phased:
+            self._follow_phase()
+        # Recurrent training state carried between batches (None: zeros at the next batch).
+        self.state = None
+        self.state_resets = 0
+        self.history: list[dict[str, float]] = []
+        self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+        self.elapsed = 0.0  # trial seconds, training and evaluation, across restarts
+
+    # -- one outer step ------------------------------------------------------------------
+    def train_step(self) -> float:
+        t0 = time.perf_counter()
+        x, y, streams_restart = self.batcher.next()
+        rows = self.dp.rows(x.shape[0])
+        x, y = x[rows].to(self.device), y[rows].to(self.device)
+        sc = self.cfg.state
+        if (
+            sc.mode == "reset"
+            or streams_restart
+            or (sc.mode == "reset_every" and self.step % sc.every == 0)
+        ):
+            self.state_resets += self.state is not None
+            self.state = None
+        self.model.train()
+        sp = self.cfg.surprise
+        surprise = bool(sp.active) and self.step % sp.every_n == 0
+        if self.targets:
+            self.model.teach_scale = self.cfg.teach.scale_at(self.step, self.cfg.train.steps)
+        mode = "levels" if surprise else "targets" if self.targets else "plain"
+        with self.precision():
+            try:
+                out = self.forward(x, self.state, mode, y if self.targets else None)
+            except torch._dynamo.exc.TorchDynamoException as e:
+                first = str(e).strip().splitlines()[0][:200]
+                raise RuntimeError(
+                    f"train.compile: torch.compile failed for model kind {self.cfg.model.kind} "
+                    f"({type(e).__name__}: {first}); set train.compile: false"
+                ) from None
+            logits, new_state, outputs = out if surprise else (*out, None)
+            loss = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE
+            )
+        if self.dp.active:
+            loss, value = self._global_mean(loss, y)
+        else:
+            value = loss.item()  # the step's one host sync of the loss
+        bound = self.cfg.train.diverge_above
+        if not math.isfinite(value) or (bound and value > bound):
+            # Before backward: nothing of the diverged step reaches the weights.
+            raise Diverged(self.step + 1, value)
+        with self.cms.fresh_gradient():
+            if surprise:
+                self._accumulate_surprise(surprise_backward(loss, outputs, sp))
+            else:
+                loss.backward()
+        self.cms.flush_inputs(self.dp.sum_ if self.dp.active else None)
+        self.cms.step()
+        if sc.mode != "reset":
+            self.state = detach_state(new_state)  # truncated BPTT: no gradient into the past
+        self.step += 1
+        self._since_eval["seconds"] += time.perf_counter() - t0
+        self._since_eval["loss"] += value
+        self._since_eval["n"] += 1
+        return value
+
+    def precision(self):
+        """The autocast context of `train.precision` (a no-op for fp32)."""
+        bf16 = self.cfg.train.precision == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _global_mean(self, loss: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This worker's loss scaled so that DDP's gradient average is the global batch's mean
+        loss, and that mean's value (every worker gets the same, so all stop together)."""
+        n_r = (y != IGNORE).sum().to(torch.float64)
+        totals = torch.stack([loss.detach().to(torch.float64) * n_r, n_r])
+        self.dp.sum_([totals])
+        n = float(totals[1])
+        return loss * (self.dp.world * float(n_r) / max(n, 1.0)), float(totals[0]) / max(n, 1.0)
+
+    def _accumulate_surprise(self, stats: dict[str, float]) -> None:
+        acc = self._since_eval.setdefault("surprise", {})
+        for k, v in stats.items():
+            acc[k] = acc.get(k, 0.0) + v
+        self._since_eval["surprise_steps"] = self._since_eval.get("surprise_steps", 0) + 1
+
+    def sampled_windows(self, heldout=None):
+        """The fixed windows of every periodic evaluation (of `heldout`, default the split):
+        its first `train.eval_batches`, or all it has."""
+        heldout = heldout or self.heldout
+        n = min(self.cfg.train.eval_batches, heldout.windows_per_epoch)
+        return (heldout.window(k) for k in range(n))
+
+    def unit_windows(self, final: bool, window: int | None = None, units=None) -> dict:
+        """{unit: its per-target counts, window by window}, laid out as the windows of the
+        evaluation (`final_windows` when `final`, else the sampled ones) of `units` (unit
+        batchers; default the held-out split's)."""
+        whole = final and self.final_whole_split
+        return {
+            k: (y for _, y in (b.full_windows(window) if whole else self.sampled_windows(b)))
+            for k, b in (self.heldout_units if units is None else units).items()
+        }
+
+    def _segments(self, windows):
+        """`windows` cut along time into `data.eval_segment` tokens (unset: as they are);
+        consecutive segments continue each row's stream, so `evaluate` carries the state
+        from one to the next exactly when state.mode does."""
+        for x, y in windows:
+            n = self.cfg.data.eval_segment or x.shape[1]
+            for i in range(0, x.shape[1], n):
+                yield x[:, i : i + n], y[:, i : i + n]
+
+    @property
+    def final_whole_split(self) -> bool:
+        """Whether the final evaluation scores the whole held-out split (a generated task's
+        split has no end: its sampled batches are all of it)."""
+        return self.cfg.train.final_eval == "full" and not self.corpus.generated
+
+    def final_windows(self, window: int | None = None):
+        """The windows of the final evaluation: the whole held-out split (in windows of
+        `window` tokens, default seq_len) or the sampled ones."""
+        if not self.final_whole_split:
+            return self.sampled_windows()
+        return self.heldout.full_windows(window)
+
+    @torch.no_grad()
+    def evaluate(self, windows=None, units: dict | None = None) -> float:
+        """Mean held-out cross-entropy (nats/token) over `windows` (default the sampled
+        ones), consecutive windows continuing each row's stream; sets `accuracy`,
+        `eval_tokens`, `eval_nats` (the summed loss) and `eval_units` (the sum over the
+        scored targets of each of `units`: {name: per-target counts, window by window})."""
+        windows = self.sampled_windows() if windows is None else windows
+        units = units or {}
+        counted = dict.fromkeys(units, 0)
+        was_training = self.model.training
+        self.model.eval()
+        total, count, hits = 0.0, 0, 0
+        state = None  # evaluation's own state, never the training state (notes, pitfall 7)
+        carry = self.cfg.state.mode != "reset"
+        for x, y in windows:
+            y = y.to(self.device)
+            kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
+            with self.precision():
+                logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
+            logits = logits.float()
+            state = new_state
+            flat = y.reshape(-1)
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), flat, reduction="sum", ignore_index=IGNORE
+            ).item()
+            active = flat != IGNORE
+            count += int(active.sum())
+            for k, it in units.items():
+                counted[k] += int(next(it).reshape(-1)[active.cpu()].sum())
+            hits += int((logits.reshape(-1, logits.shape[-1]).argmax(-1) == flat)[active].sum())
+        self.model.train(was_training)
+        self.accuracy = hits / max(count, 1)  # of the positions the loss counts
+        self.eval_tokens = count
+        self.eval_nats, self.eval_units = total, counted
+        return total / max(count, 1)
+
+    def _follow_phase(self) -> None:
+        """data.phases: point the headline held-out metrics at the current phase's split."""
+        j = self.corpus.phase_at(self.step)
+        B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
+        self.heldout, self.heldout_units = self.corpus.heldout(j, B, T)
+        self.split = self.corpus.parts[j]
+
+    def _metrics(self) -> dict[str, float]:
+        B, T = self.cfg.data.batch_size, self.cfg.data.seq_len
+        since = self._since_eval
+        final = self.step == self.cfg.train.steps
+        if self.phased:
+            self._follow_phase()
+        t0 = time.perf_counter()
+        val_loss = self.evaluate(self.final_windows() if final else None, self.unit_windows(final))
+        eval_s = time.perf_counter() - t0
+        bits = self.eval_nats / math.log(2)
+        per = self.eval_units
+        m = {
+            "step": self.step,
+            "tokens": self.step * B * T,
+            "train/loss": since["loss"] / max(since["n"], 1),
+            "val/loss": val_loss,
+            # bits per character of the held-out text (per token for a generated task)
+            "val/bpc": bits / per["chars"] if per.get("chars") else val_loss / math.log(2),
+            "val/ppl": math.exp(min(val_loss, 700.0)),  # per token
+            "perf/tokens_per_s": since["n"] * B * T / max(since["seconds"], 1e-9),
+            "perf/step_ms": 1000.0 * since["seconds"] / max(since["n"], 1),
+            "model/params": float(param_count(self.model)),
+            "data/val_overlap": self.split.val_overlap,
+            "data/val_unk_rate": self.split.val_unk_rate,
+            "data/val_tokens": float(self.eval_tokens),
+            "perf/eval_s": eval_s,
+            # 1: this evaluation scored the whole held-out split (the report marks it)
+            "eval/full_split": float(final and self.final_whole_split),
+        }
+        if per.get("bytes"):
+            m["val/bpb"] = bits / per["bytes"]  # bits per UTF-8 byte: any tokenizer's scale
+        m.update(memory_peaks(self.device))
+        if self.corpus.accuracy_key:
+            m[self.corpus.accuracy_key] = self.accuracy
+        for name, batcher in self.extra_evals.items():  # e.g. recall by context length
+            self.evaluate(self._segments(self.sampled_windows(batcher)))
+            m[name] = self.accuracy
+        m.update(self.cms.metrics())
+        if hasattr(self.model, "inner_metrics"):
+            m.update(self.model.inner_metrics())
+        if self.cfg.surprise.active:
+            n = since.get("surprise_steps", 0)
+            m["surprise/steps"] = float(n)  # steps since the last evaluation that applied it
+            for k, v in since.get("surprise", {}).items():
+                m[k] = v / max(n, 1)
+        if self.phased:
+            m.update(phase_metrics(self, m))
+        m["state/resets"] = float(self.state_resets)
+        for i, t in enumerate(self.state or ()):
+            # mean over streams of the per-stream L2 norm; 0 for a state that was just reset
+            m[f"state/norm_{self.model.state_names[i]}"] = float(t.norm(dim=-1).mean())
+        self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+        self.history.append(m)
+        return m
+
+    def run(self) -> Iterator[dict[str, float]]:
+        """Train to `train.steps`, yielding the metrics of every evaluation."""
+        tc = self.cfg.train
+        while self.step < tc.steps:
+            t0 = time.perf_counter()
+            self.train_step()
+            if self.step % tc.eval_every == 0 or self.step == tc.steps:
+                if self.dp.rank:  # rank 0 evaluates and reports for the trial
+                    self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
+                    self.elapsed += time.perf_counter() - t0
+                    yield {"step": self.step}
+                    continue
+                metrics = self._metrics()
+                self.elapsed += time.perf_counter() - t0
+                metrics["perf/elapsed_s"] = self.elapsed
+                yield metrics
+            else:
+                self.elapsed += time.perf_counter() - t0
+
+    def warnings(self) -> dict[str, str]:
+        """Configured mechanisms that never acted during the run (name -> why)."""
+        check = getattr(self.model, "warnings", None)
+        return {**(check(self.history) if check else {}), **self.cms.warnings()}
+
+    # -- training state as data -----------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The complete training state; with several workers a collective (every worker calls
+        it) whose recurrent state has all B rows, as a one-worker trainer's would."""
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "cms": self.cms.state_dict(),
+            "data": self.batcher.state_dict(),
+            "recurrent": self.dp.gather_state(self.state, self.state_dim),
+            "state_resets": self.state_resets,
+            "rng": rng_state(),
+            "history": list(self.history),
+            "since_eval": copy.deepcopy(self._since_eval),
+            "elapsed": self.elapsed,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd.get("format") != STATE_FORMAT:
+            raise ValueError(f"training state format {sd.get('format')!r}, expected {STATE_FORMAT}")
+        self.step = int(sd["step"])
+        self.model.load_state_dict(sd["model"])
+        self.cms.load_state_dict(sd["cms"])
+        self.batcher.load_state_dict(sd["data"])
+        recurrent = sd["recurrent"]
+        recurrent = self.dp.shard_state(recurrent, self.state_dim)
+        self.state = None if recurrent is None else tuple(t.to(self.device) for t in recurrent)
+        self.state_resets = int(sd["state_resets"])
+        set_rng_state(sd["rng"])
+        self.history = list(sd["history"])
+        self._since_eval = copy.deepcopy(sd["since_eval"])
+        self.elapsed = float(sd["elapsed"])

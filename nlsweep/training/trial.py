@@ -1,0 +1,186 @@
+"""A trial's typed config: one dataclass per spec section (`model`, `cms`, `optim`,
+`surprise`, `teach`, `data`, `state`, `train`), each owned next to what it configures, built
+from a plain dict with unknown keys refused; and the metrics a trial can report as its
+objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from models.cms import CMSConfig
+from models.common import ConfigError, require
+from models.kinds import MODEL_KINDS
+from models.optim import OptimConfig
+from models.surprise import SurpriseConfig
+from models.teach import TeachConfig
+from nlsweep.config.builder import build
+from nlsweep.data.config import DataConfig
+
+SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
+# Metrics a spec may name as its objective (all reported at every evaluation).
+OBJECTIVES = (
+    "val/bpc", "val/bpb", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc",
+    "val/mean_bpb",
+)  # fmt: skip
+TASK_OBJECTIVES = {"val/recall_acc": "mqar", "val/passkey_acc": "passkey"}  # only they report
+
+
+@dataclass
+class TrainConfig:
+    """`train:` section."""
+
+    steps: int = 300
+    """Outer optimizer steps (batches) in the trial."""
+    eval_every: int = 100
+    """Evaluate on held-out data every this many steps, and after the last step."""
+    eval_batches: int = 8
+    """Held-out windows of B x seq_len tokens per periodic evaluation (the same windows
+    every time)."""
+    final_eval: Literal["full", "sampled"] = "full"
+    """The evaluation after the last step: `full` scores the entire held-out split (every
+    held-out token once, in B contiguous streams), `sampled` the `eval_batches` windows like
+    every other evaluation. A generated task's held-out split is its `eval_batches` batches,
+    so the two coincide there."""
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto = the GPU Ray assigned to the trial if any, else CPU."""
+    threads: int = 0
+    """torch CPU threads; 0 = one per CPU the trial was given (all cores outside Ray)."""
+    diverge_above: float = 0.0
+    """Stop the trial as diverged when its training loss exceeds this (0: only NaN or inf)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the forward passes and the loss run under `torch.autocast` with bfloat16 (on
+    CPU too); weights, gradients, optimizer moments and delta-rule statistics stay float32."""
+    compile: bool = False
+    """`torch.compile` the training forward (inductor: on CPU it needs a C++ compiler).
+    Evaluation runs eagerly. A model that cannot compile stops the trial with one line."""
+    checkpoint_every: int = 0
+    """In a sweep, save the complete training state every this many steps (a multiple of
+    eval_every, since a checkpoint travels with an evaluation's report) and after the last
+    step; 0: at every evaluation. A resumed or retried trial continues from its newest one."""
+
+    def __post_init__(self):
+        require(self.steps >= 1, "steps", f"a positive integer, got {self.steps}")
+        require(self.eval_every >= 1, "eval_every", f"a positive integer, got {self.eval_every}")
+        require(
+            self.eval_batches >= 1, "eval_batches", f"a positive integer, got {self.eval_batches}"
+        )
+        require(0 <= self.seed < 2**32, "seed", f"an integer in [0, 2^32), got {self.seed}")
+        require(self.threads >= 0, "threads", f"a non-negative integer, got {self.threads}")
+        require(self.diverge_above >= 0, "diverge_above", f">= 0, got {self.diverge_above}")
+        require(
+            self.checkpoint_every >= 0 and self.checkpoint_every % self.eval_every == 0,
+            "checkpoint_every",
+            f"0 or a multiple of eval_every ({self.eval_every}), got {self.checkpoint_every}",
+        )
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether the evaluation after `step` carries a checkpoint."""
+        every = self.checkpoint_every or self.eval_every
+        return step % every == 0 or step == self.steps
+
+
+@dataclass
+class StateConfig:
+    """`state:` section: the recurrent state between consecutive training batches."""
+
+    mode: Literal["reset", "persistent", "reset_every"] = "reset"
+    """reset: zero state before every batch. persistent: carry (h, c) along each stream,
+    detached after every step (truncated BPTT), reset only when the streams restart.
+    reset_every: like persistent, plus a reset every `every` steps."""
+    every: int = 0
+    """reset_every: steps between resets (only with that mode)."""
+
+    def __post_init__(self):
+        if self.mode == "reset_every":
+            require(self.every >= 1, "every", f"a positive number of steps, got {self.every}")
+        else:
+            require(self.every == 0, "every", f"unset unless mode is reset_every ({self.mode})")
+
+
+@dataclass
+class TrialConfig:
+    """One complete trial: the spec's `base:` with a point of its `space:` applied."""
+
+    model: Any
+    cms: CMSConfig = field(default_factory=CMSConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    surprise: SurpriseConfig = field(default_factory=SurpriseConfig)
+    teach: TeachConfig = field(default_factory=TeachConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialConfig:
+        if not isinstance(d, dict):
+            raise ConfigError("base", f"expected a mapping of {', '.join(SECTIONS)}")
+        for k in d:
+            if k not in SECTIONS:
+                raise ConfigError(k, f"unknown section; expected one of {', '.join(SECTIONS)}")
+        raw_model = d.get("model") or {}
+        kind = raw_model.get("kind", "nested_lstm") if isinstance(raw_model, dict) else None
+        if kind not in MODEL_KINDS:
+            raise ConfigError("model.kind", f"one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+        cfg_cls, model_cls = MODEL_KINDS[kind]
+        cms = build(CMSConfig, d.get("cms"), "cms.")
+        surprise = build(SurpriseConfig, d.get("surprise"), "surprise.")
+        state = build(StateConfig, d.get("state"), "state.")
+        if surprise.active and not hasattr(model_cls, "forward_levels"):
+            raise ConfigError(
+                "surprise.weights", f"unset: model kind {kind} has no surprise levels"
+            )
+        chain = getattr(model_cls, "uses_targets", False)  # hope kinds: a teach-driven chain
+        if chain != bool(cms.token_periods):
+            want = "a list such as [1, 4, 32, 128]" if chain else "unset: no CMS chain"
+            raise ConfigError("cms.token_periods", f"{want} for model kind {kind}")
+        data = build(DataConfig, d.get("data"), "data.")
+        if cms.inner_chunk and data.seq_len % cms.inner_chunk:
+            raise ConfigError(
+                "cms.inner_chunk",
+                f"a divisor of data.seq_len {data.seq_len}, got {cms.inner_chunk}",
+            )
+        if d.get("teach") and not chain:
+            raise ConfigError("teach", f"unset: model kind {kind} has no teach signal")
+        if state.mode != "reset" and not model_cls.carries_state:
+            raise ConfigError(
+                "state.mode", f"reset: model kind {kind} keeps no state between batches"
+            )
+        for name, section in (("cms", cms), ("surprise", surprise)):
+            try:
+                section.check_levels(model_cls.levels)
+            except ConfigError as e:
+                raise ConfigError(f"{name}.{e.key}", e.expected) from None
+        optim = build(OptimConfig, d.get("optim"), "optim.")
+        train = build(TrainConfig, d.get("train"), "train.")
+        if data.phases:
+            _fit_phases(data, train, d.get("train") or {})
+        try:
+            optim.check_steps(train.steps)
+        except ConfigError as e:
+            raise ConfigError(f"optim.{e.key}", e.expected) from None
+        return cls(
+            model=build(cfg_cls, raw_model, "model."),
+            cms=cms,
+            optim=optim,
+            surprise=surprise,
+            teach=build(TeachConfig, d.get("teach"), "teach."),
+            data=data,
+            state=state,
+            train=train,
+        )
+
+
+def _fit_phases(data: DataConfig, train: TrainConfig, raw_train: dict) -> None:
+    """train.steps is the phases' total, and an evaluation ends every phase."""
+    total = sum(p.steps for p in data.phases)
+    if "steps" in raw_train and train.steps != total:
+        raise ConfigError("train.steps", f"unset or the phases' total {total}, got {train.steps}")
+    for i, p in enumerate(data.phases):
+        if p.steps % train.eval_every:
+            raise ConfigError(f"data.phases[{i}].steps", f"a multiple of train.eval_every "
+                              f"({train.eval_every}) so that an evaluation ends the phase, "
+                              f"got {p.steps}")  # fmt: skip
+    train.steps = total
