@@ -327,6 +327,7 @@ class _Hope:
 
     uses_targets = True
     carries_state = True
+    state_is_context = False  # attention sees one call; the chain's state splits exactly
     teach_scale = 1.0
 
     def _hope_init(self, cfg, cms, teach):

@@ -1,21 +1,22 @@
-"""The model kinds a trial config names in `model.kind`: kind -> (config dataclass, module).
-
-This is where model kinds are registered; the harness looks a kind up here and nowhere else.
-"""
+"""The built-in model kinds, registered through `models.registry.register_model`, the same
+path a plugin takes. Importing this module registers them."""
 
 from __future__ import annotations
 
 from models.hope import Hope, HopeAttention, HopeAttentionConfig, HopeConfig
 from models.nested_lstm import NestedLSTM, NestedLSTMConfig
+from models.registry import register_model
 from models.titans import Titans, TitansConfig
 from models.transformer import Transformer, TransformerConfig
 
-MODEL_KINDS = {
+BUILTIN = {
     "nested_lstm": (NestedLSTMConfig, NestedLSTM),
     "transformer": (TransformerConfig, Transformer),
     "titans": (TitansConfig, Titans),
     "hope_attention": (HopeAttentionConfig, HopeAttention),
     "hope": (HopeConfig, Hope),
 }
+for _kind, (_config, _model) in BUILTIN.items():
+    register_model(_kind, _config, _model)
 
-__all__ = ["MODEL_KINDS"]
+__all__ = ["BUILTIN"]

@@ -70,6 +70,9 @@ class MemoryLM(AttentionLM):
     """An attention LM whose blocks return (h, state); the state is their tuples, flat."""
 
     carries_state = True
+    # Attention sees only the current call's tokens, so a split stream differs from one pass
+    # at the model's output; the memory's state carries exactly (its own split tests).
+    state_is_context = False
 
     def __init__(self, cfg, vocab_size: int, blocks: list[nn.Module], per_block: int):
         super().__init__(cfg, vocab_size, blocks)

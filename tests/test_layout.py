@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-PACKAGES = ["config", "data", "training", "tracking", "spec", "report", "execution"]
+PACKAGES = ["config", "data", "training", "testing", "tracking", "spec", "report", "execution"]
 
 
 def strongly_connected(graph, modules: set[str]) -> list[list[str]]:

@@ -53,13 +53,14 @@ def shipped_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(SHIPPED_ENV_PREFIXES)}
 
 
-def runtime_env() -> dict:
-    """What every worker of a remote cluster gets: this driver's packages and settings.
+def runtime_env(plugins: list[str] | tuple = ()) -> dict:
+    """What every worker of a remote cluster gets: this driver's packages and settings, and
+    the spec's plugins that are files or folders (an installed plugin is the nodes' own).
 
     Paths, not module objects: under Ray Client the runtime env is pickled with the job."""
     root = Path(__file__).resolve().parents[2]  # the checkout (or site-packages) above nlsweep/
     return {
-        "py_modules": [str(root / "nlsweep"), str(root / "models")],
+        "py_modules": [str(root / "nlsweep"), str(root / "models"), *map(str, plugins)],
         "excludes": ["__pycache__", "*.pyc"],
         "env_vars": shipped_env(),
     }
@@ -87,7 +88,7 @@ def _answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
         return f"nothing answers there: {e.strerror or type(e).__name__}"
 
 
-def join_cluster(address: str) -> Cluster:
+def join_cluster(address: str, plugins: list[str] | tuple = ()) -> Cluster:
     client = address.startswith("ray://")
     problem = _answers(address)
     if problem:
@@ -101,7 +102,7 @@ def join_cluster(address: str) -> Cluster:
                 '(pip install "ray[client]")'
             ) from None
     try:
-        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env())
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env(plugins))
     except Exception as e:  # noqa: BLE001 - refused, unreachable, or a token mismatch
         # Something answered (checked above), yet Ray could not join: with token
         # authentication on by default, a missing or wrong token is the usual cause.
@@ -114,13 +115,14 @@ def join_cluster(address: str) -> Cluster:
                    _alive_nodes(), client)  # fmt: skip
 
 
-def start_ray() -> Cluster:
-    """Start a local Ray (or join $RAY_ADDRESS)."""
+def start_ray(plugins: list[str] | tuple = ()) -> Cluster:
+    """Start a local Ray (or join $RAY_ADDRESS, shipping the `plugins` files and folders; a
+    local Ray's workers find them on the PYTHONPATH that loading them set)."""
     address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return Cluster(False, ray.cluster_resources(), "the running Ray instance", _alive_nodes())
     if address:
-        return join_cluster(address)
+        return join_cluster(address, plugins)
     local = local_resources()
     # Workers must run the code the driver validated: an installed copy elsewhere on the
     # path (another checkout's editable install, say) would otherwise win in the workers.

@@ -15,7 +15,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.capabilities import probe_forward
 from models.errors import ConfigError
+from models.registry import model_kind
 from nlsweep.config.grow import new_points
 from nlsweep.config.space import candidate_values
 from nlsweep.data.config import check_fits
@@ -146,7 +148,15 @@ def prepare_data(spec: Spec) -> dict[str, bytes]:
     lengths: dict[tuple, list[tuple[int, int]]] = {}
     models: dict[str, bytes] = {}
     shapes = set()
+    probed = set()
     for cfg in candidate_configs(spec):
+        if cfg.model.kind not in probed:  # a plain model's forward, once, on CPU
+            probed.add(cfg.model.kind)
+            try:
+                probe_forward(model_kind(cfg.model.kind), cfg.model)
+            except Exception as e:  # noqa: BLE001 - the user's forward: one line
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise SpecError.at(spec, "base.model.kind", why) from None
         d = cfg.data
         if d.corpus in TASKS:  # generated to the asked shape
             continue

@@ -41,15 +41,15 @@ def largest_trial(spec: Spec) -> tuple[dict, TrialConfig]:
 
 
 def _model(cfg: TrialConfig) -> torch.nn.Module:
-    from models.kinds import MODEL_KINDS
+    from models.capabilities import build_model
+    from models.registry import model_kind
 
-    cls = MODEL_KINDS[cfg.model.kind][1]
-    extra = (cfg.cms, cfg.teach) if getattr(cls, "uses_targets", False) else ()
+    kind = model_kind(cfg.model.kind)
     try:
         with torch.device("meta"):  # counts parameters without allocating them
-            return cls(cfg.model, 256, *extra)  # vocabulary: a byte-sized stand-in
+            return build_model(kind, cfg.model, 256, cfg.cms, cfg.teach)  # a byte-sized vocab
     except (NotImplementedError, RuntimeError):  # an initialisation meta tensors lack
-        return cls(cfg.model, 256, *extra)
+        return build_model(kind, cfg.model, 256, cfg.cms, cfg.teach)
 
 
 def probe(spec: Spec, steps: int = 5, out=print) -> dict[str, float]:

@@ -40,6 +40,7 @@ from nlsweep.tracking.store import Tracker
 from nlsweep.tracking.tags import (
     TAG_COMMIT,
     TAG_HARDWARE,
+    TAG_PLUGINS,
     TAG_RERUN_OF,
     TAG_SHA,
     TAG_SPEC,
@@ -122,6 +123,23 @@ def exact_spec(path: str, uri: str, recorded: list[dict], storage: str | None = 
             raise RerunError(f"{path}: base.{bad[0]}: cannot rebuild the recorded value "
                              f"{flatten(rec['config'])[bad[0]]!r}")  # fmt: skip
     return spec
+
+
+def same_plugins(tags: dict[str, str], spec: Spec) -> None:
+    """The plugins' code is the code the sweep ran, or a RerunError naming the first that
+    changed (a re-run of other code reproduces nothing)."""
+    try:
+        then = {p["name"]: p["digest"] for p in json.loads(tags.get(TAG_PLUGINS, "[]"))}
+    except (ValueError, KeyError, TypeError):
+        raise RerunError(
+            f"{spec.path}: plugins: the sweep's record of them is unreadable"
+        ) from None
+    now = {p.name: p.digest for p in spec.plugins}
+    for name in sorted(set(then) | set(now)):
+        if then.get(name) != now.get(name):
+            was = (then.get(name) or "absent")[:12]
+            raise RerunError(f"{spec.path}: plugins: {name}'s code changed since the sweep began "
+                             f"(sha256 {was}, now {(now.get(name) or 'absent')[:12]})")  # fmt: skip
 
 
 def verdict(old: RunData, new: RunData) -> tuple[bool, list[str]]:
@@ -228,6 +246,7 @@ def rerun(
         spec = exact_spec(_spec_file(spec_arg, sweep, tracker, Path(tmp)), uri, recorded, storage)
     if spec.name != name:
         raise RerunError(f"{spec.path}: name: {name} (the sweep's), got {spec.name}")
+    same_plugins(sweep.parent.tags, spec)
     repeats = {repeat_key(rec["swept"]): r.run_id for r, rec in zip(runs, recorded)}
     stops = {
         repeat_key(rec["swept"]): max((s for s, _ in r.history.get(spec.metric, [])), default=0)

@@ -40,6 +40,7 @@ from nlsweep.tracking.tags import (
     TAG_DIVERGED,
     TAG_ERROR,
     TAG_HARDWARE,
+    TAG_PLUGINS,
     TAG_RERUN_OF,
     TAG_RESUMED,
     TAG_ROLE,
@@ -365,6 +366,8 @@ def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
         TAG_VARIANTS: json.dumps(spec.variants),
         TAG_HARDWARE: describe_hardware(torch.device("cpu")),
     }
+    if spec.plugins:
+        tags[TAG_PLUGINS] = json.dumps([p.record for p in spec.plugins])
     parent_id = tracker.start_run(spec.name, params, tags)
     tracker.log_text(parent_id, spec.text, f"spec/{Path(spec.path).name}")
     return parent_id, base_tags

@@ -282,7 +282,7 @@ def start_checked_ray(spec: Spec):
     reaches, and a tracking store Tune's callbacks reach under Ray Client. A Ray started here
     is shut down again when a check fails."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table
-    cluster = start_ray()
+    cluster = start_ray([p.source for p in spec.plugins if p.folder and p.source])
     try:
         try:
             check_resources(spec.resources, cluster.resources, cluster.where)

@@ -64,6 +64,7 @@ _restored_instead: str | None = None
 def run_trial(config: dict, spec: Spec) -> None:
     global _restored_instead
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
+    spec.import_plugins()  # what they register, in this worker too
     cfg = spec.trial_config(swept_values(spec, config))
     torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
     device = trial_device(spec, cfg.train.device, ray.get_gpu_ids())
@@ -242,6 +243,7 @@ def _worker_loop(loop_config: dict) -> None:
     for name in ("ray.train", "ray.tune"):  # Ray Train logs every report of every worker
         logging.getLogger(name).setLevel(logging.WARNING)
     spec: Spec = loop_config["spec"]
+    spec.import_plugins()
     cfg = spec.trial_config(swept_values(spec, loop_config["config"]))
     torch.set_num_threads(cfg.train.threads or max(1, int(spec.resources.cpu)))
     gpus = ray.get_gpu_ids()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -24,6 +25,7 @@ from nlsweep.tracking.tags import (
     TAG_FORECAST,
     TAG_FORECAST_S,
     TAG_HARDWARE,
+    TAG_PLUGINS,
     TAG_RESUMED,
     TAG_SHA,
     TAG_SPEC,
@@ -303,6 +305,19 @@ def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def plugin_rows(tags: dict[str, str]) -> list[list[str]]:
+    """The header's row naming the sweep's plugins, their versions and source digests."""
+    try:
+        plugins = json.loads(tags.get(TAG_PLUGINS, "[]"))
+    except ValueError:
+        return [["plugins", "unreadable record"]]
+    if not plugins:
+        return []
+    said = [f"`{p.get('name')}` {p.get('version') or ''} (sha256 `{(p.get('digest') or '?')[:16]}`)"
+            .replace("  ", " ") for p in plugins]  # fmt: skip
+    return [["plugins", "; ".join(said)]]
+
+
 def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
     p = ctx.sweep.parent
     hw = sorted({t.run.tags[TAG_HARDWARE] for t in trials if TAG_HARDWARE in t.run.tags})
@@ -311,6 +326,7 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
     rows = [
         ["spec", f"`{spec_file}` (sha256 `{p.tags.get(TAG_SHA, '?')[:16]}`)"],
         ["project commit", f"`{p.tags.get(TAG_COMMIT, 'unknown')}`"],
+        *plugin_rows(p.tags),
         [
             "sweep",
             f"parent run `{p.run_id}` of experiment `{ctx.name}` in `{ctx.sweep.tracking_uri}`",

@@ -23,6 +23,13 @@ import yaml
 
 from models.errors import ConfigError
 from nlsweep.config.builder import as_number, build, flatten, get_path, set_path, to_dict
+from nlsweep.config.plugins import (
+    Plugin,
+    PluginError,
+    import_again,
+    load_entry_points,
+    load_plugins,
+)
 from nlsweep.config.resources import Resources, check_resources, local_resources
 from nlsweep.config.space import (
     CONTINUOUS,
@@ -68,6 +75,7 @@ TOP_KEYS = (
     "storage",
     "tracking_uri",
     "tracking",
+    "plugins",
 )
 DEFAULT_MAX_FAILURES = 1
 SEED_PATH = "train.seed"
@@ -106,6 +114,8 @@ class Spec:
     tracking_uri_relative: bool = False
     """The spec's tracking URI was relative (as the default is) and made absolute against
     the working folder: a resume from elsewhere takes the store its sweep started with."""
+    plugins: list[Plugin] = field(default_factory=list)
+    """The plugins imported for this spec (`plugins:` and installed entry points)."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -132,7 +142,13 @@ class Spec:
             "max_concurrent": self.max_concurrent,
             "max_failures": self.max_failures,
         }
+        if self.plugins:  # a plugin whose code changed runs other trials
+            fixed["plugins"] = {p.name: p.digest for p in self.plugins}
         return json.loads(json.dumps(fixed, default=str))
+
+    def import_plugins(self) -> None:
+        """Import the spec's plugins in this process (a Ray worker) by their names."""
+        import_again(self.plugins)
 
     def trial_config(self, values: dict[str, Any]) -> TrialConfig:
         """The trial config for one point of the space (dotted path -> value)."""
@@ -235,6 +251,11 @@ def load_spec(
     for k in data:
         if k not in TOP_KEYS:
             err(str(k), f"unknown key; expected one of {', '.join(TOP_KEYS)}")
+    try:  # before validation: what plugins register is known to it
+        spec_dir = Path(file).resolve().parent
+        plugins = load_entry_points() + load_plugins(data.get("plugins"), spec_dir)
+    except PluginError as e:
+        err("plugins" if e.index is None else f"plugins[{e.index}]", str(e))
 
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
@@ -340,6 +361,7 @@ def load_spec(
         storage=store,
         tracking_uri=uri,
         tracking_uri_relative=uri_relative,
+        plugins=plugins,
         path=str(Path(path).resolve()),
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         lines=err.lines,

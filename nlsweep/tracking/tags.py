@@ -1,6 +1,8 @@
 """The names nlsweep gives its MLflow tags, and the limits of what one tag or param holds."""
 
 TAG_TRIAL = "nlsweep.trial_id"
+TAG_PLUGINS = "nlsweep.plugins"
+"""JSON list of the sweep's plugins: name, source digest, version, source path."""
 TAG_CORPUS_KIND = "nlsweep.corpus_kind"
 """text, task (generated, scored per token) or phases: what a report says a run scored."""
 TAG_SPEC = "nlsweep.spec_file"

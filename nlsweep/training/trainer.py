@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.capabilities import build_model
 from models.cms import CMSOptimizer
 from models.common import ConfigError, check_ownership, detach_state, param_count
-from models.kinds import MODEL_KINDS
 from models.optim import build_optimizer
+from models.registry import model_kind
 from models.surprise import surprise_backward
 from models.teach import IGNORE
 from nlsweep.data.load import load_corpus
@@ -68,10 +69,10 @@ class Trainer:
         torch.manual_seed(seed)
         self.corpus = corpus or load_corpus(cfg.data)
         vocab = len(self.corpus.vocab)
-        cls = MODEL_KINDS[cfg.model.kind][1]
+        kind = model_kind(cfg.model.kind)
+        self.model = build_model(kind, cfg.model, vocab, cfg.cms, cfg.teach).to(self.device)
+        cls = type(self.model)
         self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
-        extra = (cfg.cms, cfg.teach) if self.targets else ()
-        self.model = cls(cfg.model, vocab, *extra).to(self.device)
         self.forward = self.dp.wrap(Forward(self.model))  # DDP with several workers
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import models.kinds  # noqa: F401 - registers the built-in model kinds
+from models.capabilities import is_plain, member_of
 from models.cms import CMSConfig
 from models.common import ConfigError, require
-from models.kinds import MODEL_KINDS
 from models.optim import OptimConfig
+from models.registry import model_kind
 from models.surprise import SurpriseConfig
 from models.teach import TeachConfig
 from nlsweep.config.builder import build
@@ -122,19 +124,18 @@ class TrialConfig:
                 raise ConfigError(k, f"unknown section; expected one of {', '.join(SECTIONS)}")
         raw_model = d.get("model") or {}
         kind = raw_model.get("kind", "nested_lstm") if isinstance(raw_model, dict) else None
-        if kind not in MODEL_KINDS:
-            raise ConfigError("model.kind", f"one of {', '.join(MODEL_KINDS)}, got {kind!r}")
-        cfg_cls, model_cls = MODEL_KINDS[kind]
+        entry = model_kind(kind)
+        cfg_cls, model_cls, who = entry.config_cls, entry.model_cls, entry.qualname
         cms = build(CMSConfig, d.get("cms"), "cms.")
         surprise = build(SurpriseConfig, d.get("surprise"), "surprise.")
         state = build(StateConfig, d.get("state"), "state.")
-        if surprise.active and not hasattr(model_cls, "forward_levels"):
-            raise ConfigError(
-                "surprise.weights", f"unset: model kind {kind} has no surprise levels"
-            )
-        chain = getattr(model_cls, "uses_targets", False)  # hope kinds: a teach-driven chain
+        if surprise.active and member_of(model_cls, "forward_levels") is None:
+            raise ConfigError("surprise.weights", f"unset: model kind {kind} has no surprise "
+                              f"levels ({who} has no forward_levels)")  # fmt: skip
+        chain = member_of(model_cls, "uses_targets", False)  # hope kinds: a teach-driven chain
         if chain != bool(cms.token_periods):
-            want = "a list such as [1, 4, 32, 128]" if chain else "unset: no CMS chain"
+            want = ("a list such as [1, 4, 32, 128]" if chain
+                    else f"unset: no CMS chain ({who} has no uses_targets)")  # fmt: skip
             raise ConfigError("cms.token_periods", f"{want} for model kind {kind}")
         data = build(DataConfig, d.get("data"), "data.")
         if cms.inner_chunk and data.seq_len % cms.inner_chunk:
@@ -143,14 +144,15 @@ class TrialConfig:
                 f"a divisor of data.seq_len {data.seq_len}, got {cms.inner_chunk}",
             )
         if d.get("teach") and not chain:
-            raise ConfigError("teach", f"unset: model kind {kind} has no teach signal")
-        if state.mode != "reset" and not model_cls.carries_state:
-            raise ConfigError(
-                "state.mode", f"reset: model kind {kind} keeps no state between batches"
-            )
+            raise ConfigError("teach", f"unset: model kind {kind} has no teach signal "
+                              f"({who} has no uses_targets)")  # fmt: skip
+        if state.mode != "reset" and not member_of(model_cls, "carries_state", False):
+            missing = "carries_state and init_state" if is_plain(model_cls) else "carries_state"
+            raise ConfigError("state.mode", f"reset: model kind {kind} keeps no state between "
+                              f"batches ({who} has no {missing})")  # fmt: skip
         for name, section in (("cms", cms), ("surprise", surprise)):
             try:
-                section.check_levels(model_cls.levels)
+                section.check_levels(member_of(model_cls, "levels"))
             except ConfigError as e:
                 raise ConfigError(f"{name}.{e.key}", e.expected) from None
         optim = build(OptimConfig, d.get("optim"), "optim.")

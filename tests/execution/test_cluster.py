@@ -435,3 +435,25 @@ def test_a_lost_node_moves_its_trial_to_the_other_node_from_its_checkpoint(world
         torch.set_num_threads(threads)
     assert hist[-1] == (steps, straight[-1]["val/bpc"]), (hist[-1], straight[-1]["val/bpc"])
     nodes.join([*world[4][1][1:], "--num-cpus=2"])  # a worker again, for any later test
+
+
+def test_plugins_the_nodes_lack_are_shipped_with_the_job(world, tmp_path):
+    """A plain nn.Module plugin (a .py file beside its spec) and the gated-LSTM plugin
+    package sweep on the cluster whose nodes have neither installed (nor nlsweep): Ray's
+    runtime_env ships them."""
+    import shutil
+
+    nodes, url, _, _, _ = world
+    env = driver_env(world, nodes.address)
+    for example, name in (("plugin_plain_lm", "tiny_lm"), ("plugin_gated_lstm", "gated_lstm")):
+        folder = tmp_path / example
+        shutil.copytree(ROOT / "examples" / example, folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "test_*.py"))  # fmt: skip
+        args = ["run", str(folder / "spec.yaml"), "--storage", "s3://sweeps/exp",
+                "--tracking-uri", url, "--set", "base.train.steps=10",
+                "--set", "base.train.eval_every=5"]  # fmt: skip
+        out = run_cli(args, env, tmp_path)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + _errors(url, name)
+        _, kids = children(url, name)
+        assert kids and {r.info.status for r in kids.values()} == {"FINISHED"}
+        assert all(r.data.metrics.get("val/bpc", 0) > 0 for r in kids.values())

@@ -195,9 +195,10 @@ def tiny_config(kind: str, mode: str = "persistent") -> dict:
     token periods for the kinds that learn in context, persistent state where kept."""
     import dataclasses
 
-    from models.kinds import MODEL_KINDS
+    from models.registry import model_kind
 
-    cfg_cls, model_cls = MODEL_KINDS[kind]
+    entry = model_kind(kind)
+    cfg_cls, model_cls = entry.config_cls, entry.model_cls
     names = {f.name for f in dataclasses.fields(cfg_cls)}
     small = {"d_model": 16, "d_ff": 32, "n_layers": 1, "n_heads": 2, "memory_chunk": 4}
     raw = {
@@ -220,9 +221,10 @@ def tiny_config(kind: str, mode: str = "persistent") -> dict:
 
 
 def registered_kinds():
-    from models.kinds import MODEL_KINDS
+    import models.kinds  # noqa: F401 - the built-ins
+    from models.registry import model_kinds
 
-    return sorted(MODEL_KINDS)
+    return sorted(model_kinds())
 
 
 @pytest.mark.parametrize("kind", registered_kinds())
