@@ -21,7 +21,7 @@ Each CMS level gets its own optimizer instance built from this config (`models/c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,13 +29,14 @@ import torch
 
 from models.common import require
 from models.delta import DeltaRule
+from models.registry import RegistryError
 
 
 @dataclass
 class OptimConfig:
     """`optim:` section: the outer optimizer applied to every CMS level."""
 
-    kind: Literal["adam", "adamw", "sgd", "delta_sgd", "delta_adam"] = "adam"
+    kind: str = "adam"
     """delta_sgd / delta_adam: the delta rule (models/delta.py) on top of SGD / Adam."""
     lr: float = 3e-3
     """Learning rate of every level (before any CMS rule)."""
@@ -69,18 +70,9 @@ class OptimConfig:
         require(self.eps > 0, "eps", f"a positive number, got {self.eps}")
         require(self.weight_decay >= 0, "weight_decay", f">= 0, got {self.weight_decay}")
         require(0 <= self.momentum < 1, "momentum", f"a value in [0, 1), got {self.momentum}")
-        require(
-            self.momentum == 0 or self.kind in ("sgd", "delta_sgd"),
-            "momentum",
-            f"0 unless kind is sgd or delta_sgd (kind {self.kind} would ignore it)",
-        )
-        delta = self.kind.startswith("delta_")
         require(self.decay_rate >= 0, "decay_rate", f">= 0, got {self.decay_rate}")
-        require(
-            self.decay_rate == 0 or delta,
-            "decay_rate",
-            f"0 unless kind is delta_sgd or delta_adam (kind {self.kind} would ignore it)",
-        )
+        _check_kind(self)  # a registered kind, and no field set that it would ignore
+        delta = self.kind.startswith("delta_")
         require(
             self.weight_decay == 0 or not delta,
             "weight_decay",
@@ -136,6 +128,56 @@ class OptimConfig:
         return floor + (1.0 - floor) * c
 
 
+@dataclass(frozen=True)
+class OptimizerKind:
+    """One registered `optim.kind`: `build(params, cfg, lr, modules)` returns a
+    torch.optim.Optimizer for one level's params (a list, or weight-decay groups) at rate
+    `lr`; `uses` names the OptimConfig fields it reads of those that only some kinds read
+    (a spec setting another is refused: the kind would ignore it)."""
+
+    name: str
+    build: Callable
+    uses: frozenset
+    source: str
+
+
+OPTIONAL_FIELDS = ("momentum", "decay_rate")
+"""Fields that only some kinds read; a kind's `uses` declares which of them it reads."""
+_OPTIMIZERS: dict[str, OptimizerKind] = {}
+
+
+def register_optimizer(kind: str, build: Callable | None = None, *, uses=()):
+    """Register an optimizer kind for `optim.kind` (also as a decorator of its build
+    function); the built-ins below register the same way. Twice is refused, naming both."""
+
+    def add(fn: Callable) -> Callable:
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        old = _OPTIMIZERS.get(kind)
+        if old is not None and old.build is not fn:
+            raise RegistryError(f"optimizer kind {kind} registered twice: by {old.source} "
+                                f"and by {where}")  # fmt: skip
+        unknown = set(uses) - set(OPTIONAL_FIELDS)
+        if unknown:
+            raise RegistryError(f"optimizer kind {kind}: uses one of {OPTIONAL_FIELDS}, "
+                                f"got {sorted(unknown)}")  # fmt: skip
+        _OPTIMIZERS[kind] = OptimizerKind(kind, fn, frozenset(uses), where)
+        return fn
+
+    return add if build is None else add(build)
+
+
+def optimizer_kinds() -> list[str]:
+    return list(_OPTIMIZERS)
+
+
+def _check_kind(cfg) -> None:
+    require(cfg.kind in _OPTIMIZERS, "kind", f"one of {', '.join(_OPTIMIZERS)}, got {cfg.kind!r}")
+    for name in OPTIONAL_FIELDS:
+        users = [k for k, o in _OPTIMIZERS.items() if name in o.uses]
+        why = f"0 unless kind is {' or '.join(users)} (kind {cfg.kind} would ignore it)"
+        require(getattr(cfg, name) == 0 or name in _OPTIMIZERS[cfg.kind].uses, name, why)
+
+
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], cfg: OptimConfig, lr_factor=1.0, modules=()
 ):
@@ -148,14 +190,29 @@ def build_optimizer(
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
         params = [g for g in params if g["params"]]
-    if cfg.kind.startswith("delta_"):
-        return DeltaRule(
-            params, modules, kind=cfg.kind[len("delta_"):], lr=lr, decay_rate=cfg.decay_rate,
-            momentum=cfg.momentum, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-        )  # fmt: skip
-    if cfg.kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return _OPTIMIZERS[cfg.kind].build(params, cfg, lr, modules)
+
+
+def _delta(params, cfg, lr, modules):
+    return DeltaRule(
+        params, modules, kind=cfg.kind[len("delta_"):], lr=lr, decay_rate=cfg.decay_rate,
+        momentum=cfg.momentum, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+    )  # fmt: skip
+
+
+def _sgd(params, cfg, lr, modules):
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _adam(params, cfg, lr, modules):
     cls = torch.optim.Adam if cfg.kind == "adam" else torch.optim.AdamW
     return cls(
         params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
+
+
+register_optimizer("adam", _adam)
+register_optimizer("adamw", _adam)
+register_optimizer("sgd", _sgd, uses=("momentum",))
+register_optimizer("delta_sgd", _delta, uses=("momentum", "decay_rate"))
+register_optimizer("delta_adam", _delta, uses=("decay_rate",))
