@@ -8,14 +8,15 @@ alone, no torch or Ray), `execution` (every Ray call), then `api` and `cli`.
 The Python API (`docs/api.md`) is named here and loaded on first use, so that importing a
 torch-free package such as `nlsweep.report` does not load torch through this file:
 
-    load_spec, run_sweep, load_trials, write_report, Trainer, TrialConfig, SweepResult
+    load_spec, run_sweep, load_trials, write_report, Trainer, TrialConfig, SweepResult,
+    and for plugins register_model, register_optimizer and the contract kit check_kind
 """
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SpecError", "SweepResult", "Trainer", "TrialConfig", "load_spec", "load_trials",
-    "run_sweep", "write_report",
+    "SpecError", "SweepResult", "Trainer", "TrialConfig", "check_kind", "load_spec",
+    "load_trials", "register_model", "register_optimizer", "run_sweep", "write_report",
 ]  # fmt: skip
 
 _HOMES = {
@@ -27,6 +28,9 @@ _HOMES = {
     "write_report": "nlsweep.api",
     "Trainer": "nlsweep.training.trainer",
     "TrialConfig": "nlsweep.training.trial",
+    "register_model": "models.registry",
+    "register_optimizer": "models.optim",
+    "check_kind": "nlsweep.testing",
 }
 
 
