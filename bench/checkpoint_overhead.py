@@ -4,7 +4,7 @@
 
 Runs the spec's base config as one trial (the quickstart by default: 300 steps, an
 evaluation every 100) and, at every evaluation the sweep would checkpoint
-(`train.checkpoint_every`), does what a sweep trial does: `nlsweep.checkpoint.save` into a
+(`train.checkpoint_every`), does what a sweep trial does: `nlsweep.training.checkpoint.save` into a
 fresh temporary folder, then copies the folder into a storage folder, as Ray does when it
 persists a checkpoint to local storage. Prints the trial's training + evaluation seconds, the
 checkpoint seconds, and their ratio, per repeat and as the median. Ray's own hand-over of the

@@ -15,7 +15,7 @@ SPEC (default search_spaces/hope_tune.yaml) is an Optuna + ASHA spec whose space
    at each evaluation. Training is deterministic per (config, seed) (`nlsweep rerun`
    checks a repeat bit for bit), so a replayed trial reports what training it again would,
    and a trial ASHA stops at an evaluation has run exactly the steps up to it. The
-   searchers and the scheduler are the sweep's own (`nlsweep.sweep.make_search_alg` and
+   searchers and the scheduler are the sweep's own (`nlsweep.execution.sweep.make_search_alg` and
    `make_scheduler` on the spec with the search section set per strategy);
 3. charges each search the training steps its trials ran, in the order they ran, until a
    trial finishes all its steps with a final objective within 1% of the grid's best.

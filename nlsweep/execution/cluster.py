@@ -9,7 +9,7 @@ the trials and the tracking callback read (corpora folder, MLflow and object-sto
 settings), so every node runs the code the driver validated.
 
 Only `ray` itself is imported here (never `ray.tune`); the cluster's resources are what
-`nlsweep.resources.check_resources` compares the spec's request against.
+`nlsweep.config.resources.check_resources` compares the spec's request against.
 """
 
 from __future__ import annotations

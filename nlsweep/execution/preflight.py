@@ -237,7 +237,7 @@ def prepare(
 ) -> Marker | None:
     """Every check on what an earlier run left: returns the marker of the experiment to
     resume or extend (its files verified against the digests the sweep recorded,
-    `nlsweep.seal`), or None to start a new one (after archiving the old folder with
+    `nlsweep.execution.seal`), or None to start a new one (after archiving the old folder with
     --restart). Nothing is read from the folder but JSON before that verification."""
     path = experiment_path(spec.storage, spec.name)
     marker = None

@@ -7,7 +7,7 @@ a bucket) could run code as the user who resumes. A sweep therefore records the 
 every file at the top of its experiment folder as Tune writes it, in places the storage's
 writers cannot change:
 
-- the MLflow parent run's tags `nlsweep.seal.FILE` (the tracking store, not the storage),
+- the MLflow parent run's tags `nlsweep.execution.seal.FILE` (the tracking store, not the storage),
 - a file in this user's state folder on the machine where Tune runs
   (`$NLSWEEP_STATE`, else `$XDG_STATE_HOME/nlsweep`, else `~/.local/state/nlsweep`), which
   also covers a sweep that stopped while the tracking store was away.

@@ -70,7 +70,7 @@ def dry_run(spec: Spec, out=print) -> int:
 
 def print_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out=print) -> None:
     """The sweep's expected wall time and trial-hours at `slots` trials at a time
-    (`nlsweep.forecast`): from earlier finished trials of the same sizes in the tracking
+    (`nlsweep.execution.forecast`): from earlier finished trials of the same sizes in the tracking
     store, else from the probe."""
     from nlsweep.execution.forecast import cost_lines
 

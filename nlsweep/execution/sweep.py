@@ -304,7 +304,7 @@ def start_checked_ray(spec: Spec):
 
 
 def restore_tuner(spec: Spec, path: str) -> tune.Tuner:
-    """The interrupted experiment at `path` (its files verified by `nlsweep.seal`), its
+    """The interrupted experiment at `path` (its files verified by `nlsweep.execution.seal`), its
     unfinished and errored trials to continue from their newest checkpoints; the search
     algorithm and scheduler resume their state. One line when Tune cannot read it."""
     try:
@@ -322,7 +322,7 @@ def restore_tuner(spec: Spec, path: str) -> tune.Tuner:
 
 class _Sealed:
     """A search algorithm that records the digests of the experiment state Tune has just
-    written to its local staging folder, before Tune uploads it (`nlsweep.seal`)."""
+    written to its local staging folder, before Tune uploads it (`nlsweep.execution.seal`)."""
 
     seal: Seal | None = None
 

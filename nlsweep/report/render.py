@@ -113,7 +113,7 @@ def final_note(trials: list[Trial], metric: str = "") -> str:
 
 def rerun_command(ctx: Context, which: str) -> str:
     """`nlsweep rerun SPEC ROW_OR_RUN_ID`: the trial(s) again through Ray and MLflow, with
-    the config their runs recorded, compared with them (`nlsweep.rerun`)."""
+    the config their runs recorded, compared with them (`nlsweep.execution.rerun`)."""
     parts = ["nlsweep", "rerun", spec_shown(ctx.sweep.parent.tags, ctx.name), which]
     if ctx.sweep.tracking_uri != absolute_uri(DEFAULT_TRACKING_URI):
         parts += ["--tracking-uri", ctx.sweep.tracking_uri]

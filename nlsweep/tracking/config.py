@@ -32,7 +32,7 @@ HTTP_BOUNDS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 """Every HTTP call to a tracking server ends within about 90 s (MLflow's defaults retry for
-about 4 minutes per call); a longer outage is bridged by buffering (`nlsweep.runlog`)."""
+about 4 minutes per call); a longer outage is bridged by buffering (`nlsweep.execution.runlog`)."""
 
 
 @dataclass

@@ -13,7 +13,7 @@ from nlsweep.tracking.tags import (
     TAG_STOPPED,
     TAG_TRIAL,
 )
-from tests.helpers import spec_text
+from tests.helpers import edit, spec_text
 
 
 @pytest.fixture(autouse=True)
@@ -213,7 +213,7 @@ def test_missing_corpus_fails_before_ray(tmp_path, write_spec, capsys, monkeypat
     monkeypatch.setattr(
         urllib.request, "urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
     )
-    spec = write_spec(spec_text({"base/data/corpus": "tinyshakespeare"}))
+    spec = write_spec(edit("corpus: pydoc", "corpus: tinyshakespeare"))  # its line: 9
     rc, _ = run_cli(tmp_path, spec)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and f"{spec}:9: base.data: corpus tinyshakespeare: not found" in err

@@ -293,7 +293,8 @@ def test_final_note_and_ppl_unit():
 def test_the_sweep_runner_loads_scipy_and_matplotlib_only_for_a_report():
     """Start-up stays lean: the report's statistics and figures load when it is written."""
     code = (
-        "import sys, nlsweep.cli, nlsweep.sweep, nlsweep.trainable, nlsweep.train\n"
+        "import sys, nlsweep.cli, nlsweep.execution.sweep, nlsweep.execution.trainable\n"
+        "import nlsweep.train\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'matplotlib'}))\n"
         "import nlsweep.report.writer\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'matplotlib'}))\n"
