@@ -23,12 +23,15 @@ import pandas as pd
 
 from nlsweep.report.results import trial_table
 from nlsweep.report.writer import write_report as _write_report
-from nlsweep.spec import NAME_RE, Spec, SpecError
+from nlsweep.spec import NAME_RE, Spec
 from nlsweep.spec import load_spec as _load_spec
 from nlsweep.tracking.config import DEFAULT_TRACKING_URI, absolute_uri, bound_http_calls
 from nlsweep.tracking.read import read_sweep
 
-__all__ = ["SweepResult", "load_spec", "load_trials", "locate", "run_sweep", "write_report"]
+__all__ = [
+    "NotASpecOrName", "SweepResult", "load_spec", "load_trials", "locate", "run_sweep",
+    "write_report",
+]  # fmt: skip
 
 EVERYWHERE = {"CPU": float("inf"), "GPU": float("inf")}
 """Resources for reading a spec only: what this machine has is a runner's business."""
@@ -49,6 +52,10 @@ def load_spec(
     )
 
 
+class NotASpecOrName(ValueError):
+    """What names a sweep is neither an existing spec file nor a valid experiment name."""
+
+
 def locate(name_or_spec, tracking_uri: str | None = None) -> tuple[str | None, str, str]:
     """(spec file or None, experiment name, absolute tracking URI) of a `Spec`, a spec file or
     an experiment name; an explicit `tracking_uri` wins over the spec's."""
@@ -63,10 +70,10 @@ def locate(name_or_spec, tracking_uri: str | None = None) -> tuple[str | None, s
         spec = _load_spec(text, available=EVERYWHERE)
         return text, spec.name, absolute_uri(tracking_uri or spec.tracking_uri)
     if not NAME_RE.match(text):
-        raise SpecError(
-            text, 0, "SPEC_OR_NAME", "a spec file or an experiment name (letters, digits, _ and "
-            "-: the name becomes reports/NAME.md)",
-        )  # fmt: skip
+        raise NotASpecOrName(
+            f"{text}: neither a spec file nor an experiment name (letters, digits, _ and -: "
+            "the name becomes reports/NAME.md)"
+        )
     return None, text, absolute_uri(tracking_uri or DEFAULT_TRACKING_URI)
 
 

@@ -107,17 +107,13 @@ def parser() -> argparse.ArgumentParser:
 
 def _locate(args) -> tuple[str | None, str, str] | int:
     """(spec file or None, experiment name, tracking URI) of SPEC_OR_NAME; 2 after one line."""
-    from nlsweep.api import locate
+    from nlsweep.api import NotASpecOrName, locate
     from nlsweep.spec import SpecError
 
     try:
         return locate(args.spec, args.tracking_uri)
-    except SpecError as e:
-        if e.key == "SPEC_OR_NAME":  # a name that is no name: the old one-line wording
-            print(f"{args.spec}: neither a spec file nor an experiment name (letters, digits, "
-                  "_ and -: the name becomes reports/NAME.md)", file=sys.stderr)  # fmt: skip
-        else:
-            print(e, file=sys.stderr)
+    except (SpecError, NotASpecOrName) as e:
+        print(e, file=sys.stderr)
         return 2
 
 
@@ -125,6 +121,8 @@ def rerun(args) -> int:
     found = _locate(args)
     if isinstance(found, int):
         return found
+    from nlsweep.api import prefer_loopback
+
     prefer_loopback()  # before Ray is imported
     from nlsweep.execution.cluster import ClusterError
     from nlsweep.execution.experiment import ExperimentError
@@ -178,13 +176,6 @@ def format_metrics(m: dict[str, float]) -> str:
     keys += tuple(k for k in m if k.startswith("val/") and k.endswith("_acc"))
     parts = [f"step {int(m['step'])}"] + [f"{k} {m[k]:.6g}" for k in keys]
     return "  ".join(parts)
-
-
-def prefer_loopback() -> None:
-    """Ray listens on 127.0.0.1 only in a local sweep (see `nlsweep.api.prefer_loopback`)."""
-    from nlsweep.api import prefer_loopback as loopback
-
-    loopback()
 
 
 def trials(args) -> int:
@@ -307,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print_cost(spec, slots, step_s)
         print("dry run: nothing was started")
         return 0
+    from nlsweep.api import prefer_loopback
+
     prefer_loopback()  # before Ray is imported
     from nlsweep.execution import sweep
     from nlsweep.execution.cluster import ClusterError

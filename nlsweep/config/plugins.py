@@ -16,6 +16,7 @@ changed since the sweep began.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -85,9 +86,16 @@ def _sources(module) -> tuple[str | None, list[Path]]:
     return str(path), [path]
 
 
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    """Top-level module -> installed distributions: a scan of every installed package's
+    metadata (about 0.2 s here), made once per process, not once per spec and plugin."""
+    return importlib.metadata.packages_distributions()
+
+
 def _version(name: str) -> str | None:
     top = name.split(".")[0]
-    for dist in importlib.metadata.packages_distributions().get(top, []):
+    for dist in _distributions().get(top, []):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -152,7 +160,8 @@ def load_plugins(entries, spec_dir: Path) -> list[Plugin]:
 
 
 def load_entry_points() -> list[Plugin]:
-    """Import every installed `nlsweep.plugins` entry point (once per process)."""
+    """Import every installed `nlsweep.plugins` entry point (Python imports each module
+    once per process; the digests are read from disk each time, as for `load_plugin`)."""
     out = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:

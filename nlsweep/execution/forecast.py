@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from statistics import median
 
-from nlsweep.config.units import duration  # noqa: F401 - forecasts print durations
+from nlsweep.config.units import duration
 
 ENDED = ("TERMINATED", "ERROR")
 

@@ -313,8 +313,10 @@ def plugin_rows(tags: dict[str, str]) -> list[list[str]]:
         return [["plugins", "unreadable record"]]
     if not plugins:
         return []
-    said = [f"`{p.get('name')}` {p.get('version') or ''} (sha256 `{(p.get('digest') or '?')[:16]}`)"
-            .replace("  ", " ") for p in plugins]  # fmt: skip
+    said = []
+    for p in plugins:
+        version = f" {p['version']}" if p.get("version") else ""
+        said.append(f"`{p.get('name')}`{version} (sha256 `{(p.get('digest') or '?')[:16]}`)")
     return [["plugins", "; ".join(said)]]
 
 
