@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from models.errors import ConfigError
 
-__all__ = ["ModelKind", "RegistryError", "model_kind", "model_kinds", "register_model"]
+__all__ = ["ModelKind", "RegistryError", "model_kind", "model_kinds", "register_model", "source_of"]
 
 
 class RegistryError(ValueError):
@@ -45,7 +45,7 @@ class ModelKind:
 _KINDS: dict[str, ModelKind] = {}
 
 
-def _where(obj) -> str:
+def source_of(obj) -> str:
     try:
         file = inspect.getsourcefile(obj) or "?"
         line = inspect.getsourcelines(obj)[1]
@@ -71,7 +71,7 @@ def register_model(kind: str, config_cls: type, model_cls: type | None = None, b
     def add(cls: type) -> type:
         if not isinstance(cls, type):
             raise RegistryError(f"model kind {kind}: the model must be a class, got {cls!r}")
-        entry = ModelKind(kind, config_cls, cls, build or cls, _where(cls))
+        entry = ModelKind(kind, config_cls, cls, build or cls, source_of(cls))
         old = _KINDS.get(kind)
         if old is not None and old.model_cls is not cls:
             raise RegistryError(

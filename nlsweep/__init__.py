@@ -9,14 +9,17 @@ The Python API (`docs/api.md`) is named here and loaded on first use, so that im
 torch-free package such as `nlsweep.report` does not load torch through this file:
 
     load_spec, run_sweep, load_trials, write_report, Trainer, TrialConfig, SweepResult,
-    and for plugins register_model, register_optimizer and the contract kit check_kind
+    and for plugins register_model, register_optimizer, register_corpus,
+    register_evaluator (with the EvalContext an evaluator gets) and the contract kit
+    check_kind
 """
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SpecError", "SweepResult", "Trainer", "TrialConfig", "check_kind", "load_spec",
-    "load_trials", "register_model", "register_optimizer", "run_sweep", "write_report",
+    "EvalContext", "SpecError", "SweepResult", "Trainer", "TrialConfig", "check_kind",
+    "load_spec", "load_trials", "register_corpus", "register_evaluator", "register_model",
+    "register_optimizer", "run_sweep", "write_report",
 ]  # fmt: skip
 
 _HOMES = {
@@ -30,6 +33,9 @@ _HOMES = {
     "TrialConfig": "nlsweep.training.trial",
     "register_model": "models.registry",
     "register_optimizer": "models.optim",
+    "register_corpus": "nlsweep.data.registry",
+    "register_evaluator": "nlsweep.training.evaluators",
+    "EvalContext": "nlsweep.training.evaluators",
     "check_kind": "nlsweep.testing",
 }
 

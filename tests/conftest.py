@@ -1,4 +1,5 @@
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -22,3 +23,25 @@ def write_spec(tmp_path):
         return p
 
     return write
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A folder for plugin files; the modules they add, and every model kind, optimizer,
+    corpus and evaluator they register, are forgotten afterwards."""
+    from models import optim, registry
+    from nlsweep.data import registry as corpora
+    from nlsweep.training import evaluators
+
+    tables = (registry._KINDS, optim._OPTIMIZERS, corpora._CORPORA, evaluators._EVALUATORS)
+    before = set(sys.modules)
+    known = [set(t) for t in tables]
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    yield tmp_path
+    for name in set(sys.modules) - before:  # the plugins' modules only (never ray's, say)
+        if str(tmp_path) in str(getattr(sys.modules[name], "__file__", "") or ""):
+            del sys.modules[name]
+    for table, names in zip(tables, known):
+        for name in set(table) - names:
+            del table[name]

@@ -66,6 +66,8 @@ def _same_container(tp, value: Any) -> bool:
 def coerce(tp, value: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are."""
     origin = get_origin(tp)
+    if tp is Any:  # a mapping whose owner types it later (a plugin's options dataclass)
+        return value
     if origin is Literal:
         if value in get_args(tp) and not isinstance(value, bool):
             return value

@@ -2,16 +2,9 @@
 or several text corpora in phases), its files and held-out split, its tokenizer, and the batch
 shape; each field checked on its own and against the others, each error naming its key.
 
-Corpora (`data.corpus`):
-    pydoc            the documentation topics bundled with CPython (`pydoc_data.topics`):
-                     needs no download; the quickstart's corpus
-    tinyshakespeare  input.txt; first (1 - val_fraction) trains, the rest is held out
-    wikitext2        valid.txt trains and test.txt is held out (the word-tokenised WikiText-2
-                     splits used as a second text domain, not the WikiText-2 benchmark)
-    text             any UTF-8 file given by data.path, split like tinyshakespeare
-    mqar, passkey    generated memory tasks (`tasks.py`)
-    phases           several text corpora in order, one vocabulary (`phases.py`)
-Where the files come from: `corpora.py`.
+Corpora (`data.corpus`) are registered (`registry.py`); the built-ins are listed in
+`kinds.py`, and where their files come from in `corpora.py`. Which of the optional fields a
+corpus reads, and their rules, come from its registration.
 """
 
 from __future__ import annotations
@@ -19,38 +12,21 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from models.errors import require
 from nlsweep.data.corpora import DataError
-from nlsweep.data.tasks import TASKS
+from nlsweep.data.registry import check_corpus, corpus_entry, corpus_names
 
-TEXT_CORPORA = ("pydoc", "tinyshakespeare", "wikitext2", "text")
 PHASE_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
-
-
-def _check_split(cfg) -> None:
-    """The rules of a text corpus's files and split, for `data:` and each of its phases."""
-    require(cfg.corpus != "text" or cfg.path, "path", "a text file path for corpus: text")
-    if cfg.val_fraction is not None:
-        require(
-            0 < cfg.val_fraction < 1,
-            "val_fraction",
-            f"a fraction in (0, 1), got {cfg.val_fraction}",
-        )
-        require(
-            cfg.corpus != "wikitext2",
-            "val_fraction",
-            "unset for wikitext2 (its held-out split is test.txt)",
-        )
 
 
 @dataclass
 class PhaseConfig:
     """One entry of `data.phases`: a text corpus trained on for `steps` steps."""
 
-    corpus: Literal["pydoc", "tinyshakespeare", "wikitext2", "text"] | None = None
-    """The phase's text corpus (its splits as for `data.corpus`)."""
+    corpus: str | None = None
+    """The phase's text corpus: any registered one (its splits as for `data.corpus`)."""
     steps: int = 0
     """Training steps on this corpus; a multiple of train.eval_every, so that an evaluation
     ends the phase."""
@@ -60,11 +36,14 @@ class PhaseConfig:
     """As `data.val_fraction`, for this phase's corpus."""
     name: str = ""
     """The phase in metric names (`val/<name>/bpb`); default the corpus."""
+    options: dict[str, Any] | None = None
+    """As `data.options`, for this phase's corpus."""
 
     def __post_init__(self):
-        require(self.corpus is not None, "corpus", f"one of {', '.join(TEXT_CORPORA)}")
+        texts = corpus_names(text_only=True)
+        require(self.corpus in texts, "corpus", f"one of {', '.join(texts)}, got {self.corpus!r}")
         require(self.steps >= 1, "steps", f"a positive number of steps, got {self.steps}")
-        _check_split(self)
+        check_corpus(self, corpus_entry(self.corpus))
         self.name = self.name or self.corpus
         require(
             PHASE_NAME.fullmatch(self.name),
@@ -77,11 +56,10 @@ class PhaseConfig:
 class DataConfig:
     """`data:` section."""
 
-    corpus: (
-        Literal["pydoc", "tinyshakespeare", "wikitext2", "text", "mqar", "passkey", "phases"] | None
-    ) = None
-    """A text corpus, a synthetic memory task (`nlsweep/data/tasks.py`), or `phases` (the default
-    when `phases` is set; otherwise the default is pydoc)."""
+    corpus: str | None = None
+    """A registered corpus (`nlsweep/data/kinds.py` lists the built-ins: text corpora,
+    synthetic memory tasks), or `phases` (the default when `phases` is set; otherwise the
+    default is pydoc)."""
     phases: list[PhaseConfig] | None = None
     """Continual learning (`nlsweep/data/phases.py`): text corpora trained on one after another,
     with one vocabulary learnt from all their training splits; every evaluation scores the
@@ -118,57 +96,17 @@ class DataConfig:
     """sentencepiece: the subword model (default unigram)."""
     tokenizer_path: str = ""
     """sentencepiece: a trained model file to use instead of training one."""
+    options: dict[str, Any] | None = None
+    """The corpus's own settings, typed by the options dataclass it registered with (a
+    plugin corpus's; the built-ins take none)."""
 
     def __post_init__(self):
         self._check_phases()
-        task_fields = {
-            "mqar": ("num_kv_pairs",),
-            "passkey": ("key_len", "eval_lengths", "eval_segment"),
-        }
-        for task, fields in task_fields.items():
-            for key in fields if self.corpus != task else ():
-                require(getattr(self, key) is None, key, f"unset unless corpus is {task}")
-        if self.corpus == "passkey":
-            self.vocab_size = 32 if self.vocab_size is None else self.vocab_size
-            self.key_len = 4 if self.key_len is None else self.key_len
-            require(self.key_len >= 1, "key_len", f">= 1, got {self.key_len}")
-            require(
-                self.vocab_size >= 14, "vocab_size", f">= 14 for passkey, got {self.vocab_size}"
-            )
-            if self.eval_segment is not None:
-                require(self.eval_lengths, "eval_segment", "set with eval_lengths")
-                require(self.eval_segment >= 1, "eval_segment", f">= 1, got {self.eval_segment}")
-            shortest = 2 * self.key_len + 3
-            for n in [self.seq_len, *(self.eval_lengths or [])]:
-                require(
-                    n >= shortest,
-                    "seq_len" if n == self.seq_len else "eval_lengths",
-                    f"at least 2 x key_len + 3 = {shortest} tokens, got {n}",
-                )
-        if self.corpus == "mqar":
-            self.vocab_size = 64 if self.vocab_size is None else self.vocab_size
-            self.num_kv_pairs = 8 if self.num_kv_pairs is None else self.num_kv_pairs
-            require(self.num_kv_pairs >= 1, "num_kv_pairs", f">= 1, got {self.num_kv_pairs}")
-            require(
-                (self.vocab_size - 1) // 2 >= self.num_kv_pairs,
-                "vocab_size",
-                f"at least {2 * self.num_kv_pairs + 1} for {self.num_kv_pairs} distinct keys, "
-                f"got {self.vocab_size}",
-            )
-            require(
-                self.seq_len >= 4 * self.num_kv_pairs,
-                "seq_len",
-                f"at least 4 x num_kv_pairs = {4 * self.num_kv_pairs}, got {self.seq_len}",
-            )
-        if self.corpus in TASKS:
-            require(not self.path, "path", "unset for a generated task")
-            require(self.task_seed >= 0, "task_seed", f">= 0, got {self.task_seed}")
-        else:
-            require(self.task_seed == 0, "task_seed", "unset unless corpus is mqar or passkey")
-        self._check_tokenizer()
+        kind = corpus_entry(self.corpus)
+        self._check_tokenizer(kind)
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
         require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
-        _check_split(self)
+        check_corpus(self, kind)
 
     def _check_phases(self) -> None:
         if self.phases is None:
@@ -191,15 +129,20 @@ class DataConfig:
         """Each phase as a single-corpus config with this one's tokenizer and batch shape."""
         return [
             dataclasses.replace(
-                self, corpus=p.corpus, path=p.path, val_fraction=p.val_fraction, phases=None
-            )
+                self,
+                corpus=p.corpus,
+                path=p.path,
+                val_fraction=p.val_fraction,
+                options=p.options,
+                phases=None,
+            )  # fmt: skip
             for p in self.phases or ()
         ]
 
-    def _check_tokenizer(self) -> None:
+    def _check_tokenizer(self, kind) -> None:
         spm = self.tokenizer == "sentencepiece"
-        require(not spm or self.corpus not in TASKS, "tokenizer", "char for a generated task")
-        if self.corpus in TASKS:
+        require(not spm or not kind.generated, "tokenizer", "char for a generated task")
+        if kind.generated:
             pass
         elif not spm:
             require(self.vocab_size is None, "vocab_size", "unset unless corpus is a task or "
@@ -237,6 +180,6 @@ def check_fits(cfg: DataConfig, train_tokens: int, val_tokens: int) -> None:
 def corpus_kind(cfg: DataConfig) -> str:
     """What a run's data is, for the tracking store: a generated `task`, text corpora in
     `phases`, or one `text` corpus (reports read this instead of importing the data)."""
-    if cfg.corpus in TASKS:
+    if corpus_entry(cfg.corpus).generated:
         return "task"
     return "phases" if cfg.phases else "text"

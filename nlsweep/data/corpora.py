@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.errors import ConfigError
+from nlsweep.data.registry import corpus_entry
+
 DEFAULT_VAL_FRACTION = 0.1
 SHINGLE = 32
 
@@ -86,9 +89,8 @@ def _download(name: str, folder: Path) -> None:
 
 
 def resolve_files(cfg, download: bool = True) -> dict[str, Path]:
-    """The files of `cfg.corpus`, found or fetched; raises DataError with the places looked."""
-    if cfg.corpus == "pydoc":
-        return {}
+    """The files of `cfg.corpus` (text, or one of REMOTE), found or fetched; raises
+    DataError with the places looked."""
     if cfg.corpus == "text":
         p = Path(cfg.path)
         if not p.is_file():
@@ -142,20 +144,66 @@ def read_text(path: Path) -> str:
     return text
 
 
-def load_texts(cfg) -> tuple[str, str]:
-    """(training text, held-out text); the two never overlap by construction."""
-    files = resolve_files(cfg)
-    if cfg.corpus == "wikitext2":
-        return read_text(files["valid.txt"]), read_text(files["test.txt"])
-    if cfg.corpus == "pydoc":
-        from pydoc_data.topics import topics
-
-        text = "\n\n".join(topics[k] for k in sorted(topics))
-    else:
-        text = read_text(files.get("text") or files["input.txt"])
+def split_tail(cfg, text: str) -> tuple[str, str]:
+    """(head, tail): the last `cfg.val_fraction` (default 0.1) of `text` is held out."""
     frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
     cut = int(len(text) * (1 - frac))
     return text[:cut], text[cut:]
+
+
+def check_tail_split(cfg) -> None:
+    """The rule of `val_fraction` for a corpus whose tail is held out."""
+    if cfg.val_fraction is not None and not 0 < cfg.val_fraction < 1:
+        raise ConfigError("val_fraction", f"a fraction in (0, 1), got {cfg.val_fraction}")
+
+
+# -- the built-in text corpora (registered in kinds.py) -----------------------------------
+def pydoc_texts(cfg) -> tuple[str, str]:
+    """The documentation topics bundled with CPython: nothing to download."""
+    from pydoc_data.topics import topics
+
+    return split_tail(cfg, "\n\n".join(topics[k] for k in sorted(topics)))
+
+
+def tinyshakespeare_texts(cfg) -> tuple[str, str]:
+    return split_tail(cfg, read_text(resolve_files(cfg)["input.txt"]))
+
+
+def wikitext2_texts(cfg) -> tuple[str, str]:
+    """valid.txt trains and test.txt is held out."""
+    files = resolve_files(cfg)
+    return read_text(files["valid.txt"]), read_text(files["test.txt"])
+
+
+def text_file_texts(cfg) -> tuple[str, str]:
+    return split_tail(cfg, read_text(resolve_files(cfg)["text"]))
+
+
+def check_text_file(cfg) -> None:
+    if not cfg.path:
+        raise ConfigError("path", "a text file path for corpus: text")
+    check_tail_split(cfg)
+
+
+def load_texts(cfg) -> tuple[str, str]:
+    """(training text, held-out text) of the text corpus `cfg.corpus`, from its registered
+    `texts` function; one line if that returns anything but two non-empty strings."""
+    kind = corpus_entry(cfg.corpus)
+    try:
+        got = kind.texts(cfg)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a plugin's code: one line naming it
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise DataError(f"corpus {cfg.corpus} ({kind.source}): {type(e).__name__}: "
+                        f"{last}".rstrip(": ")) from None  # fmt: skip
+    if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(t, str) for t in got)):
+        what = type(got).__name__
+        raise DataError(f"corpus {cfg.corpus}: its texts() ({kind.source}) returned {what}; "
+                        "expected (training text, held-out text)")  # fmt: skip
+    if not got[0] or not got[1]:
+        raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
+    return got
 
 
 def shingle_overlap(train: str, val: str, k: int = SHINGLE) -> float:

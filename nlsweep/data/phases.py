@@ -131,6 +131,12 @@ def load_phases(cfg: DataConfig) -> PhasedCorpus:
     )
 
 
+def phase_objectives(cfg) -> dict[str, str]:
+    """What a phased corpus adds to every evaluation that can be an objective (the
+    per-phase bpb starts only once a phase is next, so only the mean qualifies)."""
+    return {"val/mean_bpb": "min"}
+
+
 def phase_metrics(trainer, headline: dict) -> dict[str, float]:
     """The continual-learning metrics of the evaluation after `trainer.step` (see the
     notation above). `headline` holds the evaluation's `val/*` metrics of the current

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from models.errors import require
 from models.teach import IGNORE
 
 HELDOUT_SEED = 1 << 40
-TASKS = ("mqar", "passkey")
+ACCURACY = {"mqar": "val/recall_acc", "passkey": "val/passkey_acc"}
 KEY, QUERY, FILLER0 = 1, 2, 3  # passkey markers; filler tokens from 3, the 10 digits last
 
 
@@ -144,7 +145,7 @@ class TaskCorpus:
 
     @property
     def accuracy_key(self) -> str:
-        return {"mqar": "val/recall_acc", "passkey": "val/passkey_acc"}[self.name]
+        return ACCURACY[self.name]
 
     def _make(self, seq_len: int):
         fn = mqar_batch if self.name == "mqar" else passkey_batch
@@ -175,3 +176,53 @@ def load_task(cfg) -> TaskCorpus:
     size = cfg.num_kv_pairs if cfg.corpus == "mqar" else cfg.key_len
     return TaskCorpus(cfg.corpus, TokenVocab(cfg.vocab_size), size, cfg.task_seed,
                       tuple(cfg.eval_lengths or ()))  # fmt: skip
+
+
+# -- their `data:` fields and metrics (registered in kinds.py) ------------------------------
+def _check_seed(cfg) -> None:
+    require(cfg.task_seed >= 0, "task_seed", f">= 0, got {cfg.task_seed}")
+
+
+def check_mqar(cfg) -> None:
+    """Defaults and bounds of mqar's fields: enough distinct keys, and room for every query."""
+    cfg.vocab_size = 64 if cfg.vocab_size is None else cfg.vocab_size
+    cfg.num_kv_pairs = 8 if cfg.num_kv_pairs is None else cfg.num_kv_pairs
+    require(cfg.num_kv_pairs >= 1, "num_kv_pairs", f">= 1, got {cfg.num_kv_pairs}")
+    require(
+        (cfg.vocab_size - 1) // 2 >= cfg.num_kv_pairs,
+        "vocab_size",
+        f"at least {2 * cfg.num_kv_pairs + 1} for {cfg.num_kv_pairs} distinct keys, "
+        f"got {cfg.vocab_size}",
+    )
+    require(
+        cfg.seq_len >= 4 * cfg.num_kv_pairs,
+        "seq_len",
+        f"at least 4 x num_kv_pairs = {4 * cfg.num_kv_pairs}, got {cfg.seq_len}",
+    )
+    _check_seed(cfg)
+
+
+def check_passkey(cfg) -> None:
+    """Defaults and bounds of passkey's fields: every length holds the key, its markers and
+    the query."""
+    cfg.vocab_size = 32 if cfg.vocab_size is None else cfg.vocab_size
+    cfg.key_len = 4 if cfg.key_len is None else cfg.key_len
+    require(cfg.key_len >= 1, "key_len", f">= 1, got {cfg.key_len}")
+    require(cfg.vocab_size >= 14, "vocab_size", f">= 14 for passkey, got {cfg.vocab_size}")
+    if cfg.eval_segment is not None:
+        require(cfg.eval_lengths, "eval_segment", "set with eval_lengths")
+        require(cfg.eval_segment >= 1, "eval_segment", f">= 1, got {cfg.eval_segment}")
+    shortest = 2 * cfg.key_len + 3
+    for n in [cfg.seq_len, *(cfg.eval_lengths or [])]:
+        require(
+            n >= shortest,
+            "seq_len" if n == cfg.seq_len else "eval_lengths",
+            f"at least 2 x key_len + 3 = {shortest} tokens, got {n}",
+        )
+    _check_seed(cfg)
+
+
+def passkey_metrics(cfg) -> dict[str, str]:
+    """Per-digit accuracy at seq_len and at each of eval_lengths."""
+    names = ["val/passkey_acc", *(f"val/passkey_acc/len{n}" for n in cfg.eval_lengths or ())]
+    return dict.fromkeys(names, "max")

@@ -23,8 +23,8 @@ from nlsweep.config.space import candidate_values
 from nlsweep.data.config import check_fits
 from nlsweep.data.corpora import DataError, cached_overlap, load_texts
 from nlsweep.data.phases import phase_tokenizer
+from nlsweep.data.registry import corpus_entry
 from nlsweep.data.streams import tokenize
-from nlsweep.data.tasks import TASKS
 from nlsweep.execution import seal
 from nlsweep.execution.experiment import (
     ExperimentError,
@@ -158,11 +158,11 @@ def prepare_data(spec: Spec) -> dict[str, bytes]:
                 why = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise SpecError.at(spec, "base.model.kind", why) from None
         d = cfg.data
-        if d.corpus in TASKS:  # generated to the asked shape
+        if corpus_entry(d.corpus).generated:  # generated to the asked shape
             continue
         # data.phases: every phase's corpus, with one vocabulary of all their training splits
         parts = d.phase_configs() or [d]
-        keys = tuple((p.corpus, p.path, p.val_fraction) for p in parts)
+        keys = tuple((p.corpus, p.path, p.val_fraction, repr(p.options)) for p in parts)
         # A subword model is trained here, once, before any trial: a vocabulary the text
         # cannot support is one line now, and every trial finds the model in the cache.
         tok_key = (keys, d.tokenizer, d.vocab_size, d.model_type, d.tokenizer_path)

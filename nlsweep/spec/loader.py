@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from models.errors import ConfigError
+from models.registry import RegistryError
 from nlsweep.config.builder import as_number, build, flatten, get_path, set_path, to_dict
 from nlsweep.config.plugins import (
     Plugin,
@@ -54,9 +54,8 @@ from nlsweep.spec.variants import (
     parse_variants,
 )
 from nlsweep.tracking.config import DEFAULT_TRACKING_URI, TrackingConfig, absolute_uri
-from nlsweep.training.trial import OBJECTIVES, TASK_OBJECTIVES, TrialConfig
-
-LENGTH_OBJECTIVE = re.compile(r"val/passkey_acc/len(\d+)")  # passkey at an eval_lengths length
+from nlsweep.training.evaluators import objectives, reporters
+from nlsweep.training.trial import TrialConfig
 
 TOP_KEYS = (
     "name",
@@ -261,10 +260,8 @@ def load_spec(
     if not isinstance(name, str) or not NAME_RE.match(name):
         err("name", f"a safe folder name matching [A-Za-z0-9_-]+, got {name!r}")
     metric = data.get("metric", "val/bpc")
-    if metric not in OBJECTIVES and not LENGTH_OBJECTIVE.fullmatch(str(metric)):
-        err("metric", f"one of {', '.join(OBJECTIVES)} or val/passkey_acc/len<L>, got {metric!r}")
-    mode = data.get("mode", "min")
-    if mode not in ("min", "max"):
+    mode = data.get("mode")
+    if mode not in (None, "min", "max"):
         err("mode", f"min or max, got {mode!r}")
     description = data.get("description", "")
     if not isinstance(description, str):
@@ -280,15 +277,25 @@ def load_spec(
         base = TrialConfig.from_dict(base_raw)
     except ConfigError as e:
         err(f"base.{e.key}", e.expected)
-    if metric in TASK_OBJECTIVES and base.data.corpus != TASK_OBJECTIVES[metric]:
-        err("metric", f"{metric} is reported by corpus {TASK_OBJECTIVES[metric]} only")
-    if metric == "val/bpb" and base.data.corpus in TASK_OBJECTIVES.values():
-        err("metric", "val/bpb is reported by text corpora only (a generated task has no text)")
-    if metric == "val/mean_bpb" and not base.data.phases:
-        err("metric", "val/mean_bpb is reported with base.data.phases only")
-    length = LENGTH_OBJECTIVE.fullmatch(metric)
-    if length and int(length[1]) not in (base.data.eval_lengths or []):
-        err("metric", f"{metric} is reported only with {length[1]} in base.data.eval_lengths")
+    # What the trials report is what their corpus and evaluators declare (evaluators.py).
+    try:
+        reported = objectives(base)
+    except RegistryError as e:
+        err("base.train.evaluators", str(e))
+    if metric not in reported:
+        named = ", ".join(["heldout", *(base.train.evaluators or {})])
+        others = reporters(str(metric), base)
+        hint = f"; {metric} is reported by {' or '.join(others)}" if others else ""
+        err("metric", f"one of {', '.join(reported)} (what corpus {base.data.corpus} and "
+            f"evaluators {named} report), got {metric!r}{hint}")  # fmt: skip
+    if mode is None:
+        mode = reported[metric]  # the declared better direction
+    elif mode != reported[metric]:
+        err(
+            "mode",
+            f"{reported[metric]} for {metric} (its evaluator declares "
+            f"{'lower' if reported[metric] == 'min' else 'higher'} is better), got {mode!r}",
+        )
 
     sections = {}
     for key, cls in (

@@ -28,8 +28,8 @@ from models.registry import model_kind
 from models.surprise import surprise_backward
 from models.teach import IGNORE
 from nlsweep.data.load import load_corpus
-from nlsweep.data.phases import phase_metrics
 from nlsweep.data.streams import Corpus
+from nlsweep.training.evaluators import EvalContext, declared, running
 from nlsweep.training.parallel import DataParallel, Forward
 from nlsweep.training.runtime import (
     Diverged,
@@ -96,6 +96,8 @@ class Trainer:
         self.split = self.corpus  # whose held-out split the headline val/* metrics score
         self.phased = hasattr(self.corpus, "phase_at")
         self.extra_evals = self.corpus.extra_evals(B)
+        self.evaluators = running(cfg)
+        self.objectives = declared(cfg)  # each evaluator's metrics: it must report them
         self.step = 0
         if self.phased:
             self._follow_phase()
@@ -222,6 +224,25 @@ class Trainer:
         return self.heldout.full_windows(window)
 
     @torch.no_grad()
+    def predictions(self, windows):
+        """(float32 logits, targets) per window of `windows`, in eval mode, consecutive
+        windows continuing each row's stream under evaluation's own recurrent state (never
+        the training state: notes, pitfall 7), carried exactly when state.mode carries."""
+        was_training = self.model.training
+        self.model.eval()
+        state = None
+        carry = self.cfg.state.mode != "reset"
+        try:
+            for x, y in windows:
+                y = y.to(self.device)
+                kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
+                with self.precision():
+                    logits, state = self.model(x.to(self.device), state if carry else None, **kw)
+                yield logits.float(), y
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
     def evaluate(self, windows=None, units: dict | None = None) -> float:
         """Mean held-out cross-entropy (nats/token) over `windows` (default the sampled
         ones), consecutive windows continuing each row's stream; sets `accuracy`,
@@ -230,18 +251,8 @@ class Trainer:
         windows = self.sampled_windows() if windows is None else windows
         units = units or {}
         counted = dict.fromkeys(units, 0)
-        was_training = self.model.training
-        self.model.eval()
         total, count, hits = 0.0, 0, 0
-        state = None  # evaluation's own state, never the training state (notes, pitfall 7)
-        carry = self.cfg.state.mode != "reset"
-        for x, y in windows:
-            y = y.to(self.device)
-            kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
-            with self.precision():
-                logits, new_state = self.model(x.to(self.device), state if carry else None, **kw)
-            logits = logits.float()
-            state = new_state
+        for logits, y in self.predictions(windows):
             flat = y.reshape(-1)
             total += F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), flat, reduction="sum", ignore_index=IGNORE
@@ -251,7 +262,6 @@ class Trainer:
             for k, it in units.items():
                 counted[k] += int(next(it).reshape(-1)[active.cpu()].sum())
             hits += int((logits.reshape(-1, logits.shape[-1]).argmax(-1) == flat)[active].sum())
-        self.model.train(was_training)
         self.accuracy = hits / max(count, 1)  # of the positions the loss counts
         self.eval_tokens = count
         self.eval_nats, self.eval_units = total, counted
@@ -270,37 +280,25 @@ class Trainer:
         final = self.step == self.cfg.train.steps
         if self.phased:
             self._follow_phase()
+        m = {"step": self.step, "tokens": self.step * B * T}
         t0 = time.perf_counter()
-        val_loss = self.evaluate(self.final_windows() if final else None, self.unit_windows(final))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for ev, options in self.evaluators:  # the built-in held-out scores first
+                with torch.no_grad():
+                    out = ev.evaluate(EvalContext(self, final, options))
+                m.update(self._checked(ev, out, m))
+        finally:
+            self.model.train(was_training)
         eval_s = time.perf_counter() - t0
-        bits = self.eval_nats / math.log(2)
-        per = self.eval_units
-        m = {
-            "step": self.step,
-            "tokens": self.step * B * T,
-            "train/loss": since["loss"] / max(since["n"], 1),
-            "val/loss": val_loss,
-            # bits per character of the held-out text (per token for a generated task)
-            "val/bpc": bits / per["chars"] if per.get("chars") else val_loss / math.log(2),
-            "val/ppl": math.exp(min(val_loss, 700.0)),  # per token
+        m.update({
             "perf/tokens_per_s": since["n"] * B * T / max(since["seconds"], 1e-9),
             "perf/step_ms": 1000.0 * since["seconds"] / max(since["n"], 1),
             "model/params": float(param_count(self.model)),
-            "data/val_overlap": self.split.val_overlap,
-            "data/val_unk_rate": self.split.val_unk_rate,
-            "data/val_tokens": float(self.eval_tokens),
             "perf/eval_s": eval_s,
-            # 1: this evaluation scored the whole held-out split (the report marks it)
-            "eval/full_split": float(final and self.final_whole_split),
-        }
-        if per.get("bytes"):
-            m["val/bpb"] = bits / per["bytes"]  # bits per UTF-8 byte: any tokenizer's scale
+        })  # fmt: skip
         m.update(memory_peaks(self.device))
-        if self.corpus.accuracy_key:
-            m[self.corpus.accuracy_key] = self.accuracy
-        for name, batcher in self.extra_evals.items():  # e.g. recall by context length
-            self.evaluate(self._segments(self.sampled_windows(batcher)))
-            m[name] = self.accuracy
         m.update(self.cms.metrics())
         if hasattr(self.model, "inner_metrics"):
             m.update(self.model.inner_metrics())
@@ -309,8 +307,6 @@ class Trainer:
             m["surprise/steps"] = float(n)  # steps since the last evaluation that applied it
             for k, v in since.get("surprise", {}).items():
                 m[k] = v / max(n, 1)
-        if self.phased:
-            m.update(phase_metrics(self, m))
         m["state/resets"] = float(self.state_resets)
         for i, t in enumerate(self.state or ()):
             # mean over streams of the per-stream L2 norm; 0 for a state that was just reset
@@ -318,6 +314,29 @@ class Trainer:
         self._since_eval = {"loss": 0.0, "n": 0, "seconds": 0.0}
         self.history.append(m)
         return m
+
+    def _checked(self, ev, out, so_far: dict) -> dict[str, float]:
+        """An evaluator's metrics, refused in one line unless they are numbers, hold every
+        metric it declared and take no name already reported in this evaluation."""
+        if not isinstance(out, dict):
+            raise RuntimeError(f"evaluator {ev.name} ({ev.source}) returned "
+                               f"{type(out).__name__}; expected {{metric: number}}")  # fmt: skip
+        missing = sorted(set(self.objectives.get(ev.name, ())) - set(out))
+        if missing:
+            raise RuntimeError(f"evaluator {ev.name} ({ev.source}) did not report "
+                               f"{', '.join(missing)}, which it declares")  # fmt: skip
+        twice = sorted(set(out) & set(so_far))
+        if twice:
+            raise RuntimeError(f"evaluator {ev.name} ({ev.source}) reports {', '.join(twice)}, "
+                               "already reported in this evaluation")  # fmt: skip
+        try:
+            return {k: float(v) for k, v in out.items()}
+        except (TypeError, ValueError):
+            bad = next(k for k, v in out.items() if not isinstance(v, (int, float)))
+            raise RuntimeError(
+                f"evaluator {ev.name} ({ev.source}): {bad} is "
+                f"{type(out[bad]).__name__}, expected a number"
+            ) from None
 
     def run(self) -> Iterator[dict[str, float]]:
         """Train to `train.steps`, yielding the metrics of every evaluation."""

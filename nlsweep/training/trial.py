@@ -1,7 +1,7 @@
 """A trial's typed config: one dataclass per spec section (`model`, `cms`, `optim`,
 `surprise`, `teach`, `data`, `state`, `train`), each owned next to what it configures, built
 from a plain dict with unknown keys refused; and the metrics a trial can report as its
-objective.
+objective (`objectives`, from what its evaluators declare: `evaluators.py`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,9 @@ from models.surprise import SurpriseConfig
 from models.teach import TeachConfig
 from nlsweep.config.builder import build
 from nlsweep.data.config import DataConfig
+from nlsweep.training.evaluators import build_options
 
 SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
-# Metrics a spec may name as its objective (all reported at every evaluation).
-OBJECTIVES = (
-    "val/bpc", "val/bpb", "val/loss", "val/ppl", "train/loss", "val/recall_acc", "val/passkey_acc",
-    "val/mean_bpb",
-)  # fmt: skip
-TASK_OBJECTIVES = {"val/recall_acc": "mqar", "val/passkey_acc": "passkey"}  # only they report
 
 
 @dataclass
@@ -62,6 +57,10 @@ class TrainConfig:
     """In a sweep, save the complete training state every this many steps (a multiple of
     eval_every, since a checkpoint travels with an evaluation's report) and after the last
     step; 0: at every evaluation. A resumed or retried trial continues from its newest one."""
+    evaluators: list[str] | dict[str, dict[str, Any] | None] | None = None
+    """Registered evaluators run at every evaluation after the built-in held-out scores
+    (`nlsweep/training/evaluators.py`): a list of names, or names -> their options. Their
+    declared metrics can be the sweep's objective."""
 
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"a positive integer, got {self.steps}")
@@ -77,6 +76,7 @@ class TrainConfig:
             "checkpoint_every",
             f"0 or a multiple of eval_every ({self.eval_every}), got {self.checkpoint_every}",
         )
+        self.evaluators = build_options(self.evaluators) or None
 
     def checkpoint_due(self, step: int) -> bool:
         """Whether the evaluation after `step` carries a checkpoint."""

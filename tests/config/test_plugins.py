@@ -1,16 +1,15 @@
 """Plugins named by a spec: a model kind from a .py file, a package folder or an installed
 module, validated like a built-in; every bad plugin one line, exit 2, nothing started."""
 
-import sys
 import textwrap
 
 import pytest
 
-from models.registry import RegistryError, model_kind, model_kinds, register_model
+from models.registry import RegistryError, model_kind, register_model
 from nlsweep.cli import main
 from nlsweep.config.plugins import load_plugin
 from nlsweep.spec import SpecError, load_spec
-from tests.helpers import NO_GPU, nothing_started, one_line, spec_text
+from tests.helpers import NO_GPU, ROOT, nothing_started, one_line, spec_text
 
 PLAIN = """
 from dataclasses import dataclass
@@ -45,23 +44,6 @@ class {cls}(nn.Module):
 
 
 SEEDS = {"train.seed": {"grid": [0, 1]}}
-
-
-@pytest.fixture
-def plugin_dir(tmp_path, monkeypatch):
-    """A folder for plugin files; the modules they add are forgotten afterwards."""
-    before = set(sys.modules)
-    kinds = set(model_kinds())
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setenv("PYTHONPATH", "")
-    yield tmp_path
-    for name in set(sys.modules) - before:  # the plugins' modules only (never ray's, say)
-        if str(tmp_path) in str(getattr(sys.modules[name], "__file__", "") or ""):
-            del sys.modules[name]
-    from models import registry
-
-    for kind in set(model_kinds()) - kinds:
-        del registry._KINDS[kind]
 
 
 def write_plugin(folder, name, kind, output="self.head(self.embed(ids))", cls=None):
@@ -222,38 +204,99 @@ def test_a_spec_error_from_a_plugin_line_names_the_line(plugin_dir):
     assert line.strip() == "- nope.py" and e.value.key == "plugins[0]"
 
 
-@pytest.mark.slow
-def test_a_plugin_sweep_records_its_code_and_refuses_changed_code(plugin_dir, capsys, monkeypatch):
-    """Through Ray and MLflow: the plugin's digest on the parent run and in the report
-    header; after its code changes, --resume, --extend and rerun each refuse in one line."""
-    import json
+TRIPWIRE = """
+from dataclasses import dataclass
+from pathlib import Path
 
+from nlsweep import register_evaluator
+
+
+@dataclass
+class TripOptions:
+    path: str = ""
+
+
+@register_evaluator("tripwire", metrics={}, options=TripOptions)
+def tripwire(ctx):
+    # A fault the test can lift without editing any plugin's code: the evaluation after
+    # step 4 fails while the file exists (the checkpoint of step 2 has been written by then).
+    if ctx.step == 4 and Path(ctx.options.path).exists():
+        raise RuntimeError("tripwire: the evaluation after step 4 failed")
+    return {}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_of_plugins_resumes_extends_reruns_and_refuses_changed_code(
+    plugin_dir, capsys, monkeypatch
+):
+    """A plugin model, corpus, optimizer-free and evaluator (whose metric is the objective),
+    through Ray and MLflow: trials that failed resume from their checkpoints, --extend adds a
+    seed, rerun repeats a trial; the plugins' digests are on the parent run and in the report;
+    after a plugin's code changes, --resume, --extend and rerun each refuse in one line."""
+    import json
+    import shutil
+
+    from nlsweep.api import load_trials
     from nlsweep.tracking import Tracker
     from nlsweep.tracking.tags import TAG_PLUGINS, TAG_ROLE
 
     monkeypatch.chdir(plugin_dir)
     write_plugin(plugin_dir, "plain_f", "plain_f")
-    small = {"base/train/steps": 4, "base/train/eval_every": 2, "max_concurrent": 2}
-    spec = spec_for(plugin_dir, "plain_f", ["plain_f.py"], **small)
+    examples = ROOT / "examples"
+    shutil.copy(examples / "plugin_corpus" / "arith.py", plugin_dir / "arith.py")
+    shutil.copy(examples / "plugin_metric" / "top_k.py", plugin_dir / "top_k.py")
+    (plugin_dir / "tripwire.py").write_text(TRIPWIRE)
+    trip = plugin_dir / "trip"
+    trip.touch()
+    plugins = ["plain_f.py", "arith.py", "top_k.py", "tripwire.py"]
+    small = {
+        "metric": "val/top3_acc", "mode": "max", "max_concurrent": 2, "max_failures": 0,
+        "base/data": {"corpus": "arith", "options": {"problems": 400}, "seq_len": 16,
+                      "batch_size": 4},
+        "base/train": {"steps": 4, "eval_every": 2, "eval_batches": 2,
+                       "evaluators": {"top_k": {"k": 3}, "tripwire": {"path": str(trip)}}},
+    }  # fmt: skip
+    spec = spec_for(plugin_dir, "plain_f", plugins, **small)
     uri = f"sqlite:///{plugin_dir / 'm.db'}"
     args = ["run", str(spec), "--tracking-uri", uri, "--storage", str(plugin_dir / "ray")]
-    assert main(args) == 0
+    assert main(args) != 0  # both trials failed at step 4
+    assert "2 trial(s) failed" in capsys.readouterr().out
+    trip.unlink()
+    assert main([*args, "--resume"]) == 0
     capsys.readouterr()
-    runs = Tracker(uri).runs("tiny")
-    parent = next(r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep")
-    trial = next(r for r in runs if r.data.tags.get(TAG_ROLE) == "trial")
-    (record,) = json.loads(parent.data.tags[TAG_PLUGINS])
-    assert record["name"] == "plain_f" and len(record["digest"]) == 64
-    report = (plugin_dir / "reports" / "tiny.md").read_text()
-    assert "| plugins |" in report and f"sha256 `{record['digest'][:16]}`" in report
+    trials = load_trials("tiny", tracking_uri=uri)
+    assert len(trials) == 2 and trials["status"].eq("FINISHED").all()
+    assert trials["val/top3_acc"].between(0, 1).all()
+    tracker = Tracker(uri)
+    for run_id in trials["run_id"]:  # resumed from step 2: each step logged once
+        assert [m.step for m in tracker.history(run_id, "val/top3_acc")] == [2, 4]
 
-    plugin = plugin_dir / "plain_f.py"
-    plugin.write_text(plugin.read_text() + "\n# the researcher edits the model\n")
+    more = {**small, "space": {"train.seed": {"grid": [0, 1, 2]}}}
+    spec_for(plugin_dir, "plain_f", plugins, **more)
+    assert main([*args, "--extend"]) == 0
+    capsys.readouterr()
+    trials = load_trials("tiny", tracking_uri=uri)
+    assert sorted(trials["seed"]) == [0, 1, 2] and trials["status"].eq("FINISHED").all()
+    runs = tracker.runs("tiny")
+    parent = next(r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep")
+    records = json.loads(parent.data.tags[TAG_PLUGINS])
+    assert [r["name"] for r in records] == ["plain_f", "arith", "top_k", "tripwire"]
+    report = (plugin_dir / "reports" / "tiny.md").read_text()
+    assert "val/top3_acc" in report
+    for record in records:
+        assert f"sha256 `{record['digest'][:16]}`" in report
+    run_id = trials["run_id"].iloc[0]
+    assert main(["rerun", str(spec), run_id[:8], "--tracking-uri", uri]) == 0
+    capsys.readouterr()
+
+    plugin = plugin_dir / "arith.py"
+    plugin.write_text(plugin.read_text() + "\n# the researcher edits the corpus\n")
     assert main([*args, "--resume"]) == 2
     assert "changed since this experiment started" in one_line(capsys)
-    more = {**small, "space": {"train.seed": {"grid": [0, 1, 2]}}}
-    spec_for(plugin_dir, "plain_f", ["plain_f.py"], **more)
+    more = {**small, "space": {"train.seed": {"grid": [0, 1, 2, 3]}}}
+    spec_for(plugin_dir, "plain_f", plugins, **more)
     assert main([*args, "--extend"]) == 2
-    assert "plugins.plain_f: unchanged to extend the sweep" in one_line(capsys)
-    assert main(["rerun", str(spec), trial.info.run_id[:8], "--tracking-uri", uri]) == 2
-    assert "plugins: plain_f's code changed since the sweep began" in one_line(capsys)
+    assert "plugins.arith: unchanged to extend the sweep" in one_line(capsys)
+    assert main(["rerun", str(spec), run_id[:8], "--tracking-uri", uri]) == 2
+    assert "plugins: arith's code changed since the sweep began" in one_line(capsys)

@@ -146,7 +146,7 @@ def test_bad_phase_in_a_spec_names_its_line(tmp_path, files):
     without = spec.read_text().replace("    phases:\n", "    corpus: text\n    path: x\n")
     without = "\n".join(ln for ln in without.splitlines() if "- {corpus" not in ln)
     spec.write_text(without)
-    with pytest.raises(SpecError, match="val/mean_bpb is reported with base.data.phases only"):
+    with pytest.raises(SpecError, match="val/mean_bpb is reported by corpus phases"):
         load_spec(spec, tracking_uri="sqlite:///x.db", storage=str(tmp_path))
 
 

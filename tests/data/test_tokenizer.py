@@ -214,8 +214,10 @@ def test_bpb_objective_is_for_text_corpora(tmp_path):
     spec.write_text(
         spm_spec({"base/data": task, "base/model": {"kind": "nested_lstm", "d_model": 16}})
     )
-    with pytest.raises(SpecError, match="val/bpb is reported by text corpora only"):
+    with pytest.raises(SpecError) as e:
         load_spec(spec, tracking_uri="sqlite:///x.db", storage=str(tmp_path))
+    assert "metric: one of val/bpc, val/loss, val/ppl, train/loss, val/recall_acc (" in str(e.value)
+    assert "got 'val/bpb'" in str(e.value)
 
 
 @pytest.mark.slow

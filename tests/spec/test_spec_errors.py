@@ -129,7 +129,7 @@ CASES = [
         [],
         3,
         "metric",
-        "96 in base.data.eval_lengths",
+        "val/passkey_acc, val/passkey_acc/len48 (",
     ),
     ("bad mode", edit("mode: min", "mode: minimise"), [], 4, "mode", "min or max"),
     (

@@ -1,0 +1,43 @@
+"""The built-in corpora, registered through `register_corpus` exactly as a plugin's are.
+
+pydoc            the documentation topics bundled with CPython (`pydoc_data.topics`):
+                 needs no download; the quickstart's corpus
+tinyshakespeare  input.txt; first (1 - val_fraction) trains, the rest is held out
+wikitext2        valid.txt trains and test.txt is held out (the word-tokenised WikiText-2
+                 splits used as a second text domain, not the WikiText-2 benchmark)
+text             any UTF-8 file given by data.path, split like tinyshakespeare
+mqar, passkey    generated memory tasks (`tasks.py`)
+phases           several text corpora in order, one vocabulary (`phases.py`)
+"""
+
+from __future__ import annotations
+
+from models.errors import require
+from nlsweep.data import corpora, tasks
+from nlsweep.data.phases import load_phases, phase_objectives
+from nlsweep.data.registry import register_corpus
+
+
+def _check_wikitext2(cfg) -> None:
+    # refused with its reason before the generic "unset unless" line
+    require(cfg.val_fraction is None, "val_fraction", "unset for wikitext2 (its held-out split "
+            "is test.txt)")  # fmt: skip
+
+
+register_corpus("pydoc", corpora.pydoc_texts, uses=("val_fraction",),
+                check=corpora.check_tail_split)  # fmt: skip
+register_corpus("tinyshakespeare", corpora.tinyshakespeare_texts,
+                uses=("path", "val_fraction"), check=corpora.check_tail_split)  # fmt: skip
+register_corpus("wikitext2", corpora.wikitext2_texts, uses=("path",), check=_check_wikitext2)
+register_corpus("text", corpora.text_file_texts, uses=("path", "val_fraction"),
+                check=corpora.check_text_file)  # fmt: skip
+register_corpus("mqar", load=tasks.load_task, uses=("vocab_size", "num_kv_pairs", "task_seed"),
+                check=tasks.check_mqar, metrics={"val/recall_acc": "max"})  # fmt: skip
+register_corpus(
+    "passkey",
+    load=tasks.load_task,
+    uses=("vocab_size", "key_len", "eval_lengths", "eval_segment", "task_seed"),
+    check=tasks.check_passkey,
+    metrics=tasks.passkey_metrics,
+)
+register_corpus("phases", load=load_phases, metrics=phase_objectives, generated=False)
