@@ -1,7 +1,7 @@
 """nlsweep's command line: run, validate, report, list the trials of, train or rerun a sweep.
 
-`run` a sweep, `validate` a spec, `report` a sweep, `trials` of a sweep as a table or CSV,
-`train` a spec's base config as one trial without Ray, `rerun` a trial.
+`run` a sweep, `validate` a spec, `prepare` its corpora, `report` a sweep, `trials` of a
+sweep as a table or CSV, `train` a spec's base config as one trial without Ray, `rerun` a trial.
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
 setup (tracking store, storage, resources, the cluster at $RAY_ADDRESS, an earlier run of
@@ -71,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
     )
     val = sub.add_parser("validate", help="check a spec and exit (0 valid, 2 invalid)")
     _spec_args(val)
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenize every corpus a spec's trials read into the cache; start nothing else",
+    )
+    _spec_args(prep)
     rep = sub.add_parser("report", help="write the markdown ablation report of a sweep")
     rep.add_argument("spec", metavar="SPEC_OR_NAME", help="a spec file, or an experiment name")
     rep.add_argument(
@@ -281,7 +286,23 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     if args.command == "validate":
+        from nlsweep.spec import probe_corpora
+
+        try:
+            probe_corpora(spec)
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            return 2
         print(f"{args.spec}: ok ({spec.plan.trials} trials, {spec.plan.algorithm} search)")
+        return 0
+    if args.command == "prepare":
+        from nlsweep.execution.preflight import prepare_data
+
+        try:
+            prepare_data(spec, out=print)
+        except SpecError as e:
+            print(e, file=sys.stderr)
+            return 2
         return 0
     if getattr(args, "probe", False) and not args.dry_run:
         print(f"{args.spec}: --probe: only with --dry-run", file=sys.stderr)

@@ -34,6 +34,10 @@ class PhaseConfig:
     """As `data.path`, for this phase's corpus."""
     val_fraction: float | None = None
     """As `data.val_fraction`, for this phase's corpus."""
+    text_field: str = ""
+    """As `data.text_field`, for this phase's corpus."""
+    separator: str = ""
+    """As `data.separator`, for this phase's corpus."""
     name: str = ""
     """The phase in metric names (`val/<name>/bpb`); default the corpus."""
     options: dict[str, Any] | None = None
@@ -66,7 +70,13 @@ class DataConfig:
     held-out split of each phase trained so far and of the next. Replaces corpus, path and
     val_fraction, which each phase sets."""
     path: str = ""
-    """Folder holding the corpus files (a file for `text`); empty = NLSWEEP_DATA / cache."""
+    """Folder holding the corpus files; empty = NLSWEEP_DATA / cache. For `text`: a file,
+    a folder or a glob of text, .jsonl, .parquet or .gz files, or a datasets folder."""
+    text_field: str = ""
+    """text: the field of .jsonl / .parquet / datasets rows holding the text (default text)."""
+    separator: str = ""
+    """text: a string that separates documents inside text files (e.g. "<|endoftext|>");
+    unset: each text file is one document."""
     seq_len: int = 64
     """Tokens per row per batch (the truncated-BPTT window)."""
     batch_size: int = 16
@@ -117,6 +127,8 @@ class DataConfig:
         require(self.corpus in (None, "phases"), "corpus", where)
         require(not self.path, "path", where)
         require(self.val_fraction is None, "val_fraction", where)
+        require(not self.text_field, "text_field", where)
+        require(not self.separator, "separator", where)
         require(len(self.phases) >= 2, "phases", f"at least two phases, got {len(self.phases)}")
         seen = set()
         for i, p in enumerate(self.phases):
@@ -133,6 +145,8 @@ class DataConfig:
                 corpus=p.corpus,
                 path=p.path,
                 val_fraction=p.val_fraction,
+                text_field=p.text_field,
+                separator=p.separator,
                 options=p.options,
                 phases=None,
             )  # fmt: skip

@@ -17,13 +17,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
 from models.errors import ConfigError
+from nlsweep.data.overlap import SAMPLE, SHINGLE, shingle_overlap
 from nlsweep.data.registry import corpus_entry
 
 DEFAULT_VAL_FRACTION = 0.1
-SHINGLE = 32
 
 # Folder names under $NLSWEEP_DATA and the cache (the shared data layout's spelling).
 FOLDERS = {"tinyshakespeare": "tinyshakespeare", "wikitext2": "wikitext-2"}
@@ -89,13 +87,8 @@ def _download(name: str, folder: Path) -> None:
 
 
 def resolve_files(cfg, download: bool = True) -> dict[str, Path]:
-    """The files of `cfg.corpus` (text, or one of REMOTE), found or fetched; raises
-    DataError with the places looked."""
-    if cfg.corpus == "text":
-        p = Path(cfg.path)
-        if not p.is_file():
-            raise DataError(f"data.path: {p} is not a readable text file")
-        return {"text": p}
+    """The files of `cfg.corpus` (one of REMOTE), found or fetched; raises DataError with
+    the places looked. (Corpus `text` reads whatever `data.path` names: `sources.py`.)"""
     names = list(REMOTE[cfg.corpus])
     if cfg.path:  # asked for by name: another copy found elsewhere would hide the typo
         folder = Path(cfg.path)
@@ -129,6 +122,11 @@ def read_text(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: unreadable ({e.strerror or e})") from None
+    return decode_text(path, raw)
+
+
+def decode_text(path: Path, raw: bytes) -> str:
+    """`raw`, the bytes of `path`, as UTF-8 text without NUL bytes, or one line saying why not."""
     if not raw.strip():
         raise DataError(f"{path}: empty; a corpus needs text to train on and to hold out")
     try:
@@ -136,11 +134,11 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         raise DataError(
             f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-            "a corpus is a text file"
+            "a text corpus is UTF-8 text, .jsonl, .parquet or their .gz"
         ) from None
     if "\x00" in text:
         raise DataError(f"{path}: binary (NUL bytes at offset {text.index(chr(0))}); "
-                        "a corpus is a text file")  # fmt: skip
+                        "a text corpus is UTF-8 text, .jsonl, .parquet or their .gz")  # fmt: skip
     return text
 
 
@@ -175,19 +173,20 @@ def wikitext2_texts(cfg) -> tuple[str, str]:
     return read_text(files["valid.txt"]), read_text(files["test.txt"])
 
 
-def text_file_texts(cfg) -> tuple[str, str]:
-    return split_tail(cfg, read_text(resolve_files(cfg)["text"]))
+def is_split(x) -> bool:
+    """A split as `texts` may give it: one text, or its documents (a list of strings)."""
+    return isinstance(x, str) or (isinstance(x, list) and all(isinstance(d, str) for d in x))
 
 
-def check_text_file(cfg) -> None:
-    if not cfg.path:
-        raise ConfigError("path", "a text file path for corpus: text")
-    check_tail_split(cfg)
+def pieces(split) -> list[str]:
+    """A split as text in order: the one string, or each document and a newline."""
+    return [split] if isinstance(split, str) else [d + "\n" for d in split]
 
 
-def load_texts(cfg) -> tuple[str, str]:
-    """(training text, held-out text) of the text corpus `cfg.corpus`, from its registered
-    `texts` function; one line if that returns anything but two non-empty strings."""
+def load_texts(cfg) -> tuple:
+    """(training split, held-out split) of the text corpus `cfg.corpus`, from its registered
+    `texts` function: each one string, or a list of its documents. One line if that returns
+    anything else, or an empty split."""
     kind = corpus_entry(cfg.corpus)
     try:
         got = kind.texts(cfg)
@@ -197,52 +196,31 @@ def load_texts(cfg) -> tuple[str, str]:
         last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
         raise DataError(f"corpus {cfg.corpus} ({kind.source}): {type(e).__name__}: "
                         f"{last}".rstrip(": ")) from None  # fmt: skip
-    if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(t, str) for t in got)):
+    if not (isinstance(got, tuple) and len(got) == 2 and all(map(is_split, got))):
         what = type(got).__name__
         raise DataError(f"corpus {cfg.corpus}: its texts() ({kind.source}) returned {what}; "
-                        "expected (training text, held-out text)")  # fmt: skip
-    if not got[0] or not got[1]:
+                        "expected (training, held-out), each a string or a list of document "
+                        "strings")  # fmt: skip
+    if not all(any(pieces(t)) if isinstance(t, str) else any(t) for t in got):
         raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
     return got
 
 
-def shingle_overlap(train: str, val: str, k: int = SHINGLE) -> float:
-    """Fraction of the held-out text's k-character shingles that also occur in training.
-
-    A leakage alarm: a corpus built by repeating its own text scores near 1. Shingles are
-    compared by a 64-bit hash of their UTF-32 code points (collisions are negligible here).
-    """
-
-    def hashes(s: str) -> np.ndarray:
-        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        if len(codes) < k:
-            return np.zeros(0, dtype=np.uint64)
-        rng = np.random.default_rng(12345)
-        weights = rng.integers(1, 2**63, size=k, dtype=np.uint64) | np.uint64(1)
-        windows = np.lib.stride_tricks.sliding_window_view(codes, k)
-        out = np.empty(len(windows), dtype=np.uint64)
-        step = 1 << 15  # bounded temporaries: k * step * 8 bytes
-        with np.errstate(over="ignore"):
-            for i in range(0, len(windows), step):
-                out[i : i + step] = (windows[i : i + step] * weights).sum(axis=1, dtype=np.uint64)
-        return out
-
-    v = hashes(val)
-    if len(v) == 0:
-        return 0.0
-    return float(np.isin(v, np.unique(hashes(train))).mean())
-
-
-def cached_overlap(train: str, val: str) -> float:
-    """`shingle_overlap`, remembered on disk by the texts' hash: every trial of a sweep reads
-    the same split, and recomputing it cost each trial about 1.5 s."""
-    digest = hashlib.sha256(f"{SHINGLE}\0{len(train)}\0{train}\0{val}".encode()).hexdigest()
+def cached_overlap(train, val) -> float:
+    """The leakage alarm (`overlap.py`) of two splits, remembered on disk by their hash:
+    every trial of a sweep reads the same splits, and recomputing cost each trial seconds."""
+    h = hashlib.sha256(f"{SHINGLE}\0{SAMPLE}\0".encode())
+    for split in (train, val):
+        for piece in pieces(split):
+            h.update(piece.encode("utf-8", "surrogatepass"))
+        h.update(f"\0{len(split)}\0{isinstance(split, str)}\0".encode())
+    digest = h.hexdigest()
     path = cache_root() / "overlap" / digest
     try:
         return float(path.read_text())
     except (OSError, ValueError):
         pass
-    value = shingle_overlap(train, val)
+    value = shingle_overlap(pieces(train), pieces(val)).value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{digest}.{os.getpid()}.part")

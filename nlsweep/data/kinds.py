@@ -5,7 +5,8 @@ pydoc            the documentation topics bundled with CPython (`pydoc_data.topi
 tinyshakespeare  input.txt; first (1 - val_fraction) trains, the rest is held out
 wikitext2        valid.txt trains and test.txt is held out (the word-tokenised WikiText-2
                  splits used as a second text domain, not the WikiText-2 benchmark)
-text             any UTF-8 file given by data.path, split like tinyshakespeare
+text             the files data.path names (a file, folder or glob of text, .jsonl, .parquet,
+                 .gz, or a datasets folder), held out by document (`sources.py`)
 mqar, passkey    generated memory tasks (`tasks.py`)
 phases           several text corpora in order, one vocabulary (`phases.py`)
 """
@@ -13,7 +14,7 @@ phases           several text corpora in order, one vocabulary (`phases.py`)
 from __future__ import annotations
 
 from models.errors import require
-from nlsweep.data import corpora, tasks
+from nlsweep.data import corpora, sources, tasks
 from nlsweep.data.phases import load_phases, phase_objectives
 from nlsweep.data.registry import register_corpus
 
@@ -29,8 +30,9 @@ register_corpus("pydoc", corpora.pydoc_texts, uses=("val_fraction",),
 register_corpus("tinyshakespeare", corpora.tinyshakespeare_texts,
                 uses=("path", "val_fraction"), check=corpora.check_tail_split)  # fmt: skip
 register_corpus("wikitext2", corpora.wikitext2_texts, uses=("path",), check=_check_wikitext2)
-register_corpus("text", corpora.text_file_texts, uses=("path", "val_fraction"),
-                check=corpora.check_text_file)  # fmt: skip
+register_corpus("text", sources.source_texts, check=sources.check_source, probe=sources.probe,
+                digest=sources.digest,
+                uses=("path", "val_fraction", "text_field", "separator"))  # fmt: skip
 register_corpus("mqar", load=tasks.load_task, uses=("vocab_size", "num_kv_pairs", "task_seed"),
                 check=tasks.check_mqar, metrics={"val/recall_acc": "max"})  # fmt: skip
 register_corpus(

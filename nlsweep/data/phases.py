@@ -29,20 +29,26 @@ from dataclasses import dataclass, field
 
 from nlsweep.data.config import DataConfig
 from nlsweep.data.corpora import load_texts
-from nlsweep.data.streams import Corpus, StreamBatcher, build_tokenizer, text_corpus
+from nlsweep.data.prepared import text_corpus
+from nlsweep.data.streams import Corpus, StreamBatcher, build_tokenizer, has_documents
+from nlsweep.data.tokenizer import documents_of
 
 LN2 = math.log(2)
 
 
-def union_of_training(texts: list[tuple[str, str]]) -> str:
-    """The text the shared vocabulary is learnt from: every phase's training split."""
-    return "\n".join(train for train, _ in texts)
+def union_of_training(texts: list[tuple]):
+    """What the shared vocabulary is learnt from: every phase's training split (one text,
+    or every document when any phase's splits are documents)."""
+    if not has_documents(*(t for pair in texts for t in pair)):
+        return "\n".join(train for train, _ in texts)
+    return [d for train, _ in texts for d in documents_of(train)]
 
 
-def phase_tokenizer(cfg: DataConfig, texts: list[tuple[str, str]]):
-    """The one tokenizer of all phases, from (training, held-out) texts of each (DataError,
+def phase_tokenizer(cfg: DataConfig, texts: list[tuple]):
+    """The one tokenizer of all phases, from (training, held-out) splits of each (DataError,
     one line, if it cannot be trained); a corpus without phases is one phase."""
-    return build_tokenizer(cfg, union_of_training(texts))
+    eod = has_documents(*(t for pair in texts for t in pair))
+    return build_tokenizer(cfg, union_of_training(texts), eod)
 
 
 def phase_of(ends: list[int], step: int) -> int:

@@ -4,17 +4,25 @@
 Two forms, one path. The built-ins register here exactly as a plugin does
 (`nlsweep/data/kinds.py`), and the rest of the harness looks corpora up here and nowhere else.
 
-    text    `texts(cfg) -> (training text, held-out text)`, two non-empty strings that never
-            overlap. nlsweep tokenizes them (data.tokenizer), checks leakage, batches them as
-            contiguous streams and scores the held-out split in bits per byte and character.
+    text    `texts(cfg) -> (training split, held-out split)`, each one string or a list of
+            its documents (strings), never overlapping. nlsweep tokenizes them
+            (data.tokenizer; documents apart by an end-of-document token), checks leakage,
+            batches them as contiguous streams and scores the held-out split in bits per byte
+            and character.
     task    `load(cfg) -> corpus`, an object with the members of `nlsweep.data.Corpus` that a
             generated task needs (vocab, batchers, extra_evals, accuracy_key, generated,
             val_overlap, val_unk_rate): see `nlsweep.data.tasks.TaskCorpus`.
 
 `uses` names the optional `data:` fields (OPTIONAL_FIELDS) the corpus reads; any other of
 them set in a spec is refused, never ignored. `check(cfg)` checks and fills them in
-(raising `ConfigError(key, expected)`). `options`, a dataclass, types `data.options`: the
-corpus's own settings, validated like any config section. `metrics(cfg)` names the metrics
+(raising `ConfigError(key, expected)`), without I/O: it runs whenever a config is built.
+`probe(cfg)` does the corpus's cheap I/O checks (its files exist and are readable, raising
+`DataError`), run by `nlsweep validate` and before a sweep starts, never by a trial.
+`digest(cfg)`, a string that changes whenever the splits would, keys the corpus's prepared
+cache entry (`prepared.py`) without building the splits; without it, the key is the digest
+of the splits `texts` returns.
+`options`, a dataclass, types `data.options`: the corpus's own settings, validated like any
+config section. `metrics(cfg)` names the metrics
 the corpus adds to every evaluation, each with its better direction (`min` or `max`); they
 can be a sweep's objective.
 """
@@ -35,8 +43,8 @@ __all__ = [
 ]  # fmt: skip
 
 OPTIONAL_FIELDS = (
-    "path", "val_fraction", "vocab_size", "num_kv_pairs", "key_len", "eval_lengths",
-    "eval_segment", "task_seed",
+    "path", "val_fraction", "text_field", "separator", "vocab_size", "num_kv_pairs", "key_len",
+    "eval_lengths", "eval_segment", "task_seed",
 )  # fmt: skip
 """`data:` fields only some corpora read (their unset values are None, "" or 0)."""
 
@@ -50,6 +58,10 @@ class CorpusKind:
     load: Callable | None
     uses: frozenset
     check: Callable | None
+    probe: Callable | None
+    """Reads what the corpus needs without tokenizing (`nlsweep validate`, preflight)."""
+    digest: Callable | None
+    """Identifies the corpus's content without building its splits (the prepared cache's key)."""
     metrics: Callable
     options: type | None
     generated: bool
@@ -76,6 +88,8 @@ def register_corpus(
     load: Callable | None = None,
     uses=(),
     check: Callable | None = None,
+    probe: Callable | None = None,
+    digest: Callable | None = None,
     metrics: Callable | dict | None = None,
     options: type | None = None,
     generated: bool | None = None,
@@ -110,7 +124,8 @@ def register_corpus(
             raise RegistryError(f"corpus {name}: give exactly one of texts (a text corpus) "
                                 "or load (a generated task)")  # fmt: skip
         made = load is not None if generated is None else generated
-        entry = CorpusKind(name, fn, load, frozenset(uses), check, metrics or _no_metrics,
+        entry = CorpusKind(name, fn, load, frozenset(uses), check, probe, digest,
+                           metrics or _no_metrics,
                            options, made, source_of(fn or load))  # fmt: skip
         old = _CORPORA.get(name)
         if old is not None and (old.texts, old.load) != (entry.texts, entry.load):

@@ -3,7 +3,8 @@
 Batches are B contiguous streams: the training tokens are cut into B rows and batch k is
 columns [kT, (k+1)T) of every row, so row b continues where it stopped (persistent recurrent
 state depends on this). The vocabulary (characters, or a SentencePiece model,
-`tokenizer.py`) comes from the training split alone; id 0 is <unk>.
+`tokenizer.py`) comes from the training split alone; id 0 is <unk>. A split of documents is
+their tokens in order, each followed by the end-of-document id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from models.errors import ConfigError
 from models.teach import IGNORE
 from nlsweep.data.config import DataConfig
-from nlsweep.data.corpora import DataError, cache_root, cached_overlap
+from nlsweep.data.corpora import DataError, cache_root
 from nlsweep.data.tokenizer import (
     CharTokenizer,
     SentencePieceTokenizer,
@@ -56,26 +57,32 @@ class StreamBatcher:
         start = self.cursor
         self.cursor += self.seq_len
         sl = slice(start, start + self.seq_len)
-        return self.x[:, sl], self.y[:, sl], start == 0
+        # int64 per batch: the tokens may be a uint16/uint32 memory map (`prepared.py`)
+        return self.x[:, sl].long(), self.y[:, sl].long(), start == 0
 
     def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
-        return self.x[:, sl], self.y[:, sl]
+        return self.x[:, sl].long(), self.y[:, sl].long()
 
     def full_windows(self, window: int | None = None):
         """The whole split, every target predicted exactly once: B contiguous rows of
         ceil((n - 1) / B) tokens (the last row's tail padded with ignored targets), in
-        windows of `window` (default seq_len) tokens, the last one possibly shorter."""
+        windows of `window` (default seq_len) tokens, the last one possibly shorter. Each
+        window is cut from the tokens as it is needed: no copy of the split."""
         n = len(self.tokens) - 1
         B = self.x.shape[0]
         row = -(-n // B)
-        x = torch.zeros(B * row, dtype=self.tokens.dtype)
-        y = torch.full((B * row,), IGNORE, dtype=self.tokens.dtype)
-        x[:n], y[:n] = self.tokens[:-1], self.tokens[1:]
-        x, y = x.view(B, row), y.view(B, row)
         w = window or self.seq_len
         for c in range(0, row, w):
-            yield x[:, c : c + w], y[:, c : c + w]
+            width = min(w, row - c)
+            x = torch.zeros(B, width, dtype=torch.long)
+            y = torch.full((B, width), IGNORE, dtype=torch.long)
+            for b in range(B):
+                a = b * row + c
+                m = max(0, min(width, n - a))
+                x[b, :m] = self.tokens[a : a + m]
+                y[b, :m] = self.tokens[a + 1 : a + 1 + m]
+            yield x, y
 
     def state_dict(self) -> dict:
         return {"cursor": self.cursor, "epoch": self.epoch}
@@ -97,6 +104,8 @@ class Corpus:
     """Text corpora report no accuracy; tasks name theirs (e.g. val/recall_acc)."""
     generated = False
     """A text corpus has a finite held-out split that a final evaluation can score whole."""
+    prepared: str = ""
+    """The cache folder its arrays are mapped from (`prepared.py`)."""
 
     def extra_evals(self, batch_size: int) -> dict:
         return {}  # tasks add held-out sets at other lengths
@@ -115,38 +124,42 @@ class Corpus:
                 for k, v in self.val_units.items()}  # fmt: skip
 
 
-def build_tokenizer(cfg: DataConfig, train_text: str):
-    """The tokenizer of `cfg`, from the training split alone; DataError (one line) if it
+def has_documents(*splits) -> bool:
+    """Whether any split is a list of documents (its tokenizer then reserves an end id)."""
+    return any(not isinstance(s, str) for s in splits)
+
+
+def build_tokenizer(cfg: DataConfig, train, eod: bool | None = None):
+    """The tokenizer of `cfg`, from the training split alone (reserving an end-of-document
+    id when `eod`, by default when the split is documents); DataError (one line) if it
     cannot be trained or loaded."""
+    eod = has_documents(train) if eod is None else eod
     try:
         if cfg.tokenizer == "char":
-            return CharTokenizer(train_text)
+            return CharTokenizer(train, eod=eod)
         if cfg.tokenizer_path:
-            return load_sentencepiece(cfg.tokenizer_path)
-        return cached_sentencepiece(train_text, cfg.vocab_size, cfg.model_type, cache_root())
+            tok = load_sentencepiece(cfg.tokenizer_path)
+            if eod and tok.eod is None:
+                raise TokenizerError(
+                    f"data.tokenizer_path: {cfg.tokenizer_path} has no eos piece to end the "
+                    "corpus's documents with; train it with eos_id set"
+                )
+            return tok
+        return cached_sentencepiece(train, cfg.vocab_size, cfg.model_type, cache_root(), eod)
     except TokenizerError as e:
         raise DataError(str(e)) from None
 
 
-def tokenize(cfg: DataConfig, train_text: str, val_text: str, tok=None):
-    """(tokenizer, training ids, held-out ids, held-out units); the tokenizer is `tok`, or
-    else built from `train_text`."""
-    if not train_text or not val_text:
+def tokenize(cfg: DataConfig, train, val, tok=None):
+    """(tokenizer, training ids, held-out ids, held-out units) of two splits (each a string
+    or its documents); the tokenizer is `tok`, or else built from the training split."""
+    if not (train if isinstance(train, str) else any(train)) or not (
+        val if isinstance(val, str) else any(val)
+    ):
         raise DataError(f"corpus {cfg.corpus}: empty training or held-out split")
-    tok = tok or build_tokenizer(cfg, train_text)
-    val, units = tok.encode_with_units(val_text)
-    return tok, tok.encode(train_text), val, units
-
-
-def text_corpus(cfg: DataConfig, train_text: str, val_text: str, tok=None) -> Corpus:
-    """A text corpus from its two splits (tokenised by `tok`, else by a tokenizer of the
-    training split)."""
-    tok, train, val, units = tokenize(cfg, train_text, val_text, tok)
-    return Corpus(
-        vocab=tok,
-        train=train,
-        val=val,
-        val_overlap=cached_overlap(train_text, val_text),
-        val_unk_rate=float((val == 0).float().mean()),
-        val_units=units,
-    )
+    tok = tok or build_tokenizer(cfg, train, has_documents(train, val))
+    try:
+        val_ids, units = tok.encode_split_with_units(val)
+        return tok, tok.encode_split(train), val_ids, units
+    except TokenizerError as e:
+        raise DataError(str(e)) from None

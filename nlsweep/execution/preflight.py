@@ -7,11 +7,11 @@ or moved when one is raised (an archive is the last step, after every check pass
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +19,10 @@ from models.capabilities import probe_forward
 from models.errors import ConfigError
 from models.registry import model_kind
 from nlsweep.config.grow import new_points
-from nlsweep.config.space import candidate_values
 from nlsweep.data.config import check_fits
-from nlsweep.data.corpora import DataError, cached_overlap, load_texts
-from nlsweep.data.phases import phase_tokenizer
+from nlsweep.data.corpora import DataError
+from nlsweep.data.load import load_corpus
 from nlsweep.data.registry import corpus_entry
-from nlsweep.data.streams import tokenize
 from nlsweep.execution import seal
 from nlsweep.execution.experiment import (
     ExperimentError,
@@ -36,7 +34,7 @@ from nlsweep.execution.experiment import (
     refusal,
     restorable,
 )
-from nlsweep.spec import Spec, SpecError
+from nlsweep.spec import Spec, SpecError, candidate_configs, probe_corpora
 
 SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
                    "glusterfs", "ocfs2", "gfs2", "panfs", "wekafs", "fuse.")  # fmt: skip
@@ -128,27 +126,16 @@ def check_shared_storage(spec: Spec, nodes: int, mounts: str = "/proc/mounts") -
     )
 
 
-MAX_POINTS = 512
-"""Points of the space whose data settings are checked (every combination of the values a
-grid or choice lists and both ends of each range, up to this many)."""
-
-
-def candidate_configs(spec: Spec) -> list:
-    """The base config and the trial configs at the space's candidate points."""
-    axes = {p: candidate_values(d) for p, d in spec.space.items()}
-    points = itertools.islice(itertools.product(*axes.values()), MAX_POINTS)
-    return [spec.base] + [spec.trial_config(dict(zip(axes, combo))) for combo in points]
-
-
-def prepare_data(spec: Spec) -> dict[str, bytes]:
-    """Find (or download) and read every corpus the trials will read, train the subword
+def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
+    """Find (or download) and prepare every corpus the trials will read, with the subword
     models they use, and check that each trial's batch shape fits its splits, before
-    anything starts (one line on failure). Returns the subword models: {file name: bytes}."""
-    texts: dict[tuple, tuple[str, str]] = {}
+    anything starts (one line on failure). Returns the subword models: {file name: bytes};
+    `out(line)`, when given, hears each corpus prepared."""
     lengths: dict[tuple, list[tuple[int, int]]] = {}
     models: dict[str, bytes] = {}
     shapes = set()
     probed = set()
+    probe_corpora(spec)
     for cfg in candidate_configs(spec):
         if cfg.model.kind not in probed:  # a plain model's forward, once, on CPU
             probed.add(cfg.model.kind)
@@ -162,29 +149,31 @@ def prepare_data(spec: Spec) -> dict[str, bytes]:
             continue
         # data.phases: every phase's corpus, with one vocabulary of all their training splits
         parts = d.phase_configs() or [d]
-        keys = tuple((p.corpus, p.path, p.val_fraction, repr(p.options)) for p in parts)
-        # A subword model is trained here, once, before any trial: a vocabulary the text
-        # cannot support is one line now, and every trial finds the model in the cache.
+        keys = tuple(
+            (p.corpus, p.path, p.val_fraction, p.text_field, p.separator, repr(p.options))
+            for p in parts
+        )
+        # Each corpus is prepared here, once, before any trial (`nlsweep/data/prepared.py`):
+        # tokenized into the cache that every trial maps, its subword model trained (a
+        # vocabulary the text cannot support is one line now) and its leakage measured.
         tok_key = (keys, d.tokenizer, d.vocab_size, d.model_type, d.tokenizer_path)
         try:
-            for key, part in zip(keys, parts):
-                if key not in texts:
-                    texts[key] = load_texts(part)
-                    cached_overlap(*texts[key])  # computed once here, not per trial
-            if tok_key not in lengths and d.tokenizer == "char":
-                # a character a token
-                lengths[tok_key] = [tuple(len(t) for t in texts[k]) for k in keys]
-            elif tok_key not in lengths:
-                tok = phase_tokenizer(d, [texts[k] for k in keys])
-                lengths[tok_key] = [
-                    (len(train), len(val))
-                    for _, train, val, _ in (
-                        tokenize(p, *texts[k], tok) for k, p in zip(keys, parts)
-                    )
-                ]
-                what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
-                corpus = "+".join(p.corpus for p in parts)
-                models[f"{corpus}-{what}-{tok.sha256[:12]}.model"] = tok.model
+            if tok_key not in lengths:
+                start = time.perf_counter()
+                corpus = load_corpus(d)
+                split = getattr(corpus, "parts", [corpus])
+                lengths[tok_key] = [(len(c.train), len(c.val)) for c in split]
+                for p, c in zip(parts, split):
+                    if out is not None:
+                        out(f"corpus {p.corpus}{f' ({p.path})' if p.path else ''}: "
+                            f"{len(c.train):,} training and {len(c.val):,} held-out tokens "
+                            f"({d.tokenizer}, {len(c.vocab):,} ids) in {c.prepared} "
+                            f"[{time.perf_counter() - start:.1f} s]")  # fmt: skip
+                if d.tokenizer == "sentencepiece":
+                    tok = corpus.vocab
+                    what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
+                    name = "+".join(p.corpus for p in parts)
+                    models[f"{name}-{what}-{tok.sha256[:12]}.model"] = tok.model
             if (tok_key, d.seq_len, d.batch_size) not in shapes:
                 shapes.add((tok_key, d.seq_len, d.batch_size))
                 for part, n in zip(parts, lengths[tok_key]):

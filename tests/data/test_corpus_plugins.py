@@ -128,7 +128,7 @@ def test_a_failing_or_wrong_texts_function_is_one_line_before_anything_starts(
     '''))  # fmt: skip
     cases = {
         "broken": "FileNotFoundError: no such file: /data/corpus.txt",
-        "one_text": "returned str; expected (training text, held-out text)",
+        "one_text": "returned str; expected (training, held-out), each a string or a list",
     }
     for name, said in cases.items():
         spec = plugin_dir / "spec.yaml"

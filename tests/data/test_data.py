@@ -9,8 +9,9 @@ import torch
 from models.errors import ConfigError
 from nlsweep.data import corpora
 from nlsweep.data.config import DataConfig
-from nlsweep.data.corpora import DataError, load_texts, resolve_files, shingle_overlap
+from nlsweep.data.corpora import DataError, load_texts, resolve_files
 from nlsweep.data.load import load_corpus
+from nlsweep.data.overlap import shingle_overlap
 from nlsweep.data.streams import StreamBatcher
 from nlsweep.data.tokenizer import CharTokenizer
 from tests.helpers import has_shakespeare
@@ -91,11 +92,11 @@ def test_shingle_overlap_flags_repetition():
     rng = torch.Generator().manual_seed(0)
     a = "".join(chr(97 + int(i)) for i in torch.randint(0, 26, (5000,), generator=rng))
     b = "".join(chr(97 + int(i)) for i in torch.randint(0, 26, (1000,), generator=rng))
-    assert shingle_overlap(a, b) == 0.0
-    assert shingle_overlap(a * 3, a[100:900]) == 1.0  # a repeated corpus: memorisable
+    assert shingle_overlap(a, b).value == 0.0
+    assert shingle_overlap(a * 3, a[100:900]).value == 1.0  # a repeated corpus: memorisable
     half = a[:500] + b[:500]
-    assert 0.4 < shingle_overlap(a, half) < 0.5
-    assert shingle_overlap(a, "short") == 0.0
+    assert 0.4 < shingle_overlap(a, half).value < 0.5
+    assert shingle_overlap(a, "short").value == 0.0
 
 
 @pytest.mark.skipif(not has_shakespeare(), reason="Tiny Shakespeare not in NLSWEEP_DATA")
@@ -168,3 +169,22 @@ def test_overlap_is_cached_by_content(tmp_path, monkeypatch):
     assert corpora.cached_overlap(a, b) == 1.0
     assert corpora.cached_overlap(a, b + "zzzz" * 10) < 1.0  # other text, other entry
     assert len(calls) == 2
+
+
+def test_full_windows_cover_the_split_once_as_the_padded_layout_does():
+    """Streamed window by window (no copy of the split), equal to laying the split out as B
+    padded rows, from int64 or uint16 tokens alike."""
+    from models.teach import IGNORE
+
+    for n, B, w in ((101, 4, 7), (64, 3, 64), (17, 8, 5), (200, 1, 9)):
+        tokens = torch.randint(0, 60000, (n,))
+        row = -(-(n - 1) // B)
+        x = torch.zeros(B * row, dtype=torch.long)
+        y = torch.full((B * row,), IGNORE, dtype=torch.long)
+        x[: n - 1], y[: n - 1] = tokens[:-1], tokens[1:]
+        x, y = x.view(B, row), y.view(B, row)
+        want = [(x[:, c : c + w], y[:, c : c + w]) for c in range(0, row, w)]
+        for t in (tokens, tokens.to(torch.uint16)):
+            got = list(StreamBatcher(t, B, 2).full_windows(w))
+            assert len(got) == len(want)
+            assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, want))

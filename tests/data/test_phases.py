@@ -13,6 +13,7 @@ from models.errors import ConfigError
 from nlsweep.config.specfile import SpecError
 from nlsweep.data import streams as data_mod
 from nlsweep.data.phases import PhasedBatcher
+from nlsweep.data.sources import split_tail_at_line
 from nlsweep.data.streams import StreamBatcher
 from nlsweep.report.continual import continual_section, phase_names
 from nlsweep.report.results import Context, Trial
@@ -164,8 +165,8 @@ def test_one_vocabulary_from_the_union_of_training_splits(files, cache, monkeypa
         data_mod, "cached_sentencepiece", lambda text, *a: seen.append(text) or real(text, *a)
     )
     t = make(files, tokenizer="sentencepiece", vocab_size=40)
-    cut_a, cut_b = int(len(PROSE + "\n") * 0.9), int(len(CODE + "\n") * 0.9)
-    assert seen == [(PROSE + "\n")[:cut_a] + "\n" + (CODE + "\n")[:cut_b]]  # no held-out text
+    heads = [split_tail_at_line(t + "\n", 0.1)[0] for t in (PROSE, CODE)]  # a line boundary
+    assert seen == ["\n".join(heads)]  # no held-out text
     assert all(p.vocab is t.corpus.vocab for p in t.corpus.parts)
     chars = make(files)  # characters: the code phase's digits are in the one vocabulary
     assert chars.corpus.parts[0].vocab is chars.corpus.vocab

@@ -17,6 +17,7 @@ from nlsweep.data import tokenizer as tk
 from nlsweep.data.config import DataConfig
 from nlsweep.data.corpora import DataError
 from nlsweep.data.load import load_corpus
+from nlsweep.data.sources import split_tail_at_line
 from nlsweep.data.streams import build_tokenizer
 from nlsweep.execution.preflight import prepare_data
 from nlsweep.spec import load_spec
@@ -115,9 +116,9 @@ def test_sentencepiece_bpb_by_hand(tmp_path, cache):
     # By hand: the model over the whole held-out split in one pass per row (state reset per
     # window as the trainer does), the summed loss over every target, and the bytes of the
     # held-out text those targets spell (all of it but the first token's).
-    tok, val_text = t.corpus.vocab, ASCII[int(len(ASCII) * 0.9) :]
+    tok, val_text = t.corpus.vocab, split_tail_at_line(ASCII, 0.1)[1]
     ids, _ = tok.encode_with_units(val_text)
-    assert torch.equal(ids, t.corpus.val)
+    assert torch.equal(ids, t.corpus.val.long())
     nats, n = 0.0, 0
     t.model.eval()
     with torch.no_grad():

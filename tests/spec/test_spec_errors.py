@@ -247,7 +247,7 @@ CASES = [
         [],
         9,
         "base.data.path",
-        "a text file path",
+        "a file, folder or glob",
     ),
     ("yaml syntax", edit("train: {steps: 8,", "train: {steps: 8,,"), [], 10, "yaml", "valid YAML"),
     ("not a mapping", "- just\n- a list\n", [], 1, "spec", "a mapping"),

@@ -1,0 +1,229 @@
+"""Prepare once, map everywhere: a text corpus tokenized once into arrays in a
+content-addressed cache, which every trial memory-maps instead of reading and tokenizing text.
+
+    key        sha256 of (format, corpus, the source's digest, the tokenizer's settings, the
+               shared tokenizer's identity for data.phases); the source's digest is its
+               registered `digest(cfg)` when it has one (corpus `text`: the sha256 of every
+               file, remembered per (size, mtime, inode) so an unchanged file is hashed once),
+               else the sha256 of the splits its `texts` returns
+    folder     $XDG_CACHE_HOME/nlsweep/prepared/<key>/ (NLSWEEP_PREPARED overrides the root:
+               a folder on shared storage for a cluster)
+    files      train.bin, val.bin (token ids, uint16 when the vocabulary fits, else uint32),
+               val_bytes.bin, val_chars.bin (uint16 or uint32: the text each held-out token
+               stands for), tokenizer.json (characters) or tokenizer.model (SentencePiece),
+               index.json (sizes, dtypes, each file's sha256, the leakage alarm, the <unk> rate)
+    written    into a temporary folder renamed into place once complete: a reader sees a whole
+               cache entry or none. A reader trusts an entry only when every file matches the
+               sha256 in its index; any other entry is moved aside and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlsweep.data.corpora import DataError, cache_root, cached_overlap, load_texts
+from nlsweep.data.registry import corpus_entry
+from nlsweep.data.streams import Corpus, has_documents, tokenize
+from nlsweep.data.tokenizer import CharTokenizer, SentencePieceTokenizer
+
+FORMAT = 1
+ARRAYS = ("train", "val", "val_bytes", "val_chars")
+CHUNK = 1 << 24
+
+
+def prepared_root() -> Path:
+    return Path(os.environ.get("NLSWEEP_PREPARED") or cache_root() / "prepared")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, remembered under its (size, mtime, inode): an unchanged file
+    is read once, however many trials and sweeps ask."""
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    memo = cache_root() / "digests" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    try:
+        known = json.loads(memo.read_text())
+        if {k: known.get(k) for k in stamp} == stamp:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = _sha256_file(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
+        tmp.replace(memo)
+    except OSError:
+        pass  # a read-only cache only costs hashing again
+    return digest
+
+
+def splits_digest(train, val) -> str:
+    h = hashlib.sha256()
+    for split in (train, val):
+        docs = [split] if isinstance(split, str) else split
+        h.update(f"{isinstance(split, str)}\0{len(docs)}\0".encode())
+        for d in docs:
+            h.update(f"{len(d)}\0".encode())
+            h.update(d.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def tokenizer_identity(tok) -> str:
+    if isinstance(tok, SentencePieceTokenizer):
+        return f"sentencepiece:{tok.sha256}"
+    chars = json.dumps(["".join(tok.chars), tok.eod])
+    return f"char:{hashlib.sha256(chars.encode('utf-8', 'surrogatepass')).hexdigest()}"
+
+
+def corpus_key(cfg, texts=None, tok=None) -> tuple[str, tuple | None]:
+    """(the cache key of `cfg`'s prepared corpus, the splits if they had to be read)."""
+    kind = corpus_entry(cfg.corpus)
+    if kind.digest is not None and texts is None:
+        source = kind.digest(cfg)
+    else:
+        texts = texts or load_texts(cfg)
+        source = splits_digest(*texts)
+    settings = {
+        "format": FORMAT,
+        "corpus": cfg.corpus,
+        "source": source,
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": cfg.vocab_size,
+        "model_type": cfg.model_type,
+        "tokenizer_path": file_digest(Path(cfg.tokenizer_path)) if cfg.tokenizer_path else "",
+        "shared": tokenizer_identity(tok) if tok is not None else "",
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return key, texts
+
+
+def _dtype(n: int, what: str) -> np.dtype:
+    if n <= 1 << 16:
+        return np.dtype(np.uint16)
+    if n <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise DataError(f"data.vocab_size: {what} of {n} overflows uint32 token ids")
+
+
+def _write(folder: Path, cfg, texts, tok) -> None:
+    train, val = texts
+    tok, train_ids, val_ids, units = tokenize(cfg, train, val, tok)
+    id_dtype = _dtype(len(tok), "a vocabulary")
+    arrays = {"train": train_ids, "val": val_ids, "val_bytes": units["bytes"],
+              "val_chars": units["chars"]}  # fmt: skip
+    index = {"format": FORMAT, "vocab": len(tok), "files": {}}
+    for name, t in arrays.items():
+        a = t.numpy()
+        dtype = id_dtype if name in ("train", "val") else _dtype(int(a.max(initial=0)) + 1, name)
+        path = folder / f"{name}.bin"
+        a.astype(dtype).tofile(path)
+        index["files"][f"{name}.bin"] = {"dtype": dtype.name, "n": len(a),
+                                          "sha256": _sha256_file(path)}  # fmt: skip
+    if isinstance(tok, SentencePieceTokenizer):
+        (folder / "tokenizer.model").write_bytes(tok.model)
+        name = "tokenizer.model"
+    else:
+        (folder / "tokenizer.json").write_text(json.dumps({"chars": "".join(tok.chars),
+                                                          "eod": tok.eod is not None}))  # fmt: skip
+        name = "tokenizer.json"
+    index["files"][name] = {"sha256": _sha256_file(folder / name)}
+    index["val_overlap"] = cached_overlap(train, val)
+    index["val_unk_rate"] = float((val_ids == 0).float().mean())
+    index["documents"] = has_documents(train, val)
+    (folder / "index.json").write_text(json.dumps(index, indent=1))
+
+
+def _read(folder: Path, shared=None) -> Corpus:
+    """The corpus of a complete, verified cache entry (with the `shared` tokenizer its key
+    names, when given); ValueError for anything else."""
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        files = index["files"]
+        for name, meta in files.items():
+            if _sha256_file(folder / name) != meta["sha256"]:
+                raise ValueError(f"{name} does not match its sha256")
+        if shared is not None:
+            tok = shared
+        elif "tokenizer.model" in files:
+            tok = SentencePieceTokenizer((folder / "tokenizer.model").read_bytes())
+        else:
+            spec = json.loads((folder / "tokenizer.json").read_text())
+            tok = CharTokenizer(spec["chars"], eod=spec["eod"])
+        if len(tok) != index["vocab"]:
+            raise ValueError("the tokenizer does not match the index")
+        maps = {}
+        for name in ARRAYS:
+            meta = files[f"{name}.bin"]
+            # copy-on-write: pages are shared between processes, and torch gets a
+            # writable buffer (nothing writes to it)
+            a = np.memmap(folder / f"{name}.bin", dtype=meta["dtype"], mode="c",
+                          shape=(meta["n"],))  # fmt: skip
+            maps[name] = torch.from_numpy(a)
+    except (OSError, KeyError, TypeError, json.JSONDecodeError, RuntimeError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    return Corpus(
+        vocab=tok,
+        train=maps["train"],
+        val=maps["val"],
+        val_overlap=float(index["val_overlap"]),
+        val_unk_rate=float(index["val_unk_rate"]),
+        val_units={"bytes": maps["val_bytes"], "chars": maps["val_chars"]},
+        prepared=str(folder),
+    )
+
+
+def prepared_corpus(cfg, texts=None, tok=None, out=None) -> Corpus:
+    """The text corpus of `cfg`, memory-mapped from the cache, prepared there first if it is
+    not (from `texts`, else its registered source; tokenised by `tok`, else by a tokenizer of
+    its training split). `out(line)` hears what was done."""
+    key, texts = corpus_key(cfg, texts, tok)
+    folder = prepared_root() / key
+    if folder.is_dir():
+        try:
+            return _read(folder, tok)
+        except ValueError as e:
+            aside = folder.with_name(f"{key}.bad-{os.getpid()}")
+            if out:
+                out(f"prepared corpus {folder} is unusable ({e}): rebuilding it")
+            try:
+                folder.rename(aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            except OSError:
+                pass
+    texts = texts or load_texts(cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write(tmp, cfg, texts, tok)
+        with contextlib.suppress(OSError):  # another process finished the same entry first
+            tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if out:
+        out(f"prepared corpus {cfg.corpus} in {folder}")
+    return _read(folder, tok)
+
+
+def text_corpus(cfg, train, val, tok=None) -> Corpus:
+    """The prepared corpus of two given splits (tokenised by `tok`, else by a tokenizer of
+    the training split)."""
+    return prepared_corpus(cfg, (train, val), tok)

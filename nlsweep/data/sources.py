@@ -1,0 +1,271 @@
+"""The files behind `data.path` (corpus `text`), read as documents, and the held-out split
+made of whole documents.
+
+    path        a file, a folder (every readable file under it, recursively, in name order,
+                hidden ones skipped) or a glob (`corpus/*.jsonl`, `**` recursive)
+    formats     by the name's suffix: .jsonl (one JSON object a line), .parquet (a column),
+                .gz (gzip of the format its stem names: x.jsonl.gz, x.txt.gz), anything else
+                UTF-8 text; a Hugging Face `datasets` folder (`save_to_disk`) is read with
+                `datasets.load_from_disk` (the optional extra `nlsweep[hf]`)
+    document    a jsonl line or a parquet / datasets row (its `data.text_field`, default
+                `text`), a text file, or a piece of one between `data.separator`s; empty
+                documents are dropped
+    split       u(d) = first 8 bytes of sha256(d's UTF-8) / 2^64; d is held out iff
+                u(d) < val_fraction (default 0.1). The split depends on a document's text
+                only, never on file order, and exact duplicates never straddle it. Should it
+                leave a side empty, the document of smallest (largest) u moves across.
+                A source of one document has its last val_fraction held out instead, cut
+                at the line boundary nearest the cut (mid-line only if it has none).
+
+A document is never trained on as something else: a jsonl line that is not JSON, a row
+without the text field, a text field that is not a string, an unreadable gzip, a
+pre-tokenized array: each is one line naming the file (and line or row) and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from models.errors import ConfigError
+from nlsweep.data.corpora import DEFAULT_VAL_FRACTION, DataError, check_tail_split, decode_text
+from nlsweep.data.prepared import file_digest
+
+DEFAULT_FIELD = "text"
+STRUCTURED = (".jsonl", ".parquet")
+PRETOKENIZED = (".npy", ".bin", ".npz", ".pt", ".arrow")
+TEXT = (".txt", ".text", ".md", ".rst", ".tokens", ".raw")
+READABLE = (*TEXT, *STRUCTURED, ".gz")
+"""What a folder's walk picks up (a file named directly, or by a glob, is read as text
+whatever its suffix)."""
+GLOB_CHARS = set("*?[")
+
+
+def _format(path: Path) -> tuple[str, bool]:
+    """(format, gzipped): .jsonl, .parquet, a pre-tokenized suffix, or text."""
+    suffixes = [""] * 2 + [s.lower() for s in path.suffixes]
+    gz = suffixes[-1] == ".gz"
+    inner = suffixes[-2] if gz else suffixes[-1]
+    return inner if inner in (*STRUCTURED, *PRETOKENIZED) else "text", gz
+
+
+def is_hf_dataset(folder: Path) -> bool:
+    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def resolve(path: str) -> list[Path]:
+    """The files (or the one datasets folder) that `data.path` names, in a fixed order;
+    one line for a missing path, an empty glob or a folder with nothing readable."""
+    if not path:
+        raise DataError("data.path: a file, folder or glob for corpus text")
+    if GLOB_CHARS & set(path):
+        found = sorted(Path(p) for p in glob.glob(path, recursive=True) if Path(p).is_file())
+        if not found:
+            raise DataError(f"data.path: no files match {path}")
+        return found
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.exists():
+        raise DataError(f"data.path: {p} does not exist; expected a file, folder or glob")
+    if not p.is_dir():
+        raise DataError(f"data.path: {p} is neither a file nor a folder")
+    if is_hf_dataset(p):
+        return [p]
+    found = sorted(
+        f for f in p.rglob("*")
+        if f.is_file() and f.name.lower().endswith(READABLE)
+        and not any(part.startswith(".") for part in f.relative_to(p).parts)
+    )  # fmt: skip
+    if not found:
+        raise DataError(f"data.path: {p} has no readable files (expected names ending in "
+                        f"{', '.join(READABLE)})")  # fmt: skip
+    return found
+
+
+def _raw(path: Path, gz: bool) -> bytes:
+    try:
+        if gz:
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        what = "gzip" if gz else "file"
+        raise DataError(f"{path}: unreadable {what} ({getattr(e, 'strerror', None) or e})") \
+            from None  # fmt: skip
+
+
+def _jsonl(path: Path, gz: bool, field: str) -> Iterator[str]:
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{line_no}: not a JSON object ({e.msg}); a .jsonl "
+                                    "file holds one object a line") from None  # fmt: skip
+                yield _field(row, field, f"{path}:{line_no}")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        what = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "unreadable"
+        raise DataError(f"{path}: {what} ({getattr(e, 'strerror', None) or e})") from None
+
+
+def _field(row, field: str, where: str) -> str:
+    if not isinstance(row, dict) or field not in row:
+        keys = ", ".join(map(str, row)) if isinstance(row, dict) else type(row).__name__
+        raise DataError(f"{where}: no field '{field}' (it has: {keys[:200]}); set "
+                        "data.text_field to the field holding the text")  # fmt: skip
+    text = row[field]
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise DataError(f"{where}: field '{field}' is {type(text).__name__}, expected a string "
+                        "of text")  # fmt: skip
+    return text
+
+
+def _parquet(path: Path, field: str) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") \
+            from None  # fmt: skip
+    schema = pf.schema_arrow
+    if field not in schema.names:
+        raise DataError(f"{path}: no column '{field}' (it has: {', '.join(schema.names)[:200]}); "
+                        "set data.text_field to the column holding the text")  # fmt: skip
+    kind = schema.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column '{field}' is {kind}, expected strings of text")
+    for batch in pf.iter_batches(columns=[field], batch_size=4096):
+        for text in batch.column(0).to_pylist():
+            yield text or ""
+
+
+def _hf(folder: Path, field: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{folder}: a Hugging Face datasets folder; reading it needs the "
+                        "datasets package (pip install 'nlsweep[hf]')") from None  # fmt: skip
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as e:  # noqa: BLE001 - the library's own failure, as one line
+        raise DataError(f"{folder}: not a readable datasets folder ({str(e).splitlines()[0]})") \
+            from None  # fmt: skip
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"{folder}: a DatasetDict with splits {', '.join(ds)}; give the folder "
+                        f"of one split, e.g. {folder / next(iter(ds))}")  # fmt: skip
+    if field not in ds.column_names:
+        raise DataError(f"{folder}: no column '{field}' (it has: {', '.join(ds.column_names)}); "
+                        "set data.text_field to the column holding the text")  # fmt: skip
+    for batch in ds.select_columns([field]).iter(batch_size=4096):
+        for text in batch[field]:
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{folder}: column '{field}' holds {type(text).__name__}, "
+                                "expected strings of text")  # fmt: skip
+            yield text or ""
+
+
+def documents(path: Path, field: str = "", separator: str = "") -> Iterator[str]:
+    """The non-empty documents of one file (or datasets folder), in order."""
+    field = field or DEFAULT_FIELD
+    if path.is_dir():
+        yield from (d for d in _hf(path, field) if d)
+        return
+    fmt, gz = _format(path)
+    if fmt in PRETOKENIZED:
+        raise DataError(f"{path}: pre-tokenized ids ({fmt}) are not text; give the text it was "
+                        "made from (.txt, .jsonl, .parquet)")  # fmt: skip
+    if fmt == ".jsonl":
+        yield from (d for d in _jsonl(path, gz, field) if d)
+    elif fmt == ".parquet":
+        yield from (d for d in _parquet(path, field) if d)
+    else:
+        text = decode_text(path, _raw(path, gz))
+        yield from (d for d in (text.split(separator) if separator else [text]) if d)
+
+
+def probe(cfg) -> None:
+    """What `nlsweep validate` checks without tokenizing: the path resolves, and each file's
+    format, text field and first document are readable."""
+    files = resolve(cfg.path)
+    structured = False
+    for f in files:
+        fmt, _ = _format(f)
+        structured |= f.is_dir() or fmt in STRUCTURED
+        next(documents(f, cfg.text_field, cfg.separator), None)
+    if cfg.text_field and not structured:
+        raise DataError(f"data.text_field: unset for text files ({files[0]}); it names the "
+                        "field of .jsonl, .parquet or datasets rows")  # fmt: skip
+
+
+def digest(cfg) -> str:
+    """What the splits of the `text` corpus depend on: every file's bytes (a datasets
+    folder's files), its name under the path, and the fields that shape the split."""
+    h = hashlib.sha256()
+    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    h.update(json.dumps([cfg.text_field or DEFAULT_FIELD, cfg.separator, frac]).encode())
+    for f in resolve(cfg.path):
+        parts = sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
+        for part in parts:
+            name = part.relative_to(f).as_posix() if f.is_dir() else part.name
+            h.update(f"{name}\0{file_digest(part)}\0".encode())
+    return h.hexdigest()
+
+
+def _u(doc: str) -> float:
+    return int.from_bytes(hashlib.sha256(doc.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """(training, held-out) documents by digest, in their order; both non-empty."""
+    us = [_u(d) for d in docs]
+    held = [u < val_fraction for u in us]
+    if not any(held):
+        held[min(range(len(us)), key=us.__getitem__)] = True
+    if all(held):
+        held[max(range(len(us)), key=us.__getitem__)] = False
+    train = [d for d, h in zip(docs, held) if not h]
+    return train, [d for d, h in zip(docs, held) if h]
+
+
+def split_tail_at_line(text: str, val_fraction: float) -> tuple[str, str]:
+    """One document: its last `val_fraction` held out, cut at the nearest line boundary."""
+    cut = int(len(text) * (1 - val_fraction))
+    before, after = text.rfind("\n", 0, cut), text.find("\n", cut)
+    options = [c + 1 for c in (before, after) if 0 <= c < len(text) - 1]
+    if options:
+        cut = min(options, key=lambda c: abs(c - cut))
+    return text[:cut], text[cut:]
+
+
+def check_source(cfg) -> None:
+    """The rules of the `text` corpus's fields (no I/O: `probe` reads the files)."""
+    if not cfg.path:
+        raise ConfigError("path", "a file, folder or glob for corpus: text")
+    check_tail_split(cfg)
+
+
+def source_texts(cfg) -> tuple[str | list[str], str | list[str]]:
+    """The `text` corpus: its documents, split by digest (two lists), or one document's
+    head and tail (two strings)."""
+    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    docs = [d for f in resolve(cfg.path) for d in documents(f, cfg.text_field, cfg.separator)]
+    if not docs:
+        raise DataError(f"data.path: {cfg.path} holds no text (every document is empty)")
+    if len(docs) == 1:
+        return split_tail_at_line(docs[0], frac)
+    return split_documents(docs, frac)
