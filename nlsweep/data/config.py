@@ -57,6 +57,28 @@ class PhaseConfig:
 
 
 @dataclass
+class MixtureSource:
+    """One entry of `data.mixture`: a source of documents and its share of training."""
+
+    path: str = ""
+    """As `data.path` of corpus text: a file, folder or glob."""
+    weight: float = 1.0
+    """Its probability of supplying the next training document, once normalised."""
+    name: str = ""
+    """The source in the report; default its position, source0, source1, ..."""
+    text_field: str = ""
+    """As `data.text_field`, for this source."""
+    separator: str = ""
+    """As `data.separator`, for this source."""
+
+    def __post_init__(self):
+        require(bool(self.path), "path", "a file, folder or glob of documents")
+        require(self.weight > 0, "weight", f"a positive weight, got {self.weight}")
+        require(not self.name or PHASE_NAME.fullmatch(self.name), "name",
+                f"1-40 letters, digits or _, got {self.name!r}")  # fmt: skip
+
+
+@dataclass
 class DataConfig:
     """`data:` section."""
 
@@ -72,6 +94,9 @@ class DataConfig:
     path: str = ""
     """Folder holding the corpus files; empty = NLSWEEP_DATA / cache. For `text`: a file,
     a folder or a glob of text, .jsonl, .parquet or .gz files, or a datasets folder."""
+    mixture: list[MixtureSource] | None = None
+    """text: several sources instead of `path`, each held out by document like `path`, their
+    training documents interleaved by a seeded weighted draw (`nlsweep/data/sources.py`)."""
     text_field: str = ""
     """text: the field of .jsonl / .parquet / datasets rows holding the text (default text)."""
     separator: str = ""

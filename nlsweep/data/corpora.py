@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import urllib.request
 import zipfile
@@ -60,6 +61,40 @@ def cache_root() -> Path:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CHUNK = 1 << 24
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, remembered under its (size, mtime, inode): an unchanged file
+    is read once, however many trials and sweeps ask."""
+    st = path.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    memo = cache_root() / "digests" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    try:
+        known = json.loads(memo.read_text())
+        if {k: known.get(k) for k in stamp} == stamp:
+            return known["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = sha256_file(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.part")
+        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
+        tmp.replace(memo)
+    except OSError:
+        pass  # a read-only cache only costs hashing again
+    return digest
 
 
 def _download(name: str, folder: Path) -> None:

@@ -31,8 +31,8 @@ register_corpus("tinyshakespeare", corpora.tinyshakespeare_texts,
                 uses=("path", "val_fraction"), check=corpora.check_tail_split)  # fmt: skip
 register_corpus("wikitext2", corpora.wikitext2_texts, uses=("path",), check=_check_wikitext2)
 register_corpus("text", sources.source_texts, check=sources.check_source, probe=sources.probe,
-                digest=sources.digest,
-                uses=("path", "val_fraction", "text_field", "separator"))  # fmt: skip
+                digest=sources.digest, stream=sources.stream,
+                uses=("path", "mixture", "val_fraction", "text_field", "separator"))  # fmt: skip
 register_corpus("mqar", load=tasks.load_task, uses=("vocab_size", "num_kv_pairs", "task_seed"),
                 check=tasks.check_mqar, metrics={"val/recall_acc": "max"})  # fmt: skip
 register_corpus(

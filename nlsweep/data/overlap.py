@@ -7,7 +7,9 @@ against one streaming pass over the training text.
     overlap    = #{i : s_i occurs somewhere in training} / #{i}          (exact definition)
     sample     each held-out position joins with probability r = min(1, m / n_hint), from a
                generator seeded with `seed` (n_hint: an upper bound on held-out shingles,
-               e.g. the held-out bytes); r = 1 below m positions, where the estimate is exact
+               e.g. the held-out bytes); r = 1 below m positions, where the estimate is exact.
+               Without a hint (a stream), r starts at 1 and halves whenever the sample
+               passes 2m, thinning it by the same draws: exact below 2m positions
     estimate   the fraction of sampled positions whose shingle occurs in training
     bound      the estimate is a binomial proportion over n_s sampled positions, so it is
                within 3 sqrt(p (1 - p) / n_s) <= 1.5 / sqrt(n_s) of the exact value with
@@ -91,9 +93,17 @@ class OverlapSketch:
     """Held-out shingles are added first (`add_heldout`, sampled), then the training text is
     streamed through `add_training`; `estimate()` reads the result."""
 
-    def __init__(self, heldout_hint: int, sample: int = SAMPLE, seed: int = 0, k: int = SHINGLE):
-        self.rate = 1.0 if heldout_hint <= sample else sample / heldout_hint
+    def __init__(self, heldout_hint: int | None, sample: int = SAMPLE, seed: int = 0,
+                 k: int = SHINGLE):  # fmt: skip
+        # No hint (a stream of unknown length): every position at first, then, whenever
+        # the sample passes 2m, the rate halves and the sampled positions are thinned by
+        # the same uniform draws, so the sample stays uniform at the final rate.
+        self.adaptive = heldout_hint is None
+        self.limit = 2 * sample
+        hint = 0 if heldout_hint is None else heldout_hint
+        self.rate = 1.0 if hint <= sample else sample / hint
         self.rng = np.random.default_rng(seed)
+        self._draws: list[np.ndarray] = []
         self.k = k
         self._held = ShingleHasher(k)
         self._train = ShingleHasher(k)
@@ -104,6 +114,18 @@ class OverlapSketch:
     def add_heldout(self, text: str) -> None:
         h = self._held.update(text)
         self.positions += len(h)
+        if self.adaptive:
+            u = self.rng.random(len(h))
+            keep = u < self.rate
+            self._parts.append(h[keep])
+            self._draws.append(u[keep])
+            self._n = getattr(self, "_n", 0) + int(keep.sum())
+            while self._n > self.limit:
+                self.rate /= 2
+                self._parts = [p[d < self.rate] for p, d in zip(self._parts, self._draws)]
+                self._draws = [d[d < self.rate] for d in self._draws]
+                self._n = sum(len(p) for p in self._parts)
+            return
         if self.rate < 1.0:
             h = h[self.rng.random(len(h)) < self.rate]
         self._parts.append(h)

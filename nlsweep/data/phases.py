@@ -157,7 +157,7 @@ def phase_metrics(trainer, headline: dict) -> dict[str, float]:
         out[f"data/{name}/val_overlap"] = part.val_overlap
         out[f"data/{name}/val_unk_rate"] = part.val_unk_rate
     for j in range(min(cur + 2, len(corpus.parts))):
-        if j == cur and not (final and trainer.final_whole_split):
+        if j == cur and not (final and trainer.final_eval_full):
             b = headline["val/bpb"]  # the current phase's sampled windows, just scored
         else:
             held, units = corpus.heldout(j, B, T)

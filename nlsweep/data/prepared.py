@@ -29,49 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nlsweep.data.corpora import DataError, cache_root, cached_overlap, load_texts
+from nlsweep.data import streaming
+from nlsweep.data.corpora import cache_root, cached_overlap, file_digest, load_texts, sha256_file
 from nlsweep.data.registry import corpus_entry
+from nlsweep.data.streaming import EmptySide, id_dtype, unit_dtype
 from nlsweep.data.streams import Corpus, has_documents, tokenize
 from nlsweep.data.tokenizer import CharTokenizer, SentencePieceTokenizer
 
 FORMAT = 1
 ARRAYS = ("train", "val", "val_bytes", "val_chars")
-CHUNK = 1 << 24
 
 
 def prepared_root() -> Path:
     return Path(os.environ.get("NLSWEEP_PREPARED") or cache_root() / "prepared")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, remembered under its (size, mtime, inode): an unchanged file
-    is read once, however many trials and sweeps ask."""
-    st = path.stat()
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
-    memo = cache_root() / "digests" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
-    try:
-        known = json.loads(memo.read_text())
-        if {k: known.get(k) for k in stamp} == stamp:
-            return known["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    digest = _sha256_file(path)
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
-        tmp.replace(memo)
-    except OSError:
-        pass  # a read-only cache only costs hashing again
-    return digest
 
 
 def splits_digest(train, val) -> str:
@@ -114,50 +84,72 @@ def corpus_key(cfg, texts=None, tok=None) -> tuple[str, tuple | None]:
     return key, texts
 
 
-def _dtype(n: int, what: str) -> np.dtype:
-    if n <= 1 << 16:
-        return np.dtype(np.uint16)
-    if n <= 1 << 32:
-        return np.dtype(np.uint32)
-    raise DataError(f"data.vocab_size: {what} of {n} overflows uint32 token ids")
+def _finish(folder: Path, index: dict, tok) -> None:
+    """The tokenizer's file and the index, with every file's sha256, written last."""
+    for name in ARRAYS:
+        meta = index["files"].setdefault(f"{name}.bin", {})
+        meta["sha256"] = sha256_file(folder / f"{name}.bin")
+    if isinstance(tok, SentencePieceTokenizer):
+        name = "tokenizer.model"
+        (folder / name).write_bytes(tok.model)
+    else:
+        name = "tokenizer.json"
+        spec = {"chars": "".join(tok.chars), "eod": tok.eod is not None}
+        (folder / name).write_text(json.dumps(spec))
+    index["files"][name] = {"sha256": sha256_file(folder / name)}
+    (folder / "index.json").write_text(json.dumps(index, indent=1))
+
+
+def _write_stream(folder: Path, cfg, kind, tok, out) -> bool:
+    """Prepare a document source in two streaming passes (`streaming.py`); False when its
+    digest split leaves a side empty (it is then prepared in memory)."""
+    try:
+        got = streaming.prepare_stream(folder, cfg, lambda: kind.stream(cfg), tok, out)
+    except EmptySide:
+        return False
+    tok = got["tokenizer"]
+    files = {}
+    for name in ARRAYS:
+        dtype = got["dtypes"][name]
+        n = (folder / f"{name}.bin").stat().st_size // dtype.itemsize
+        files[f"{name}.bin"] = {"dtype": dtype.name, "n": n}
+    index = {"format": FORMAT, "vocab": len(tok), "files": files, "documents": True,
+             "val_overlap": got["val_overlap"], "val_unk_rate": got["val_unk_rate"]}  # fmt: skip
+    _finish(folder, index, tok)
+    return True
 
 
 def _write(folder: Path, cfg, texts, tok) -> None:
     train, val = texts
     tok, train_ids, val_ids, units = tokenize(cfg, train, val, tok)
-    id_dtype = _dtype(len(tok), "a vocabulary")
+    ids = id_dtype(len(tok))
     arrays = {"train": train_ids, "val": val_ids, "val_bytes": units["bytes"],
               "val_chars": units["chars"]}  # fmt: skip
     index = {"format": FORMAT, "vocab": len(tok), "files": {}}
     for name, t in arrays.items():
         a = t.numpy()
-        dtype = id_dtype if name in ("train", "val") else _dtype(int(a.max(initial=0)) + 1, name)
-        path = folder / f"{name}.bin"
-        a.astype(dtype).tofile(path)
-        index["files"][f"{name}.bin"] = {"dtype": dtype.name, "n": len(a),
-                                          "sha256": _sha256_file(path)}  # fmt: skip
-    if isinstance(tok, SentencePieceTokenizer):
-        (folder / "tokenizer.model").write_bytes(tok.model)
-        name = "tokenizer.model"
-    else:
-        (folder / "tokenizer.json").write_text(json.dumps({"chars": "".join(tok.chars),
-                                                          "eod": tok.eod is not None}))  # fmt: skip
-        name = "tokenizer.json"
-    index["files"][name] = {"sha256": _sha256_file(folder / name)}
+        dtype = ids if name in ("train", "val") else unit_dtype(int(a.max(initial=0)))
+        a.astype(dtype).tofile(folder / f"{name}.bin")
+        index["files"][f"{name}.bin"] = {"dtype": dtype.name, "n": len(a)}
     index["val_overlap"] = cached_overlap(train, val)
     index["val_unk_rate"] = float((val_ids == 0).float().mean())
     index["documents"] = has_documents(train, val)
-    (folder / "index.json").write_text(json.dumps(index, indent=1))
+    _finish(folder, index, tok)
 
 
-def _read(folder: Path, shared=None) -> Corpus:
-    """The corpus of a complete, verified cache entry (with the `shared` tokenizer its key
-    names, when given); ValueError for anything else."""
+def _read(folder: Path, shared=None, verify: bool = True) -> Corpus:
+    """The corpus of a complete cache entry, every file checked against its sha256 (only
+    its size when not `verify`), with the `shared` tokenizer its key names when given;
+    ValueError for anything else."""
     try:
         index = json.loads((folder / "index.json").read_text())
         files = index["files"]
         for name, meta in files.items():
-            if _sha256_file(folder / name) != meta["sha256"]:
+            if not verify and "n" in meta:
+                size = meta["n"] * np.dtype(meta["dtype"]).itemsize
+                if (folder / name).stat().st_size != size:
+                    raise ValueError(f"{name} is not {size} bytes long")
+            elif sha256_file(folder / name) != meta["sha256"]:
                 raise ValueError(f"{name} does not match its sha256")
         if shared is not None:
             tok = shared
@@ -189,15 +181,17 @@ def _read(folder: Path, shared=None) -> Corpus:
     )
 
 
-def prepared_corpus(cfg, texts=None, tok=None, out=None) -> Corpus:
+def prepared_corpus(cfg, texts=None, tok=None, out=None, verify: bool = True) -> Corpus:
     """The text corpus of `cfg`, memory-mapped from the cache, prepared there first if it is
     not (from `texts`, else its registered source; tokenised by `tok`, else by a tokenizer of
-    its training split). `out(line)` hears what was done."""
+    its training split). An existing entry is checked against its sha256 digests, or, when
+    not `verify` (a trial, after the sweep's preflight verified it), against its sizes.
+    `out(line)` hears what was done."""
     key, texts = corpus_key(cfg, texts, tok)
     folder = prepared_root() / key
     if folder.is_dir():
         try:
-            return _read(folder, tok)
+            return _read(folder, tok, verify)
         except ValueError as e:
             aside = folder.with_name(f"{key}.bad-{os.getpid()}")
             if out:
@@ -207,13 +201,16 @@ def prepared_corpus(cfg, texts=None, tok=None, out=None) -> Corpus:
                 shutil.rmtree(aside, ignore_errors=True)
             except OSError:
                 pass
-    texts = texts or load_texts(cfg)
+    kind = corpus_entry(cfg.corpus)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(tmp, cfg, texts, tok)
+        # A document source streams (bounded memory); splits already read are tokenized
+        # as they are.
+        if texts is not None or kind.stream is None or not _write_stream(tmp, cfg, kind, tok, out):
+            _write(tmp, cfg, texts or load_texts(cfg), tok)
         with contextlib.suppress(OSError):  # another process finished the same entry first
             tmp.rename(folder)
     finally:

@@ -20,7 +20,9 @@ them set in a spec is refused, never ignored. `check(cfg)` checks and fills them
 `DataError`), run by `nlsweep validate` and before a sweep starts, never by a trial.
 `digest(cfg)`, a string that changes whenever the splits would, keys the corpus's prepared
 cache entry (`prepared.py`) without building the splits; without it, the key is the digest
-of the splits `texts` returns.
+of the splits `texts` returns. `stream(cfg)` yields the corpus's documents in order, each
+call a new pass, split by the same digest rule as `texts`: the corpus is then prepared in two
+streaming passes (`streaming.py`), never held whole.
 `options`, a dataclass, types `data.options`: the corpus's own settings, validated like any
 config section. `metrics(cfg)` names the metrics
 the corpus adds to every evaluation, each with its better direction (`min` or `max`); they
@@ -43,8 +45,8 @@ __all__ = [
 ]  # fmt: skip
 
 OPTIONAL_FIELDS = (
-    "path", "val_fraction", "text_field", "separator", "vocab_size", "num_kv_pairs", "key_len",
-    "eval_lengths", "eval_segment", "task_seed",
+    "path", "mixture", "val_fraction", "text_field", "separator", "vocab_size", "num_kv_pairs",
+    "key_len", "eval_lengths", "eval_segment", "task_seed",
 )  # fmt: skip
 """`data:` fields only some corpora read (their unset values are None, "" or 0)."""
 
@@ -60,6 +62,8 @@ class CorpusKind:
     check: Callable | None
     probe: Callable | None
     """Reads what the corpus needs without tokenizing (`nlsweep validate`, preflight)."""
+    stream: Callable | None
+    """Yields the corpus's documents one by one, for preparing it in bounded memory."""
     digest: Callable | None
     """Identifies the corpus's content without building its splits (the prepared cache's key)."""
     metrics: Callable
@@ -90,6 +94,7 @@ def register_corpus(
     check: Callable | None = None,
     probe: Callable | None = None,
     digest: Callable | None = None,
+    stream: Callable | None = None,
     metrics: Callable | dict | None = None,
     options: type | None = None,
     generated: bool | None = None,
@@ -124,8 +129,8 @@ def register_corpus(
             raise RegistryError(f"corpus {name}: give exactly one of texts (a text corpus) "
                                 "or load (a generated task)")  # fmt: skip
         made = load is not None if generated is None else generated
-        entry = CorpusKind(name, fn, load, frozenset(uses), check, probe, digest,
-                           metrics or _no_metrics,
+        entry = CorpusKind(name, fn, load, frozenset(uses), check, probe, stream,
+                           digest, metrics or _no_metrics,
                            options, made, source_of(fn or load))  # fmt: skip
         old = _CORPORA.get(name)
         if old is not None and (old.texts, old.load) != (entry.texts, entry.load):

@@ -25,6 +25,8 @@ expected.
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import glob
 import gzip
 import hashlib
@@ -34,8 +36,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from models.errors import ConfigError
-from nlsweep.data.corpora import DEFAULT_VAL_FRACTION, DataError, check_tail_split, decode_text
-from nlsweep.data.prepared import file_digest
+from nlsweep.data.corpora import (
+    DEFAULT_VAL_FRACTION,
+    DataError,
+    check_tail_split,
+    decode_text,
+    file_digest,
+)
+from nlsweep.data.mixture import MIXTURE_SEED, mixed_stream, mixed_texts
 
 DEFAULT_FIELD = "text"
 STRUCTURED = (".jsonl", ".parquet")
@@ -45,6 +53,7 @@ READABLE = (*TEXT, *STRUCTURED, ".gz")
 """What a folder's walk picks up (a file named directly, or by a glob, is read as text
 whatever its suffix)."""
 GLOB_CHARS = set("*?[")
+BLOCK = 1 << 22  # bytes read at a time from a separated text file
 
 
 def _format(path: Path) -> tuple[str, bool]:
@@ -193,30 +202,63 @@ def documents(path: Path, field: str = "", separator: str = "") -> Iterator[str]
         yield from (d for d in _jsonl(path, gz, field) if d)
     elif fmt == ".parquet":
         yield from (d for d in _parquet(path, field) if d)
+    elif separator:
+        yield from (d for d in _separated(path, gz, separator) if d)
     else:
-        text = decode_text(path, _raw(path, gz))
-        yield from (d for d in (text.split(separator) if separator else [text]) if d)
+        yield decode_text(path, _raw(path, gz))
 
 
-def probe(cfg) -> None:
-    """What `nlsweep validate` checks without tokenizing: the path resolves, and each file's
-    format, text field and first document are readable."""
-    files = resolve(cfg.path)
-    structured = False
-    for f in files:
-        fmt, _ = _format(f)
-        structured |= f.is_dir() or fmt in STRUCTURED
-        next(documents(f, cfg.text_field, cfg.separator), None)
-    if cfg.text_field and not structured:
-        raise DataError(f"data.text_field: unset for text files ({files[0]}); it names the "
-                        "field of .jsonl, .parquet or datasets rows")  # fmt: skip
+def _separated(path: Path, gz: bool, separator: str) -> Iterator[str]:
+    """The pieces of a text file between `separator`s, read in blocks (a large file is
+    never held whole): `text.split(separator)` of its decoded text."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parts: list[str] = []
+    offset, edge = 0, ""
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            while True:
+                block = f.read(BLOCK)
+                try:
+                    text = decoder.decode(block, final=not block)
+                except UnicodeDecodeError as e:
+                    at = offset + e.start
+                    raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                                    f"offset {at}); a text corpus is UTF-8 text, .jsonl, "
+                                    ".parquet or their .gz") from None  # fmt: skip
+                if "\x00" in text:
+                    raise DataError(
+                        f"{path}: binary (NUL bytes near offset {offset}); "
+                        "a text corpus is UTF-8 text, .jsonl, .parquet or .gz"
+                    )
+                offset += len(block)
+                # the unfinished piece is kept in parts, joined only once a separator ends it
+                if separator in edge + text:
+                    *done, last = ("".join(parts) + text).split(separator)
+                    yield from done
+                    parts = [last]
+                else:
+                    parts.append(text)
+                keep = len(separator) - 1  # what a separator cut by a block boundary began with
+                edge = (edge + text)[-keep:] if keep else ""
+                if not block:
+                    break
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+    yield "".join(parts)
 
 
 def digest(cfg) -> str:
     """What the splits of the `text` corpus depend on: every file's bytes (a datasets
-    folder's files), its name under the path, and the fields that shape the split."""
+    folder's files), its name under the path, and the fields that shape the split (and a
+    mixture's sources, names, weights and seed)."""
     h = hashlib.sha256()
     frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    if getattr(cfg, "mixture", None) is not None:
+        sources = [[s.name, s.weight] for s in cfg.mixture]
+        h.update(json.dumps([frac, MIXTURE_SEED, sources]).encode())
+        for part in _parts(cfg):
+            h.update(digest(part).encode())
+        return h.hexdigest()
     h.update(json.dumps([cfg.text_field or DEFAULT_FIELD, cfg.separator, frac]).encode())
     for f in resolve(cfg.path):
         parts = sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
@@ -226,13 +268,14 @@ def digest(cfg) -> str:
     return h.hexdigest()
 
 
-def _u(doc: str) -> float:
+def digest_fraction(doc: str) -> float:
+    """u(d): the held-out rule's number for document d, in [0, 1)."""
     return int.from_bytes(hashlib.sha256(doc.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """(training, held-out) documents by digest, in their order; both non-empty."""
-    us = [_u(d) for d in docs]
+    us = [digest_fraction(d) for d in docs]
     held = [u < val_fraction for u in us]
     if not any(held):
         held[min(range(len(us)), key=us.__getitem__)] = True
@@ -254,16 +297,79 @@ def split_tail_at_line(text: str, val_fraction: float) -> tuple[str, str]:
 
 def check_source(cfg) -> None:
     """The rules of the `text` corpus's fields (no I/O: `probe` reads the files)."""
-    if not cfg.path:
-        raise ConfigError("path", "a file, folder or glob for corpus: text")
+    if getattr(cfg, "mixture", None) is None:  # (a phase of data.phases has none)
+        if not cfg.path:
+            raise ConfigError("path", "a file, folder or glob for corpus: text")
+    else:
+        unset = "unset with mixture (each source sets its own)"
+        for key in ("path", "text_field", "separator"):
+            if getattr(cfg, key):
+                raise ConfigError(key, unset)
+        if not cfg.mixture:
+            raise ConfigError("mixture", "a list of sources {path, weight}")
+        seen = set()
+        for i, src in enumerate(cfg.mixture):
+            src.name = src.name or f"source{i}"
+            if src.name in seen:
+                raise ConfigError(f"mixture[{i}].name", f"unique among the sources (two are "
+                                  f"{src.name}: name them)")  # fmt: skip
+            seen.add(src.name)
     check_tail_split(cfg)
+
+
+def _parts(cfg) -> list:
+    """The single-source configs of `cfg`: itself, or one per mixture source."""
+    if getattr(cfg, "mixture", None) is None:  # (a phase of data.phases has none)
+        return [cfg]
+    return [dataclasses.replace(cfg, mixture=None, path=s.path, text_field=s.text_field,
+                                separator=s.separator) for s in cfg.mixture]  # fmt: skip
+
+
+def probe(cfg) -> None:
+    """What `nlsweep validate` checks without tokenizing: the path resolves, and each file's
+    format, text field and first document are readable."""
+    for part in _parts(cfg):
+        _probe_one(part)
+
+
+def _probe_one(cfg) -> None:
+    files = resolve(cfg.path)
+    structured = False
+    for f in files:
+        fmt, _ = _format(f)
+        structured |= f.is_dir() or fmt in STRUCTURED
+        next(documents(f, cfg.text_field, cfg.separator), None)
+    if cfg.text_field and not structured:
+        raise DataError(f"data.text_field: unset for text files ({files[0]}); it names the "
+                        "field of .jsonl, .parquet or datasets rows")  # fmt: skip
+
+
+def _stream_one(cfg) -> Iterator[str]:
+    for f in resolve(cfg.path):
+        yield from documents(f, cfg.text_field, cfg.separator)
+
+
+def _heldout_rule(cfg):
+    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    return lambda doc: digest_fraction(doc) < frac
+
+
+def stream(cfg) -> Iterator[str]:
+    """Every non-empty document of the `text` corpus in order, read as it goes (a mixture:
+    its training documents in their drawn order, then every source's held-out ones)."""
+    if getattr(cfg, "mixture", None) is None:  # (a phase of data.phases has none)
+        yield from _stream_one(cfg)
+        return
+    yield from mixed_stream(cfg, _parts(cfg), _stream_one, _heldout_rule(cfg))
 
 
 def source_texts(cfg) -> tuple[str | list[str], str | list[str]]:
     """The `text` corpus: its documents, split by digest (two lists), or one document's
-    head and tail (two strings)."""
+    head and tail (two strings); a mixture's, as `mixture.py` draws them."""
     frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
-    docs = [d for f in resolve(cfg.path) for d in documents(f, cfg.text_field, cfg.separator)]
+    if getattr(cfg, "mixture", None) is not None:
+        return mixed_texts(cfg, [list(_stream_one(p)) for p in _parts(cfg)], _heldout_rule(cfg))
+    docs = list(_stream_one(cfg))
     if not docs:
         raise DataError(f"data.path: {cfg.path} holds no text (every document is empty)")
     if len(docs) == 1:

@@ -64,17 +64,23 @@ class StreamBatcher:
         sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
         return self.x[:, sl].long(), self.y[:, sl].long()
 
-    def full_windows(self, window: int | None = None):
+    def full_columns(self) -> int:
+        """Length of each of the B rows `full_windows` lays the split out in."""
+        return -(-(len(self.tokens) - 1) // self.x.shape[0])
+
+    def full_windows(self, window: int | None = None, columns: int | None = None):
         """The whole split, every target predicted exactly once: B contiguous rows of
         ceil((n - 1) / B) tokens (the last row's tail padded with ignored targets), in
         windows of `window` (default seq_len) tokens, the last one possibly shorter. Each
-        window is cut from the tokens as it is needed: no copy of the split."""
+        window is cut from the tokens as it is needed: no copy of the split. `columns`: only
+        the first that many tokens of each row (a budget spread over the split)."""
         n = len(self.tokens) - 1
         B = self.x.shape[0]
         row = -(-n // B)
+        end = row if columns is None else min(row, columns)
         w = window or self.seq_len
-        for c in range(0, row, w):
-            width = min(w, row - c)
+        for c in range(0, end, w):
+            width = min(w, end - c)
             x = torch.zeros(B, width, dtype=torch.long)
             y = torch.full((B, width), IGNORE, dtype=torch.long)
             for b in range(B):

@@ -28,6 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+SPM_THREADS = 8
+"""SentencePiece threads for a streamed corpus's model (`streaming.py`): a fixed count, since
+the model differs between counts (measured: 1, 2 and 4 threads give three models, 4 threads
+the same one three times)."""
+
 
 class TokenizerError(RuntimeError):
     """A tokenizer that cannot be trained or loaded; the message is one line naming the field."""
@@ -199,11 +204,18 @@ class SentencePieceTokenizer(_Splits):
 def train_sentencepiece(train, vocab_size: int, model_type: str, eod: bool = False) -> bytes:
     """A deterministic SentencePiece model of the training split `train` (a string or its
     documents; with `eod`, id 1 is reserved as end of document), or one TokenizerError line."""
+    lines = [ln for doc in documents_of(train) for ln in doc.split("\n") if ln.strip()]
+    return train_sentencepiece_lines(lines, vocab_size, model_type, eod)
+
+
+def train_sentencepiece_lines(lines: list[str], vocab_size: int, model_type: str,
+                              eod: bool = False, threads: int = 1) -> bytes:  # fmt: skip
+    """`train_sentencepiece` of the training split's non-empty lines, in their order, on
+    `threads` of SentencePiece's own threads."""
     import io
 
     import sentencepiece as spm
 
-    lines = [ln for doc in documents_of(train) for ln in doc.split("\n") if ln.strip()]
     if not lines:
         raise TokenizerError("data.tokenizer: the training split has no text to train on")
     out = io.BytesIO()
@@ -222,7 +234,9 @@ def train_sentencepiece(train, vocab_size: int, model_type: str, eod: bool = Fal
             bos_id=-1,
             eos_id=1 if eod else -1,
             pad_id=-1,
-            num_threads=1,
+            # A model depends on the thread count (not on the cores it runs on): fixed
+            # counts keep it the same on every machine.
+            num_threads=threads,
             input_sentence_size=0,
             shuffle_input_sentence=False,
             hard_vocab_limit=True,
@@ -261,6 +275,29 @@ def cached_sentencepiece(
         tmp.replace(path)
     except OSError:
         pass  # a read-only cache only costs training it again
+    return SentencePieceTokenizer(model)
+
+
+def cached_sentencepiece_lines(
+    lines: list[str], vocab_size: int, model_type: str, cache: Path
+) -> SentencePieceTokenizer:
+    """`cached_sentencepiece` of a document corpus given as its training lines (a sample of
+    them, for a corpus too large to hold): the end-of-document id reserved."""
+    settings = {"vocab_size": vocab_size, "model_type": model_type, "format": 1, "eod": True,
+                "lines": True, "threads": SPM_THREADS}  # fmt: skip
+    path = cache / "tokenizers" / f"{model_key(lines, settings)}.model"
+    try:
+        return SentencePieceTokenizer(path.read_bytes())
+    except (OSError, RuntimeError):
+        pass
+    model = train_sentencepiece_lines(lines, vocab_size, model_type, eod=True, threads=SPM_THREADS)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+        tmp.write_bytes(model)
+        tmp.replace(path)
+    except OSError:
+        pass
     return SentencePieceTokenizer(model)
 
 

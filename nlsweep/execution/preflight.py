@@ -160,7 +160,7 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
         try:
             if tok_key not in lengths:
                 start = time.perf_counter()
-                corpus = load_corpus(d)
+                corpus = load_corpus(d, verify=True, out=out)  # digests: once for all trials
                 split = getattr(corpus, "parts", [corpus])
                 lengths[tok_key] = [(len(c.train), len(c.val)) for c in split]
                 for p, c in zip(parts, split):

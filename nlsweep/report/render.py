@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -97,10 +98,21 @@ def final_note(trials: list[Trial], metric: str = "") -> str:
     if metric == "val/mean_bpb":  # data.phases: forgetting is measured on the same windows
         return "final: each phase's sampled held-out windows, the same at every evaluation"
     full = [t for t in done if _scored_whole_split(t)]
+    budget = [t for t in done if "eval/final_budget_columns" in t.run.metrics]
     counts = sorted({int(t.run.metrics.get("data/val_tokens", 0)) for t in done})
     n = f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,} to {counts[-1]:,}"
     if len(full) == len(done):
         return f"final: whole held-out split, {n} tokens"
+    if budget and len(budget) + len(full) == len(done):
+        cols = sorted({int(t.run.metrics["eval/final_budget_columns"]) for t in budget})
+        each = f"{cols[0]:,}" if len(cols) == 1 else f"{cols[0]:,} to {cols[-1]:,}"
+        rows = sorted({t.run.params.get("data.batch_size", "B") for t in budget})
+        whole = f"; {len(full)} runs scored the whole split" if full else ""
+        return (
+            f"final: a token budget (train.final_eval_tokens), the first {each} tokens of "
+            f"each of the {'/'.join(map(str, rows))} contiguous rows of the held-out split, "
+            f"{n} tokens{whole}"
+        )
     if not full and all(is_task(t.run) for t in done):
         return (
             "final: the generated held-out set (the same batches every evaluation), "
@@ -320,6 +332,38 @@ def plugin_rows(tags: dict[str, str]) -> list[list[str]]:
     return [["plugins", "; ".join(said)]]
 
 
+def data_rows(trials: list[Trial]) -> list[list[str]]:
+    """The header's data row: the corpus and its path, or a mixture's sources with their
+    weights and shares (from the runs' params, read as literals only)."""
+    seen = []
+    for t in trials:
+        p = t.run.params
+        corpus = p.get("data.corpus")
+        if corpus is None or corpus == "phases":
+            continue
+        text = f"`{corpus}`"
+        try:
+            mixture = ast.literal_eval(p.get("data.mixture", "None"))
+        except (ValueError, SyntaxError):
+            mixture = None
+        if isinstance(mixture, list) and mixture:
+            total = sum(float(m.get("weight", 1.0)) for m in mixture if isinstance(m, dict))
+            parts = [
+                f"{m.get('name') or f'source{i}'} (`{m.get('path')}`, weight "
+                f"{float(m.get('weight', 1.0)):g}, {100 * float(m.get('weight', 1.0)) / total:.0f}%"
+                " of training documents)"
+                for i, m in enumerate(mixture)
+                if isinstance(m, dict)
+            ]
+            text += f", a mixture of {len(parts)} sources: " + "; ".join(parts)
+            text += " (drawn by weight, seeded; held-out: every source's, pooled)"
+        elif p.get("data.path"):
+            text += f" from `{p['data.path']}`"
+        if text not in seen:
+            seen.append(text)
+    return [["data", "<br>".join(seen)]] if seen else []
+
+
 def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
     p = ctx.sweep.parent
     hw = sorted({t.run.tags[TAG_HARDWARE] for t in trials if TAG_HARDWARE in t.run.tags})
@@ -335,6 +379,7 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
         ],
         ["dates", f"{_date(p.start_ms)} to {_date(p.end_ms)}"],
         ["hardware", "; ".join(hw) or "not recorded"],
+        *data_rows(trials),
         ["compute", f"{len(trials)} trials, {compute:.1f} trial-seconds ({compute / 3600:.3f} h)"],
         ["wall time, forecast vs actual", forecast_vs_actual(p)],
         [

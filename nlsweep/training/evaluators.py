@@ -245,6 +245,8 @@ def heldout(ctx: EvalContext) -> dict[str, float]:
         # 1: this evaluation scored the whole held-out split (the report marks it)
         "eval/full_split": float(ctx.final and t.final_whole_split),
     }
+    if ctx.final and t.final_columns is not None:  # the budget, spread over B rows
+        m["eval/final_budget_columns"] = float(t.final_columns)
     if per.get("bytes"):
         m["val/bpb"] = bits / per["bytes"]  # bits per UTF-8 byte: any tokenizer's scale
     if t.corpus.accuracy_key:

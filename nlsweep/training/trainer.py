@@ -195,9 +195,10 @@ class Trainer:
         """{unit: its per-target counts, window by window}, laid out as the windows of the
         evaluation (`final_windows` when `final`, else the sampled ones) of `units` (unit
         batchers; default the held-out split's)."""
-        whole = final and self.final_whole_split
+        whole = final and self.final_eval_full
+        cols = self.final_columns
         return {
-            k: (y for _, y in (b.full_windows(window) if whole else self.sampled_windows(b)))
+            k: (y for _, y in (b.full_windows(window, cols) if whole else self.sampled_windows(b)))
             for k, b in (self.heldout_units if units is None else units).items()
         }
 
@@ -211,17 +212,34 @@ class Trainer:
                 yield x[:, i : i + n], y[:, i : i + n]
 
     @property
-    def final_whole_split(self) -> bool:
-        """Whether the final evaluation scores the whole held-out split (a generated task's
-        split has no end: its sampled batches are all of it)."""
+    def final_eval_full(self) -> bool:
+        """Whether the final evaluation scores the split laid out whole, in B rows, rather
+        than the sampled windows (a generated task's split has no end: its sampled batches
+        are all of it)."""
         return self.cfg.train.final_eval == "full" and not self.corpus.generated
 
+    @property
+    def final_columns(self) -> int | None:
+        """Tokens of each row the final evaluation scores under `train.final_eval_tokens`
+        (None: every one)."""
+        budget = self.cfg.train.final_eval_tokens
+        if not budget or not self.final_eval_full:
+            return None
+        cols = -(-budget // self.cfg.data.batch_size)
+        return cols if cols < self.heldout.full_columns() else None
+
+    @property
+    def final_whole_split(self) -> bool:
+        """Whether the final evaluation scores every held-out token."""
+        return self.final_eval_full and self.final_columns is None
+
     def final_windows(self, window: int | None = None):
-        """The windows of the final evaluation: the whole held-out split (in windows of
-        `window` tokens, default seq_len) or the sampled ones."""
-        if not self.final_whole_split:
+        """The windows of the final evaluation: the held-out split laid out whole (in
+        windows of `window` tokens, default seq_len; within the token budget) or the
+        sampled ones."""
+        if not self.final_eval_full:
             return self.sampled_windows()
-        return self.heldout.full_windows(window)
+        return self.heldout.full_windows(window, self.final_columns)
 
     @torch.no_grad()
     def predictions(self, windows):

@@ -40,6 +40,10 @@ class TrainConfig:
     held-out token once, in B contiguous streams), `sampled` the `eval_batches` windows like
     every other evaluation. A generated task's held-out split is its `eval_batches` batches,
     so the two coincide there."""
+    final_eval_tokens: int = 0
+    """With final_eval full: at most this many held-out targets are scored (0: all): the
+    first ceil(budget / B) tokens of each of the B contiguous rows the whole split is laid
+    out in, so the budget is spread over the split and the score is still one pass per row."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto = the GPU Ray assigned to the trial if any, else CPU."""
@@ -65,6 +69,10 @@ class TrainConfig:
     def __post_init__(self):
         require(self.steps >= 1, "steps", f"a positive integer, got {self.steps}")
         require(self.eval_every >= 1, "eval_every", f"a positive integer, got {self.eval_every}")
+        require(self.final_eval_tokens >= 0, "final_eval_tokens", "0 (the whole split) or a "
+                f"positive number of tokens, got {self.final_eval_tokens}")  # fmt: skip
+        require(self.final_eval == "full" or not self.final_eval_tokens, "final_eval_tokens",
+                "unset with final_eval sampled (it budgets the full final evaluation)")  # fmt: skip
         require(
             self.eval_batches >= 1, "eval_batches", f"a positive integer, got {self.eval_batches}"
         )

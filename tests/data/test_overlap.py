@@ -64,3 +64,28 @@ def test_a_sampled_estimate_is_within_its_bound_of_the_exact_value():
         assert not est.exact and 1500 < est.sampled < 2600
         misses += abs(est.value - exact.value) > est.bound
     assert misses <= 1  # a 99.7% interval: 20 seeds miss it rarely
+
+
+def test_a_stream_of_unknown_length_is_sampled_uniformly_within_the_bound():
+    """Without a hint the rate starts at 1 and halves as the sample grows: exact while the
+    sample stays under 2m, then within its bound, whatever pieces the text came in."""
+    from nlsweep.data.overlap import OverlapSketch
+
+    train = corpus(20000, 5)
+    val = corpus(6000, 6)[:30000] + train[5000:35000]
+    exact = shingle_overlap(train, val, k=16).value
+    misses = 0
+    for seed in range(20):
+        sketch = OverlapSketch(None, sample=1000, seed=seed, k=16)
+        for i in range(0, len(val), 997):
+            sketch.add_heldout(val[i : i + 997])
+        for i in range(0, len(train), 5000):
+            sketch.add_training(train[i : i + 5000])
+        est = sketch.estimate()
+        assert not est.exact and 1000 <= est.sampled <= 2000
+        misses += abs(est.value - exact) > est.bound
+    assert misses <= 1
+    small = OverlapSketch(None, sample=10**6, k=16)
+    small.add_heldout(val)
+    small.add_training(train)
+    assert small.estimate().exact and small.estimate().value == exact

@@ -225,3 +225,85 @@ def test_a_trial_trains_on_a_jsonl_corpus_and_scores_its_documents(tmp_path):
     m = list(Trainer(load_spec(spec, available=NO_GPU).base).run())[-1]
     assert m["val/bpb"] > 0 and m["val/bpc"] > 0
     assert 0 <= m["data/val_overlap"] <= 1
+
+
+@pytest.mark.parametrize("separator", ["<eod>", "\n\n", "x"])
+def test_a_separated_file_read_in_blocks_splits_like_the_whole_text(tmp_path, separator):
+    from nlsweep.data import sources
+
+    rng = random.Random(0)
+    text = "".join(
+        rng.choice(["ab", "é", separator, "\n", "日本", "<e", "od>"]) for _ in range(5000)
+    )
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    for block in (1, 7, 4096):
+        sources.BLOCK, old = block, sources.BLOCK
+        try:
+            got = list(sources._separated(tmp_path / "t.txt", False, separator))
+        finally:
+            sources.BLOCK = old
+        assert got == text.split(separator), block
+
+
+def mixed(**fields) -> DataConfig:
+    from nlsweep.config.builder import build
+
+    return build(DataConfig, {"corpus": "text", "seq_len": 8, "batch_size": 2, **fields})
+
+
+def mixture_files(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs_of(60, seed=7)))
+    b.write_text("".join(json.dumps({"body": d}) + "\n" for d in docs_of(15, seed=8)))
+    return [{"path": str(a), "weight": 1.0, "name": "big"},
+            {"path": str(b), "weight": 3.0, "text_field": "body"}]  # fmt: skip
+
+
+def test_a_mixture_draws_training_documents_by_weight_and_pools_the_held_out(tmp_path):
+    from nlsweep.data.mixture import MIXTURE_SEED
+    from nlsweep.data.sources import digest_fraction
+
+    sources = mixture_files(tmp_path)
+    c = mixed(mixture=sources)
+    assert [s.name for s in c.mixture] == ["big", "source1"]
+    train, val = load_texts(c)
+    a, b = docs_of(60, seed=7), docs_of(15, seed=8)
+    held = [d for d in a + b if digest_fraction(d) < 0.1]
+    assert val == held  # each source's held-out documents, source after source
+    ta = [d for d in a if d not in held]
+    tb = [d for d in b if d not in held]
+    assert len(train) == len(ta) + len(tb)
+    # the documented rule, by hand: Python's random.choices with the seed, cycling
+    rng, pos, want = random.Random(MIXTURE_SEED), [0, 0], []
+    for _ in range(len(train)):
+        i = rng.choices([0, 1], weights=[1.0, 3.0])[0]
+        want.append((ta, tb)[i][pos[i] % len((ta, tb)[i])])
+        pos[i] += 1
+    assert train == want
+    share = sum(d in set(tb) for d in train) / len(train)
+    assert 0.6 < share < 0.9  # about 3/4 from the small source, which repeats
+
+
+def test_a_mixture_streamed_equals_the_mixture_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    from nlsweep.data.prepared import prepared_corpus, text_corpus
+
+    c = mixed(mixture=mixture_files(tmp_path))
+    streamed = prepared_corpus(c)
+    whole = text_corpus(c, *load_texts(c), streamed.vocab)
+    assert torch.equal(streamed.train.long(), whole.train.long())
+    assert torch.equal(streamed.val.long(), whole.val.long())
+
+
+def test_mixture_errors_name_their_key(tmp_path):
+    from models.errors import ConfigError
+
+    sources = mixture_files(tmp_path)
+    with pytest.raises(ConfigError, match="path: unset with mixture"):
+        mixed(mixture=sources, path="x")
+    with pytest.raises(ConfigError, match="weight: a positive weight, got 0"):
+        mixed(mixture=[{**sources[0], "weight": 0}])
+    with pytest.raises(ConfigError, match=r"mixture\[1\].name: unique"):
+        mixed(mixture=[sources[0], {**sources[1], "name": "big"}])
+    with pytest.raises(ConfigError, match="mixture: unset unless corpus is text"):
+        mixed(corpus="pydoc", mixture=sources)

@@ -285,6 +285,13 @@ def test_final_note_and_ppl_unit():
     assert final_note([sampled]).startswith("final: the sampled held-out windows")
     assert "whole held-out split for 1 of 2 runs, 16,384 to 111,539" in final_note([full, old])
     assert final_note([task]).startswith("final: the generated held-out set")
+    budget = _trial({**text, "data.batch_size": 16, "train.final_eval_tokens": 4096},
+                    {"data/val_tokens": 4096.0, "eval/full_split": 0.0,
+                     "eval/final_budget_columns": 256.0})  # fmt: skip
+    assert final_note([budget]) == (
+        "final: a token budget (train.final_eval_tokens), the first 256 tokens of each of the "
+        "16 contiguous rows of the held-out split, 4,096 tokens"
+    )
     assert metric_label("val/ppl", [full]) == "`val/ppl` (per character)"
     assert metric_label("val/ppl", [task]) == "`val/ppl` (per token)"
     assert metric_label("val/bpc", [full]) == "`val/bpc`"
@@ -317,3 +324,22 @@ def test_header_sets_the_forecast_beside_the_actual_time():
         "no forecast (no earlier trials of these sizes when it started); actual 5s "
         "(resumed 1 time(s): includes the time between)"
     )
+
+
+def test_the_header_names_the_data_and_a_mixtures_sources():
+    from nlsweep.report.render import data_rows
+
+    mixture = [{"path": "/d/a.jsonl", "weight": 1.0, "name": "web"},
+               {"path": "/d/b/*.txt", "weight": 3.0, "name": "books"}]  # fmt: skip
+    mixed = _trial({"data.corpus": "text", "data.path": "", "data.mixture": repr(mixture)}, {})
+    plain = _trial({"data.corpus": "text", "data.path": "/d/c.jsonl", "data.mixture": "None"}, {})
+    (row,) = data_rows([mixed, plain, plain])
+    assert row[0] == "data"
+    first, second = row[1].split("<br>")
+    assert first == (
+        "`text`, a mixture of 2 sources: web (`/d/a.jsonl`, weight 1, 25% of training "
+        "documents); books (`/d/b/*.txt`, weight 3, 75% of training documents) (drawn by "
+        "weight, seeded; held-out: every source's, pooled)"
+    )
+    assert second == "`text` from `/d/c.jsonl`"
+    assert data_rows([_trial({"data.corpus": "phases"}, {})]) == []
