@@ -54,9 +54,10 @@ class ShingleHasher:
 
     def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self._pw) < n:
+            m = n + n // 4  # headroom: blocks of about one size reuse the table
             with np.errstate(over="ignore"):
-                self._pw = np.cumprod(np.full(n, _W, dtype=np.uint64)) * _W_INV
-                self._ipw = np.cumprod(np.full(n, _W_INV, dtype=np.uint64)) * _W
+                self._pw = np.cumprod(np.full(m, _W, dtype=np.uint64)) * _W_INV
+                self._ipw = np.cumprod(np.full(m, _W_INV, dtype=np.uint64)) * _W
         return self._pw[:n], self._ipw[:n]
 
     def update(self, text: str) -> np.ndarray:
@@ -139,16 +140,19 @@ class OverlapSketch:
         self._table[(self._keys >> np.uint64(64 - _TABLE_BITS)).astype(np.int64)] = True
 
     def add_training(self, text: str) -> None:
+        self.mark(hits(self.frozen(), self._train.update(text)))
+
+    def frozen(self) -> tuple[np.ndarray, np.ndarray]:
+        """(the sorted sampled hashes, their byte table): what `hits` tests training
+        shingles against, e.g. in other processes."""
         if self._seen is None:
             self._freeze()
-        h = self._train.update(text)
-        if not len(self._keys) or not len(h):
-            return
-        h = h[self._table[(h >> np.uint64(64 - _TABLE_BITS)).astype(np.int64)]]
-        idx = np.searchsorted(self._keys, h)
-        inside = idx < len(self._keys)
-        idx, h = idx[inside], h[inside]
-        hit = idx[self._keys[idx] == h]
+        return self._keys, self._table
+
+    def mark(self, hit: np.ndarray) -> None:
+        """Sampled hashes (indices into `frozen()[0]`) found in training text."""
+        if self._seen is None:
+            self._freeze()
         self._seen[hit] = True
 
     def estimate(self) -> OverlapEstimate:
@@ -157,6 +161,18 @@ class OverlapSketch:
         n = len(self._sample)
         value = float(self._seen[self._inverse].mean()) if n else 0.0
         return OverlapEstimate(value, n, exact=self.rate >= 1.0)
+
+
+def hits(frozen: tuple[np.ndarray, np.ndarray], h: np.ndarray) -> np.ndarray:
+    """The indices of the sampled hashes that occur among the training shingle hashes `h`."""
+    keys, table = frozen
+    if not len(keys) or not len(h):
+        return np.zeros(0, dtype=np.int64)
+    h = h[table[(h >> np.uint64(64 - _TABLE_BITS)).astype(np.int64)]]
+    idx = np.searchsorted(keys, h)
+    inside = idx < len(keys)
+    idx, h = idx[inside], h[inside]
+    return np.unique(idx[keys[idx] == h])
 
 
 def shingle_overlap(train: str | Iterable[str], val: str | Iterable[str], k: int = SHINGLE,

@@ -21,22 +21,25 @@ memory instead, where one document moves across.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import random
+import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from nlsweep.data.corpora import DataError
-from nlsweep.data.overlap import OverlapSketch
+from nlsweep.data.overlap import SHINGLE, OverlapSketch, ShingleHasher, hits
 from nlsweep.data.sources import digest_fraction as _u
 from nlsweep.data.tokenizer import (
     CharTokenizer,
     SentencePieceTokenizer,
     cached_sentencepiece_lines,
+    utf8_lengths,
 )
 
 SPM_SENTENCES = 2_000_000
@@ -104,16 +107,29 @@ class _Pass1:
         self.sketch = OverlapSketch(None)  # its rate adapts to the held-out size
         self.docs = {"train": 0, "val": 0}
         self.chars_read = 0
+        self.held = bytearray()  # each document's side, in order: pass 2 reads it back
+        self._val: list[str] = []
+        self._val_size = 0
+        self._train: list[str] = []
+        self._train_size = 0
 
     def add(self, doc: str) -> None:
         self.chars_read += len(doc)
-        if _u(doc) < self.frac:
+        held = _u(doc) < self.frac
+        self.held.append(held)
+        if held:
             self.docs["val"] += 1
-            self.sketch.add_heldout(doc + "\n")
+            self._val.append(doc + "\n")
+            self._val_size += len(doc)
+            if self._val_size >= BLOCK_CHARS:
+                self.flush()
             return
         self.docs["train"] += 1
         if self.want_chars:
-            self.chars.update(doc)
+            self._train.append(doc)
+            self._train_size += len(doc)
+            if self._train_size >= BLOCK_CHARS:
+                self.flush()
         if self.want_lines:
             for line in doc.split("\n"):
                 if not line.strip():
@@ -126,32 +142,83 @@ class _Pass1:
                     if j < SPM_SENTENCES:
                         self.lines[j] = line
 
+    def flush(self) -> None:
+        """The held-out documents so far into the sketch, in one call (the hashes of pieces
+        are those of their concatenation)."""
+        if self._val:
+            self.sketch.add_heldout("".join(self._val))
+        self._val, self._val_size = [], 0
+        if self._train:  # the block's distinct characters, by counting code points
+            cp = np.frombuffer("".join(self._train).encode("utf-32-le", "surrogatepass"),
+                               dtype=np.uint32)  # fmt: skip
+            low = np.flatnonzero(np.bincount(cp[cp < 1 << 16], minlength=1 << 16))
+            self.chars.update(map(chr, low.tolist()))
+            self.chars.update(map(chr, np.unique(cp[cp >= 1 << 16]).tolist()))
+        self._train, self._train_size = [], 0
+
 
 _WORKER_TOK = None
+_WORKER_SKETCH = None
 
 
-def _init_worker(kind: str, payload) -> None:
-    global _WORKER_TOK
+class _InProcess:
+    """The pool's `submit` for one worker: the block is encoded here, now."""
+
+    def submit(self, fn, *args) -> Future:
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+def _init_worker(kind: str, payload, frozen=None, k: int = 0) -> None:
+    global _WORKER_TOK, _WORKER_SKETCH
+    _WORKER_SKETCH = (frozen, ShingleHasher(k)) if frozen is not None else None
     if kind == "char":
         _WORKER_TOK = CharTokenizer(payload[0], eod=payload[1])
     else:
         _WORKER_TOK = SentencePieceTokenizer(payload)
 
 
-def _encode_block(split: str, docs: list[str], id_dtype: str):
+def _encode_block(split: str, docs: list[str], id_dtype: str, before: str = ""):
+    """(ids, held-out units or None, sampled held-out hashes this training block holds);
+    `before`: the end of the previous training block (the shingles straddling the two)."""
+    ids, units = _encode(split, docs, id_dtype)
+    found = None
+    if split == "train" and _WORKER_SKETCH is not None:
+        frozen, hasher = _WORKER_SKETCH
+        text = before + "".join(d + "\n" for d in docs)
+        hasher.tail = np.zeros(0, dtype=np.uint64)  # this block's own start
+        found = hits(frozen, hasher.update(text))
+    return ids, units, found
+
+
+def _encode(split: str, docs: list[str], id_dtype: str):
     tok = _WORKER_TOK
+    if isinstance(tok, CharTokenizer):  # a token a character: one call for the block
+        text = "".join(docs)
+        ends = np.cumsum([len(d) for d in docs])
+        ids = np.insert(tok.encode(text).numpy(), ends, tok.eod).astype(id_dtype)
+        if split == "train":
+            return ids, None
+        nbytes = np.insert(utf8_lengths(text).astype(np.int64), ends, 0)
+        chars = np.insert(np.ones(len(text), dtype=np.int64), ends, 0)
+        return ids, {"bytes": nbytes, "chars": chars}
     if split == "train":
         return tok.encode_split(docs).numpy().astype(id_dtype), None
     ids, units = tok.encode_split_with_units(docs)
     return ids.numpy().astype(id_dtype), {k: v.numpy() for k, v in units.items()}
 
 
-def _blocks(documents, frac: float):
-    """(split, documents of about BLOCK_CHARS characters) in order, per split."""
+def _blocks(documents, held: bytearray):
+    """(split, documents of about BLOCK_CHARS characters) in order, per split, each
+    document on the side pass 1 put it."""
     pending = {"train": [], "val": []}
     size = {"train": 0, "val": 0}
-    for doc in documents:
-        split = "val" if _u(doc) < frac else "train"
+    for k, doc in enumerate(documents):
+        if k >= len(held):
+            raise DataError("data.path: the corpus changed while it was prepared (more "
+                            "documents on the second read); prepare it again")  # fmt: skip
+        split = "val" if held[k] else "train"
         pending[split].append(doc)
         size[split] += len(doc)
         if size[split] >= BLOCK_CHARS:
@@ -176,6 +243,7 @@ def prepare_stream(folder: Path, cfg, documents, tok=None, out=None,
     for doc in documents():
         p1.add(doc)
         shown.add(1, len(doc))
+    p1.flush()
     if not p1.docs["train"] or not p1.docs["val"]:
         raise EmptySide()
     if out:
@@ -200,23 +268,34 @@ def prepare_stream(folder: Path, cfg, documents, tok=None, out=None,
     maxima = {"val_bytes": 0, "val_chars": 0}
     unk = n_val = 0
     sketch = p1.sketch
-    workers = workers or min(8, os.cpu_count() or 1)
+    frozen = sketch.frozen()  # the training pass runs in the workers, beside the encoding
+    if workers is None:  # a pool only pays once there are blocks to share out
+        blocks = p1.chars_read // BLOCK_CHARS
+        workers = min(8, os.cpu_count() or 1, blocks) if blocks >= 2 else 1
     with contextlib.ExitStack() as stack:
         files = {name: stack.enter_context(open(folder / f"{name}.bin", "wb"))
                  for name in ("train", "val", "val_bytes", "val_chars")}  # fmt: skip
-        pool = stack.enter_context(ProcessPoolExecutor(workers, initializer=_init_worker,
-                                                       initargs=(tok.kind, payload)))  # fmt: skip
+        if workers > 1:
+            # fork only a single-threaded process (a Ray worker or a driver with threads
+            # spawns: forking a threaded process can deadlock its children)
+            method = "fork" if threading.active_count() == 1 else "spawn"
+            context = multiprocessing.get_context(method)
+            init = (tok.kind, payload, frozen, SHINGLE)
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=context, initializer=_init_worker, initargs=init))  # fmt: skip
+        else:
+            _init_worker(tok.kind, payload, frozen, SHINGLE)
+            pool = _InProcess()
         inflight: deque = deque()
 
         def drain(n: int) -> None:
             nonlocal unk, n_val
             while len(inflight) > n:
                 split, docs, fut = inflight.popleft()
-                ids, units = fut.result()
+                ids, units, found = fut.result()
                 ids.tofile(files[split])
                 if split == "train":
-                    for d in docs:
-                        sketch.add_training(d + "\n")
+                    sketch.mark(found)
                     continue
                 unk += int((ids == 0).sum())
                 n_val += len(ids)
@@ -226,9 +305,13 @@ def prepare_stream(folder: Path, cfg, documents, tok=None, out=None,
                     v.astype(np.int64).tofile(files[f"val_{k}"])
 
         shown = Progress(out, "pass 2", total=p1.chars_read)
-        for split, docs in _blocks(documents(), p1.frac):
+        before = ""  # the last k - 1 characters of the training text so far
+        for split, docs in _blocks(documents(), p1.held):
             shown.add(len(docs), sum(map(len, docs)))
-            inflight.append((split, docs, pool.submit(_encode_block, split, docs, ids_dt.name)))
+            job = pool.submit(_encode_block, split, docs, ids_dt.name, before)
+            inflight.append((split, docs, job))
+            if split == "train":
+                before = (before + "".join(d + "\n" for d in docs[-40:]))[-(SHINGLE - 1) :]
             drain(2 * workers)
         drain(0)
     dtypes = {"train": ids_dt, "val": ids_dt}
@@ -241,6 +324,7 @@ def prepare_stream(folder: Path, cfg, documents, tok=None, out=None,
         del wide
         (folder / f"{name}.narrow").replace(folder / f"{name}.bin")
     if out:
-        out(f"  pass 2: encoded with {workers} processes [{time.perf_counter() - start:.1f} s]")
+        procs = f"{workers} processes" if workers > 1 else "this process"
+        out(f"  pass 2: encoded in {procs} [{time.perf_counter() - start:.1f} s]")
     return {"tokenizer": tok, "dtypes": dtypes, "val_overlap": sketch.estimate().value,
             "val_unk_rate": unk / max(n_val, 1)}  # fmt: skip

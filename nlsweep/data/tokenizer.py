@@ -103,6 +103,10 @@ class CharTokenizer(_Splits):
         self.first = 2 if eod else 1
         self.index = {c: i + self.first for i, c in enumerate(self.chars)}
         self._points = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        # ids of the Basic Multilingual Plane by table lookup; the rest by sorted search
+        self._table = np.zeros(1 << 16, dtype=np.int64)
+        bmp = self._points < 1 << 16
+        self._table[self._points[bmp]] = np.flatnonzero(bmp) + self.first
 
     def __len__(self) -> int:
         return len(self.chars) + self.first
@@ -111,6 +115,8 @@ class CharTokenizer(_Splits):
         # A sorted search over the vocabulary's code points: the same ids as a dict lookup
         # per character, at numpy speed.
         cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        if not len(cp) or int(cp.max()) < 1 << 16:
+            return torch.from_numpy(self._table[cp])
         cp = cp.astype(np.int64)
         at = np.searchsorted(self._points, cp)
         at_c = np.minimum(at, max(len(self._points) - 1, 0))

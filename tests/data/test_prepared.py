@@ -147,7 +147,7 @@ def test_nlsweep_prepare_prepares_alone_and_a_bad_path_is_one_line(
     spec.write_text(spec_text({"base/data": data}))
     assert main(["prepare", str(spec)]) == 0
     said = capsys.readouterr().out.rstrip().splitlines()
-    assert said[0].startswith("  pass 1: ") and said[1].startswith("  pass 2: encoded with ")
+    assert said[0].startswith("  pass 1: ") and said[1].startswith("  pass 2: encoded in ")
     assert said[2].startswith("prepared corpus text in ")
     line = said[-1]
     assert f"corpus text ({path}): " in line and "training and" in line and str(cache) in line
