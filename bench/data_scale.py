@@ -1,7 +1,7 @@
 """Data at scale: prepare time and memory, a trial's start and memory, against a
 nanoGPT-style memmap anchor, at several corpus sizes.
 
-    python bench/data_scale.py [--sizes 10,100,1000] [--sweep]
+    python bench/data_scale.py [--sizes 10,100,1000] [--sweep] [--rounds 3]
 
 For each size (MB of UTF-8 text) a .jsonl corpus of documents (word salad over a fixed
 vocabulary, some of it beyond ASCII) is generated in a temporary folder, deleted afterwards.
@@ -12,7 +12,8 @@ the process and its children, sampled every 50 ms, reported as RSS):
                anchor:  two passes over the jsonl (the char vocabulary, then ids with an
                         end-of-document id, every 10th document held out) into uint16 files
     trial      nlsweep: `python -m nlsweep.train SPEC` for one step (cache warm): start to
-                        exit, i.e. imports, spec, mapping the corpus, the model, one step;
+                        exit, i.e. imports, spec, mapping the corpus, the model, one step
+                        (after os.sync; the median of --rounds rounds, interleaved);
                anchor:  imports torch and models, maps the memmap, the same model, one step
     sweep      with --sweep: a 2-trial `nlsweep run` (one step each), the whole process
                tree's peak RSS (Ray's own processes included); anchor: two anchor trials
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +150,10 @@ def spec_for(folder: Path, corpus: Path, trials: int = 1) -> Path:
     return path
 
 
+def median(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
 def row(size: int, what: str, ours: tuple, anchor: tuple) -> None:
     print(f"{size:>6} MB  {what:<8} nlsweep {ours[0]:7.1f} s {ours[1]:5.2f} GB   anchor "
           f"{anchor[0]:7.1f} s {anchor[1]:5.2f} GB   ratio {ours[0] / anchor[0]:5.2f}x time "
@@ -158,6 +164,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,100,1000", help="corpus sizes in MB")
     ap.add_argument("--sweep", action="store_true", help="also a 2-trial sweep's RSS")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the trials")
     args = ap.parse_args(argv)
     print(f"data_scale: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
     for size in (int(s) for s in args.sizes.split(",")):
@@ -174,9 +181,12 @@ def main(argv=None) -> int:
             ours = measure([py, "-m", "nlsweep.cli", "prepare", str(spec)], env, tmp)
             theirs = measure([py, "-c", ANCHOR_PREPARE, str(corpus), str(anchor)], env, tmp)
             row(size, "prepare", ours, theirs)
-            ours = measure([py, "-m", "nlsweep.train", str(spec)], env, tmp)
-            theirs = measure([py, "-c", ANCHOR_TRIAL, str(anchor)], env, tmp)
-            row(size, "trial", ours, theirs)
+            os.sync()  # the prepared files written back before anything is timed on them
+            ours_runs, theirs_runs = [], []
+            for _ in range(args.rounds):  # interleaved rounds; the median of each
+                ours_runs.append(measure([py, "-m", "nlsweep.train", str(spec)], env, tmp))
+                theirs_runs.append(measure([py, "-c", ANCHOR_TRIAL, str(anchor)], env, tmp))
+            row(size, "trial", median(ours_runs), median(theirs_runs))
             if args.sweep:
                 two = spec_for(tmp, corpus, trials=2)
                 cmd = [py, "-m", "nlsweep.cli", "run", str(two), "--storage", str(tmp / "ray"),
