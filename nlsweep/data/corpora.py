@@ -59,10 +59,6 @@ def cache_root() -> Path:
     return Path(base) / "nlsweep"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 CHUNK = 1 << 24
 
 
