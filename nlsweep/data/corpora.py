@@ -173,9 +173,14 @@ def decode_text(path: Path, raw: bytes) -> str:
     return text
 
 
+def heldout_fraction(cfg) -> float:
+    """`cfg.val_fraction`, or its default 0.1."""
+    return DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+
+
 def split_tail(cfg, text: str) -> tuple[str, str]:
     """(head, tail): the last `cfg.val_fraction` (default 0.1) of `text` is held out."""
-    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    frac = heldout_fraction(cfg)
     cut = int(len(text) * (1 - frac))
     return text[:cut], text[cut:]
 

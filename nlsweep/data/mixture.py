@@ -21,13 +21,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-from nlsweep.data.corpora import DEFAULT_VAL_FRACTION, DataError
+from nlsweep.data.corpora import DataError, heldout_fraction
 
 MIXTURE_SEED = 0
-
-
-def _fraction(cfg) -> float:
-    return DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
 
 
 def draws(counts: list[int], weights: list[float]) -> Iterator[int]:
@@ -43,7 +39,7 @@ def draws(counts: list[int], weights: list[float]) -> Iterator[int]:
 
 def _no_heldout(cfg) -> DataError:
     return DataError(f"data.mixture: no source holds out a document at val_fraction "
-                     f"{_fraction(cfg)}; raise it or add documents")  # fmt: skip
+                     f"{heldout_fraction(cfg)}; raise it or add documents")  # fmt: skip
 
 
 def mixed_texts(cfg, docs: list[list[str]], heldout: Callable[[str], bool]) -> tuple:

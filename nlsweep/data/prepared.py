@@ -33,7 +33,7 @@ from nlsweep.data import streaming
 from nlsweep.data.corpora import cache_root, cached_overlap, file_digest, load_texts, sha256_file
 from nlsweep.data.registry import corpus_entry
 from nlsweep.data.streaming import EmptySide, id_dtype, unit_dtype
-from nlsweep.data.streams import Corpus, has_documents, tokenize
+from nlsweep.data.streams import Corpus, tokenize
 from nlsweep.data.tokenizer import CharTokenizer, SentencePieceTokenizer
 
 FORMAT = 1
@@ -113,7 +113,7 @@ def _write_stream(folder: Path, cfg, kind, tok, out) -> bool:
         dtype = got["dtypes"][name]
         n = (folder / f"{name}.bin").stat().st_size // dtype.itemsize
         files[f"{name}.bin"] = {"dtype": dtype.name, "n": n}
-    index = {"format": FORMAT, "vocab": len(tok), "files": files, "documents": True,
+    index = {"format": FORMAT, "vocab": len(tok), "files": files,
              "val_overlap": got["val_overlap"], "val_unk_rate": got["val_unk_rate"]}  # fmt: skip
     _finish(folder, index, tok)
     return True
@@ -133,7 +133,6 @@ def _write(folder: Path, cfg, texts, tok) -> None:
         index["files"][f"{name}.bin"] = {"dtype": dtype.name, "n": len(a)}
     index["val_overlap"] = cached_overlap(train, val)
     index["val_unk_rate"] = float((val_ids == 0).float().mean())
-    index["documents"] = has_documents(train, val)
     _finish(folder, index, tok)
 
 

@@ -37,11 +37,11 @@ from pathlib import Path
 
 from models.errors import ConfigError
 from nlsweep.data.corpora import (
-    DEFAULT_VAL_FRACTION,
     DataError,
     check_tail_split,
     decode_text,
     file_digest,
+    heldout_fraction,
 )
 from nlsweep.data.mixture import MIXTURE_SEED, mixed_stream, mixed_texts
 
@@ -252,7 +252,7 @@ def digest(cfg) -> str:
     folder's files), its name under the path, and the fields that shape the split (and a
     mixture's sources, names, weights and seed)."""
     h = hashlib.sha256()
-    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    frac = heldout_fraction(cfg)
     if getattr(cfg, "mixture", None) is not None:
         sources = [[s.name, s.weight] for s in cfg.mixture]
         h.update(json.dumps([frac, MIXTURE_SEED, sources]).encode())
@@ -349,8 +349,9 @@ def _stream_one(cfg) -> Iterator[str]:
         yield from documents(f, cfg.text_field, cfg.separator)
 
 
-def _heldout_rule(cfg):
-    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+def heldout_rule(cfg):
+    """Whether a document is held out: u(d) < val_fraction (the module docstring)."""
+    frac = heldout_fraction(cfg)
     return lambda doc: digest_fraction(doc) < frac
 
 
@@ -360,15 +361,15 @@ def stream(cfg) -> Iterator[str]:
     if getattr(cfg, "mixture", None) is None:  # (a phase of data.phases has none)
         yield from _stream_one(cfg)
         return
-    yield from mixed_stream(cfg, _parts(cfg), _stream_one, _heldout_rule(cfg))
+    yield from mixed_stream(cfg, _parts(cfg), _stream_one, heldout_rule(cfg))
 
 
 def source_texts(cfg) -> tuple[str | list[str], str | list[str]]:
     """The `text` corpus: its documents, split by digest (two lists), or one document's
     head and tail (two strings); a mixture's, as `mixture.py` draws them."""
-    frac = DEFAULT_VAL_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+    frac = heldout_fraction(cfg)
     if getattr(cfg, "mixture", None) is not None:
-        return mixed_texts(cfg, [list(_stream_one(p)) for p in _parts(cfg)], _heldout_rule(cfg))
+        return mixed_texts(cfg, [list(_stream_one(p)) for p in _parts(cfg)], heldout_rule(cfg))
     docs = list(_stream_one(cfg))
     if not docs:
         raise DataError(f"data.path: {cfg.path} holds no text (every document is empty)")

@@ -34,7 +34,7 @@ import numpy as np
 
 from nlsweep.data.corpora import DataError
 from nlsweep.data.overlap import SHINGLE, OverlapSketch, ShingleHasher, hits
-from nlsweep.data.sources import digest_fraction as _u
+from nlsweep.data.sources import heldout_rule
 from nlsweep.data.tokenizer import (
     CharTokenizer,
     SentencePieceTokenizer,
@@ -45,7 +45,6 @@ from nlsweep.data.tokenizer import (
 SPM_SENTENCES = 2_000_000
 SEED = 0
 BLOCK_CHARS = 1 << 22
-DEFAULT_FRACTION = 0.1
 
 
 def _dtype(n: int, what: str) -> np.dtype:
@@ -98,7 +97,7 @@ class EmptySide(Exception):
 
 class _Pass1:
     def __init__(self, cfg, want_chars: bool, want_lines: bool):
-        self.frac = DEFAULT_FRACTION if cfg.val_fraction is None else cfg.val_fraction
+        self.held_out = heldout_rule(cfg)
         self.chars: set[str] = set()
         self.lines: list[str] = []
         self.rng = random.Random(SEED)
@@ -115,7 +114,7 @@ class _Pass1:
 
     def add(self, doc: str) -> None:
         self.chars_read += len(doc)
-        held = _u(doc) < self.frac
+        held = self.held_out(doc)
         self.held.append(held)
         if held:
             self.docs["val"] += 1
@@ -143,8 +142,9 @@ class _Pass1:
                         self.lines[j] = line
 
     def flush(self) -> None:
-        """The held-out documents so far into the sketch, in one call (the hashes of pieces
-        are those of their concatenation)."""
+        """The documents gathered so far, a block at a time: the held-out ones into the
+        sketch in one call (the hashes of pieces are those of their concatenation), the
+        training ones' distinct characters into the vocabulary."""
         if self._val:
             self.sketch.add_heldout("".join(self._val))
         self._val, self._val_size = [], 0

@@ -269,11 +269,16 @@ def cached_sentencepiece(
     if eod:
         settings["eod"] = True
     path = cache / "tokenizers" / f"{model_key(train, settings)}.model"
+    return _cached_model(path, lambda: train_sentencepiece(train, vocab_size, model_type, eod))
+
+
+def _cached_model(path: Path, train) -> SentencePieceTokenizer:
+    """The model stored at `path`, else `train()`'s, stored there atomically."""
     try:
         return SentencePieceTokenizer(path.read_bytes())
     except (OSError, RuntimeError):
         pass
-    model = train_sentencepiece(train, vocab_size, model_type, eod)
+    model = train()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
@@ -292,19 +297,10 @@ def cached_sentencepiece_lines(
     settings = {"vocab_size": vocab_size, "model_type": model_type, "format": 1, "eod": True,
                 "lines": True, "threads": SPM_THREADS}  # fmt: skip
     path = cache / "tokenizers" / f"{model_key(lines, settings)}.model"
-    try:
-        return SentencePieceTokenizer(path.read_bytes())
-    except (OSError, RuntimeError):
-        pass
-    model = train_sentencepiece_lines(lines, vocab_size, model_type, eod=True, threads=SPM_THREADS)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-        tmp.write_bytes(model)
-        tmp.replace(path)
-    except OSError:
-        pass
-    return SentencePieceTokenizer(model)
+    return _cached_model(
+        path,
+        lambda: train_sentencepiece_lines(lines, vocab_size, model_type, True, SPM_THREADS),
+    )
 
 
 def load_sentencepiece(path: str) -> SentencePieceTokenizer:
