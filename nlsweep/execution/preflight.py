@@ -133,6 +133,7 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
     `out(line)`, when given, hears each corpus prepared."""
     lengths: dict[tuple, list[tuple[int, int]]] = {}
     models: dict[str, bytes] = {}
+    documented: dict[tuple, bool] = {}
     shapes = set()
     probed = set()
     probe_corpora(spec)
@@ -163,6 +164,7 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
                 corpus = load_corpus(d, verify=True, out=out)  # digests: once for all trials
                 split = getattr(corpus, "parts", [corpus])
                 lengths[tok_key] = [(len(c.train), len(c.val)) for c in split]
+                documented[tok_key] = getattr(corpus.vocab, "eod", None) is not None
                 for p, c in zip(parts, split):
                     if out is not None:
                         out(f"corpus {p.corpus}{f' ({p.path})' if p.path else ''}: "
@@ -174,6 +176,9 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
                     what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
                     name = "+".join(p.corpus for p in parts)
                     models[f"{name}-{what}-{tok.sha256[:12]}.model"] = tok.model
+            if cfg.state.reset_at and not documented[tok_key]:
+                raise SpecError.at(spec, "base.state.reset_at", f"unset: corpus {d.corpus} has "
+                                   "no documents (no end-of-document id)")  # fmt: skip
             if (tok_key, d.seq_len, d.batch_size) not in shapes:
                 shapes.add((tok_key, d.seq_len, d.batch_size))
                 for part, n in zip(parts, lengths[tok_key]):

@@ -33,11 +33,17 @@ class Forward(nn.Module):
     """The model's training forward as one module, so that DDP sees every path the trainer
     takes (plain, with targets for the in-context learners, per level for surprise)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, resets=None):
         super().__init__()
         self.model = model
+        self.resets = resets  # state.reset_at: document (`documents.py`), inside this one call
 
     def forward(self, x, state, mode: str = "plain", targets=None):
+        if self.resets is not None and mode != "levels":
+            return self.resets(lambda xs, s, ts: self._call(xs, s, mode, ts), x, state, targets)
+        return self._call(x, state, mode, targets)
+
+    def _call(self, x, state, mode: str, targets):
         if mode == "levels":
             return self.model.forward_levels(x, state)
         if mode == "targets":

@@ -29,6 +29,7 @@ from models.surprise import surprise_backward
 from models.teach import IGNORE
 from nlsweep.data.load import load_corpus
 from nlsweep.data.streams import Corpus
+from nlsweep.training.documents import DocumentResets
 from nlsweep.training.evaluators import EvalContext, declared, running
 from nlsweep.training.parallel import DataParallel, Forward
 from nlsweep.training.runtime import (
@@ -73,7 +74,11 @@ class Trainer:
         self.model = build_model(kind, cfg.model, vocab, cfg.cms, cfg.teach).to(self.device)
         cls = type(self.model)
         self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
-        self.forward = self.dp.wrap(Forward(self.model))  # DDP with several workers
+        self.resets = None
+        if cfg.state.reset_at:
+            eod = getattr(self.corpus.vocab, "eod", None)
+            self.resets = DocumentResets(self.model, eod, cfg.data.corpus)
+        self.forward = self.dp.wrap(Forward(self.model, self.resets))  # DDP with several workers
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)
         self.state_dim = getattr(cls, "state_batch_dim", 0)  # where a state keeps its rows
@@ -254,8 +259,20 @@ class Trainer:
             for x, y in windows:
                 y = y.to(self.device)
                 kw = {"targets": y} if self.targets else {}  # held-out text, predicted then learned
+                x = x.to(self.device)
                 with self.precision():
-                    logits, state = self.model(x.to(self.device), state if carry else None, **kw)
+                    if self.resets is None:
+                        logits, state = self.model(x, state if carry else None, **kw)
+                    else:
+                        logits, state = self.resets(
+                            lambda xs, s, ts: self.model(
+                                xs, s, **({"targets": ts} if ts is not None else {})
+                            ),
+                            x,
+                            state if carry else None,
+                            kw.get("targets"),
+                            count=False,
+                        )
                 yield logits.float(), y
         finally:
             self.model.train(was_training)
@@ -326,6 +343,8 @@ class Trainer:
             for k, v in since.get("surprise", {}).items():
                 m[k] = v / max(n, 1)
         m["state/resets"] = float(self.state_resets)
+        if self.resets is not None:
+            m["state/document_resets"] = float(self.resets.resets)  # rows reset in training
         for i, t in enumerate(self.state or ()):
             # mean over streams of the per-stream L2 norm; 0 for a state that was just reset
             m[f"state/norm_{self.model.state_names[i]}"] = float(t.norm(dim=-1).mean())
@@ -392,6 +411,7 @@ class Trainer:
             "data": self.batcher.state_dict(),
             "recurrent": self.dp.gather_state(self.state, self.state_dim),
             "state_resets": self.state_resets,
+            "document_resets": self.resets.resets if self.resets is not None else 0,
             "rng": rng_state(),
             "history": list(self.history),
             "since_eval": copy.deepcopy(self._since_eval),
@@ -409,6 +429,8 @@ class Trainer:
         recurrent = self.dp.shard_state(recurrent, self.state_dim)
         self.state = None if recurrent is None else tuple(t.to(self.device) for t in recurrent)
         self.state_resets = int(sd["state_resets"])
+        if self.resets is not None:
+            self.resets.resets = int(sd.get("document_resets", 0))
         set_rng_state(sd["rng"])
         self.history = list(sd["history"])
         self._since_eval = copy.deepcopy(sd["since_eval"])

@@ -19,6 +19,8 @@ from models.surprise import SurpriseConfig
 from models.teach import TeachConfig
 from nlsweep.config.builder import build
 from nlsweep.data.config import DataConfig
+from nlsweep.data.registry import corpus_entry
+from nlsweep.training.documents import check_resettable
 from nlsweep.training.evaluators import build_options
 
 SECTIONS = ("model", "cms", "optim", "surprise", "teach", "data", "state", "train")
@@ -102,6 +104,10 @@ class StateConfig:
     reset_every: like persistent, plus a reset every `every` steps."""
     every: int = 0
     """reset_every: steps between resets (only with that mode)."""
+    reset_at: Literal["document"] | None = None
+    """document: also reset a row's state where its stream enters a new document (at the
+    corpus's end-of-document token), inside a window as well as between windows, in training
+    and evaluation (`nlsweep/training/documents.py`); counted in state/document_resets."""
 
     def __post_init__(self):
         if self.mode == "reset_every":
@@ -158,6 +164,11 @@ class TrialConfig:
             missing = "carries_state and init_state" if is_plain(model_cls) else "carries_state"
             raise ConfigError("state.mode", f"reset: model kind {kind} keeps no state between "
                               f"batches ({who} has no {missing})")  # fmt: skip
+        if state.reset_at:
+            check_resettable(model_cls, kind, surprise.active)
+            if corpus_entry(data.corpus).generated:
+                raise ConfigError("state.reset_at", f"unset: corpus {data.corpus} is a "
+                                  "generated task, not documents")  # fmt: skip
         for name, section in (("cms", cms), ("surprise", surprise)):
             try:
                 section.check_levels(member_of(model_cls, "levels"))
