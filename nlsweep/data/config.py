@@ -102,6 +102,12 @@ class DataConfig:
     separator: str = ""
     """text: a string that separates documents inside text files (e.g. "<|endoftext|>");
     unset: each text file is one document."""
+    shuffle: bool = False
+    """Text corpora of documents: read the training documents in a fresh order each epoch,
+    drawn from (shuffle_seed, epoch) (`nlsweep/data/order.py`); unset: in their order."""
+    shuffle_seed: int = 0
+    """shuffle: the seed of the orders (apart from train.seed, so that seeds of a sweep can
+    share one data order or vary it, as the space says)."""
     seq_len: int = 64
     """Tokens per row per batch (the truncated-BPTT window)."""
     batch_size: int = 16
@@ -142,6 +148,11 @@ class DataConfig:
         require(self.seq_len >= 1, "seq_len", f"a positive integer, got {self.seq_len}")
         require(self.batch_size >= 1, "batch_size", f"a positive integer, got {self.batch_size}")
         check_corpus(self, kind)
+        require(not (self.shuffle and kind.generated), "shuffle", "unset for a generated task "
+                "(its sequences are drawn from task_seed)")  # fmt: skip
+        require(self.shuffle or not self.shuffle_seed, "shuffle_seed", "unset unless shuffle")
+        require(0 <= self.shuffle_seed < 2**32, "shuffle_seed", f"an integer in [0, 2^32), got "
+                f"{self.shuffle_seed}")  # fmt: skip
 
     def _check_phases(self) -> None:
         if self.phases is None:

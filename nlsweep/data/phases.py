@@ -108,9 +108,10 @@ class PhasedCorpus:
     def extra_evals(self, batch_size: int) -> dict:
         return {}
 
-    def batchers(self, batch_size: int, seq_len: int):
-        """(training batcher across the phases, phase 1's held-out batcher)."""
-        train = [StreamBatcher(p.train, batch_size, seq_len, "training") for p in self.parts]
+    def batchers(self, batch_size: int, seq_len: int, shuffle_seed: int | None = None):
+        """(training batcher across the phases, phase 1's held-out batcher); with
+        `shuffle_seed`, each phase's documents shuffled per epoch as `Corpus.batchers` does."""
+        train = [p.batchers(batch_size, seq_len, shuffle_seed)[0] for p in self.parts]
         return PhasedBatcher(train, self.steps), self.heldout(0, batch_size, seq_len)[0]
 
     def heldout(self, j: int, batch_size: int, seq_len: int):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from models.errors import ConfigError
 from models.teach import IGNORE
 from nlsweep.data.config import DataConfig
 from nlsweep.data.corpora import DataError, cache_root
+from nlsweep.data.order import DocumentOrder
 from nlsweep.data.tokenizer import (
     CharTokenizer,
     SentencePieceTokenizer,
@@ -29,7 +31,14 @@ from nlsweep.data.tokenizer import (
 class StreamBatcher:
     """B contiguous streams over a token sequence, with an explicit, checkpointable cursor."""
 
-    def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, where: str = "train"):
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        batch_size: int,
+        seq_len: int,
+        where: str = "train",
+        order: DocumentOrder | None = None,
+    ):
         row_len = (len(tokens) - 1) // batch_size
         if row_len < seq_len:
             raise ConfigError(
@@ -42,6 +51,8 @@ class StreamBatcher:
         self.x = tokens[:n].view(batch_size, row_len)
         self.y = tokens[1 : n + 1].view(batch_size, row_len)
         self.seq_len = seq_len
+        self.row_len = row_len
+        self.order = order  # data.shuffle: each epoch reads the documents in its own order
         self.cursor = 0
         self.epoch = 0
 
@@ -56,9 +67,21 @@ class StreamBatcher:
             self.epoch += 1
         start = self.cursor
         self.cursor += self.seq_len
+        if self.order is not None:
+            x, y = self._shuffled(start)
+            return x, y, start == 0
         sl = slice(start, start + self.seq_len)
         # int64 per batch: the tokens may be a uint16/uint32 memory map (`prepared.py`)
         return self.x[:, sl].long(), self.y[:, sl].long(), start == 0
+
+    def _shuffled(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Columns [start, start + T) of this epoch's shuffled stream (`order.py`) in the
+        same B-row layout: x its positions, y the positions one further."""
+        rows = np.arange(self.x.shape[0], dtype=np.int64)[:, None] * self.row_len
+        v = rows + np.arange(start, start + self.seq_len + 1, dtype=np.int64)
+        src = torch.from_numpy(self.order.source(self.epoch, v.reshape(-1)))
+        ids = self.tokens[src].long().view(v.shape)
+        return ids[:, :-1], ids[:, 1:]
 
     def window(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         sl = slice(k * self.seq_len, (k + 1) * self.seq_len)
@@ -116,10 +139,18 @@ class Corpus:
     def extra_evals(self, batch_size: int) -> dict:
         return {}  # tasks add held-out sets at other lengths
 
-    def batchers(self, batch_size: int, seq_len: int):
-        """(training, held-out) batchers of B contiguous streams."""
+    def batchers(self, batch_size: int, seq_len: int, shuffle_seed: int | None = None):
+        """(training, held-out) batchers of B contiguous streams; with `shuffle_seed`, the
+        training documents in a fresh seeded order each epoch (`order.py`)."""
+        order = None
+        if shuffle_seed is not None:
+            order = DocumentOrder(self.train, require_documents(self.vocab, "data.shuffle"),
+                                  shuffle_seed)  # fmt: skip
+            if len(order) < 2:
+                raise ConfigError("data.shuffle", "unset: the training split is one document, "
+                                  "which no order changes")  # fmt: skip
         return (
-            StreamBatcher(self.train, batch_size, seq_len, "training"),
+            StreamBatcher(self.train, batch_size, seq_len, "training", order),
             StreamBatcher(self.val, batch_size, seq_len, "held-out"),
         )
 
@@ -128,6 +159,15 @@ class Corpus:
         line up with the bytes (characters) they stand for."""
         return {k: StreamBatcher(v, batch_size, seq_len, "held-out")
                 for k, v in self.val_units.items()}  # fmt: skip
+
+
+def require_documents(vocab, key: str) -> int:
+    """The end-of-document id of a corpus's tokenizer; ConfigError on `key` without one."""
+    eod = getattr(vocab, "eod", None)
+    if eod is None:
+        raise ConfigError(key, "unset: the corpus has no documents (no end-of-document id); "
+                          "give it .jsonl/.parquet rows, files, or data.separator")  # fmt: skip
+    return eod
 
 
 def has_documents(*splits) -> bool:

@@ -176,9 +176,10 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
                     what = f"{d.model_type}{d.vocab_size}" if not d.tokenizer_path else "given"
                     name = "+".join(p.corpus for p in parts)
                     models[f"{name}-{what}-{tok.sha256[:12]}.model"] = tok.model
-            if cfg.state.reset_at and not documented[tok_key]:
-                raise SpecError.at(spec, "base.state.reset_at", f"unset: corpus {d.corpus} has "
-                                   "no documents (no end-of-document id)")  # fmt: skip
+            for key, on in (("state.reset_at", cfg.state.reset_at), ("data.shuffle", d.shuffle)):
+                if on and not documented[tok_key]:
+                    raise SpecError.at(spec, f"base.{key}", f"unset: corpus {d.corpus} has no "
+                                       "documents (no end-of-document id)")  # fmt: skip
             if (tok_key, d.seq_len, d.batch_size) not in shapes:
                 shapes.add((tok_key, d.seq_len, d.batch_size))
                 for part, n in zip(parts, lengths[tok_key]):

@@ -93,7 +93,8 @@ class Trainer:
             grad_clip=cfg.optim.grad_clip,
         )
         B, T = cfg.data.batch_size, cfg.data.seq_len
-        self.batcher, self.heldout = self.corpus.batchers(B, T)
+        shuffle = {"shuffle_seed": cfg.data.shuffle_seed} if cfg.data.shuffle else {}
+        self.batcher, self.heldout = self.corpus.batchers(B, T, **shuffle)
         # Text corpora: the bytes and characters each held-out target stands for, so loss
         # can be put per byte and per character whatever the tokenizer.
         units = getattr(self.corpus, "unit_batchers", None)
@@ -343,6 +344,10 @@ class Trainer:
             for k, v in since.get("surprise", {}).items():
                 m[k] = v / max(n, 1)
         m["state/resets"] = float(self.state_resets)
+        order = getattr(self.batcher, "order", None)
+        if order is not None:  # data.shuffle: the documents it orders, the epoch it is in
+            m["data/shuffled_documents"] = float(len(order))
+            m["data/epoch"] = float(self.batcher.epoch)
         if self.resets is not None:
             m["state/document_resets"] = float(self.resets.resets)  # rows reset in training
         for i, t in enumerate(self.state or ()):
