@@ -192,8 +192,8 @@ class DataConfig:
     def _check_tokenizer(self, kind) -> None:
         spm = self.tokenizer == "sentencepiece"
         require(not spm or not kind.generated, "tokenizer", "char for a generated task")
-        if kind.generated:
-            pass
+        if kind.generated or kind.ids is not None:
+            pass  # their vocabulary is data.vocab_size (checked by the corpus)
         elif not spm:
             require(self.vocab_size is None, "vocab_size", "unset unless corpus is a task or "
                     "tokenizer is sentencepiece")  # fmt: skip

@@ -7,6 +7,7 @@ wikitext2        valid.txt trains and test.txt is held out (the word-tokenised W
                  splits used as a second text domain, not the WikiText-2 benchmark)
 text             the files data.path names (a file, folder or glob of text, .jsonl, .parquet,
                  .gz, or a datasets folder), held out by document (`sources.py`)
+tokens           pre-tokenized ids (.bin / .npy) with a declared vocabulary (`pretokenized.py`)
 mqar, passkey    generated memory tasks (`tasks.py`)
 phases           several text corpora in order, one vocabulary (`phases.py`)
 """
@@ -14,7 +15,7 @@ phases           several text corpora in order, one vocabulary (`phases.py`)
 from __future__ import annotations
 
 from models.errors import require
-from nlsweep.data import corpora, sources, tasks
+from nlsweep.data import corpora, pretokenized, sources, tasks
 from nlsweep.data.phases import load_phases, phase_objectives
 from nlsweep.data.registry import register_corpus
 
@@ -33,6 +34,10 @@ register_corpus("wikitext2", corpora.wikitext2_texts, uses=("path",), check=_che
 register_corpus("text", sources.source_texts, check=sources.check_source, probe=sources.probe,
                 digest=sources.digest, stream=sources.stream,
                 uses=("path", "mixture", "val_fraction", "text_field", "separator"))  # fmt: skip
+register_corpus("tokens", ids=pretokenized.token_splits, check=pretokenized.check_tokens,
+                probe=pretokenized.probe_tokens, digest=pretokenized.tokens_digest,
+                options=pretokenized.TokensOptions,
+                uses=("path", "val_fraction", "vocab_size"))  # fmt: skip
 register_corpus("mqar", load=tasks.load_task, uses=("vocab_size", "num_kv_pairs", "task_seed"),
                 check=tasks.check_mqar, metrics={"val/recall_acc": "max"})  # fmt: skip
 register_corpus(

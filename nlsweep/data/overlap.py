@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SHINGLE = 32
+ID_SHINGLE = 8
+"""k for pre-tokenized corpora, in ids (about 32 characters of subword tokens)."""
 SAMPLE = 200_000
 """m: held-out positions sampled (the bound at m is 1.5 / sqrt(m) = 0.0034)."""
 _W = np.uint64(0x9E3779B97F4A7C15)  # odd: invertible mod 2^64
@@ -60,8 +62,10 @@ class ShingleHasher:
                 self._ipw = np.cumprod(np.full(m, _W_INV, dtype=np.uint64)) * _W
         return self._pw[:n], self._ipw[:n]
 
-    def update(self, text: str) -> np.ndarray:
-        codes = np.concatenate([self.tail, _codes(text)])
+    def update(self, text: str | np.ndarray) -> np.ndarray:
+        """The hashes of the shingles that end in `text` (characters, or token ids)."""
+        piece = _codes(text) if isinstance(text, str) else np.asarray(text).astype(np.uint64)
+        codes = np.concatenate([self.tail, piece])
         k = self.k
         self.tail = codes[-(k - 1) :] if k > 1 else codes[:0]
         if len(codes) < k:

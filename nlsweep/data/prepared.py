@@ -30,11 +30,19 @@ import numpy as np
 import torch
 
 from nlsweep.data import streaming
-from nlsweep.data.corpora import cache_root, cached_overlap, file_digest, load_texts, sha256_file
+from nlsweep.data.corpora import (
+    DataError,
+    cache_root,
+    cached_overlap,
+    file_digest,
+    load_texts,
+    sha256_file,
+)
+from nlsweep.data.overlap import ID_SHINGLE, OverlapSketch
 from nlsweep.data.registry import corpus_entry
 from nlsweep.data.streaming import EmptySide, id_dtype, unit_dtype
 from nlsweep.data.streams import Corpus, tokenize
-from nlsweep.data.tokenizer import CharTokenizer, SentencePieceTokenizer
+from nlsweep.data.tokenizer import CharTokenizer, IdVocabulary, SentencePieceTokenizer
 
 FORMAT = 1
 ARRAYS = ("train", "val", "val_bytes", "val_chars")
@@ -87,11 +95,15 @@ def corpus_key(cfg, texts=None, tok=None) -> tuple[str, tuple | None]:
 def _finish(folder: Path, index: dict, tok) -> None:
     """The tokenizer's file and the index, with every file's sha256, written last."""
     for name in ARRAYS:
-        meta = index["files"].setdefault(f"{name}.bin", {})
-        meta["sha256"] = sha256_file(folder / f"{name}.bin")
+        if (folder / f"{name}.bin").exists():  # (pre-tokenized ids have no units)
+            meta = index["files"].setdefault(f"{name}.bin", {})
+            meta["sha256"] = sha256_file(folder / f"{name}.bin")
     if isinstance(tok, SentencePieceTokenizer):
         name = "tokenizer.model"
         (folder / name).write_bytes(tok.model)
+    elif isinstance(tok, IdVocabulary):
+        name = "tokenizer.json"
+        (folder / name).write_text(json.dumps({"ids": len(tok), "eod": tok.eod}))
     else:
         name = "tokenizer.json"
         spec = {"chars": "".join(tok.chars), "eod": tok.eod is not None}
@@ -117,6 +129,36 @@ def _write_stream(folder: Path, cfg, kind, tok, out) -> bool:
              "val_overlap": got["val_overlap"], "val_unk_rate": got["val_unk_rate"]}  # fmt: skip
     _finish(folder, index, tok)
     return True
+
+
+def _write_ids(folder: Path, kind, cfg, out) -> None:
+    """Prepare a pre-tokenized corpus: its ids written block by block (each checked against
+    the vocabulary), the leakage measured over id shingles."""
+    splits = kind.ids(cfg)
+    vocab = splits.vocab_size
+    dtype = id_dtype(vocab)
+    sketch = OverlapSketch(None, k=ID_SHINGLE)  # held-out first, then training streams by
+    files = {}
+    for name, blocks, feed in (("val", splits.val, sketch.add_heldout),
+                               ("train", splits.train, sketch.add_training)):  # fmt: skip
+        n = 0
+        progress = streaming.Progress(out, f"{name} ids")
+        with open(folder / f"{name}.bin", "wb") as f:
+            for block in blocks():
+                block = np.asarray(block)
+                if len(block) and (int(block.min()) < 0 or int(block.max()) >= vocab):
+                    raise DataError(f"{splits.where}: an id outside [0, {vocab}) in the "
+                                    f"{name} split; expected ids below vocab_size")  # fmt: skip
+                block.astype(dtype).tofile(f)
+                feed(block)
+                n += len(block)
+                progress.add(0, len(block))
+        if not n:
+            raise DataError(f"{splits.where}: the {name} split holds no ids")
+        files[f"{name}.bin"] = {"dtype": dtype.name, "n": n}
+    index = {"format": FORMAT, "vocab": vocab, "files": files,
+             "val_overlap": sketch.estimate().value, "val_unk_rate": 0.0}  # fmt: skip
+    _finish(folder, index, IdVocabulary(vocab, splits.eod))
 
 
 def _write(folder: Path, cfg, texts, tok) -> None:
@@ -156,11 +198,14 @@ def _read(folder: Path, shared=None, verify: bool = True) -> Corpus:
             tok = SentencePieceTokenizer((folder / "tokenizer.model").read_bytes())
         else:
             spec = json.loads((folder / "tokenizer.json").read_text())
-            tok = CharTokenizer(spec["chars"], eod=spec["eod"])
+            tok = (IdVocabulary(spec["ids"], spec["eod"]) if "ids" in spec
+                   else CharTokenizer(spec["chars"], eod=spec["eod"]))  # fmt: skip
         if len(tok) != index["vocab"]:
             raise ValueError("the tokenizer does not match the index")
         maps = {}
         for name in ARRAYS:
+            if name not in ("train", "val") and f"{name}.bin" not in files:
+                continue  # pre-tokenized ids stand for no known text
             meta = files[f"{name}.bin"]
             # copy-on-write: pages are shared between processes, and torch gets a
             # writable buffer (nothing writes to it)
@@ -175,7 +220,7 @@ def _read(folder: Path, shared=None, verify: bool = True) -> Corpus:
         val=maps["val"],
         val_overlap=float(index["val_overlap"]),
         val_unk_rate=float(index["val_unk_rate"]),
-        val_units={"bytes": maps["val_bytes"], "chars": maps["val_chars"]},
+        val_units={u: maps[f"val_{u}"] for u in ("bytes", "chars") if f"val_{u}" in maps},
         prepared=str(folder),
     )
 
@@ -208,7 +253,11 @@ def prepared_corpus(cfg, texts=None, tok=None, out=None, verify: bool = True) ->
     try:
         # A document source streams (bounded memory); splits already read are tokenized
         # as they are.
-        if texts is not None or kind.stream is None or not _write_stream(tmp, cfg, kind, tok, out):
+        if kind.ids is not None:
+            _write_ids(tmp, kind, cfg, out)
+        elif (
+            texts is not None or kind.stream is None or not _write_stream(tmp, cfg, kind, tok, out)
+        ):
             _write(tmp, cfg, texts or load_texts(cfg), tok)
         with contextlib.suppress(OSError):  # another process finished the same entry first
             tmp.rename(folder)

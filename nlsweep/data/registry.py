@@ -9,6 +9,11 @@ Two forms, one path. The built-ins register here exactly as a plugin does
             (data.tokenizer; documents apart by an end-of-document token), checks leakage,
             batches them as contiguous streams and scores the held-out split in bits per byte
             and character.
+    ids     `ids(cfg) -> TokenSplits`: token ids already made (pre-tokenized), as blocks of
+            integer arrays per split, with the vocabulary size and end-of-document id;
+            nlsweep writes them to the same prepared arrays as a text corpus's, checks every
+            id against the vocabulary and the leakage over id shingles, and scores loss per
+            token (no text: no bits per byte or character).
     task    `load(cfg) -> corpus`, an object with the members of `nlsweep.data.Corpus` that a
             generated task needs (vocab, batchers, extra_evals, accuracy_key, generated,
             val_overlap, val_unk_rate): see `nlsweep.data.tasks.TaskCorpus`.
@@ -40,7 +45,7 @@ from models.registry import RegistryError, source_of
 from nlsweep.config.builder import build
 
 __all__ = [
-    "OPTIONAL_FIELDS", "CorpusKind", "check_corpus", "corpus_entry", "corpus_names",
+    "OPTIONAL_FIELDS", "CorpusKind", "TokenSplits", "check_corpus", "corpus_entry", "corpus_names",
     "register_corpus",
 ]  # fmt: skip
 
@@ -71,11 +76,27 @@ class CorpusKind:
     generated: bool
     """Sequences made on the fly: no text to tokenize, no end to the held-out split."""
     source: str
+    ids: Callable | None = None
+    """Pre-tokenized: `ids(cfg) -> TokenSplits` (the module docstring)."""
 
     @property
     def is_text(self) -> bool:
         """Text that nlsweep tokenizes (what a phase of data.phases must be)."""
         return self.texts is not None
+
+
+@dataclass(frozen=True)
+class TokenSplits:
+    """What a pre-tokenized corpus's `ids(cfg)` returns. `train()` and `val()` each start a
+    new pass over their split, yielding 1-D integer numpy arrays in order (blocks of any
+    size: a split is never held whole); every id is below `vocab_size`; `eod`, when the ids
+    hold documents, is the id that ends each one. `where` names the data in error lines."""
+
+    train: Callable
+    val: Callable
+    vocab_size: int
+    eod: int | None
+    where: str
 
 
 _CORPORA: dict[str, CorpusKind] = {}
@@ -98,6 +119,7 @@ def register_corpus(
     metrics: Callable | dict | None = None,
     options: type | None = None,
     generated: bool | None = None,
+    ids: Callable | None = None,
 ):
     """Register corpus `name`: `register_corpus("arith", texts_fn, options=ArithOptions)`
     for text, `register_corpus("copy", load=load_fn, metrics={"val/copy_acc": "max"})`
@@ -125,25 +147,25 @@ def register_corpus(
         metrics = lambda cfg: fixed  # noqa: E731 - the declaration as the callable form
 
     def add(fn: Callable | None) -> Callable | None:
-        if (fn is None) == (load is None):
-            raise RegistryError(f"corpus {name}: give exactly one of texts (a text corpus) "
-                                "or load (a generated task)")  # fmt: skip
+        if sum(f is not None for f in (fn, load, ids)) != 1:
+            raise RegistryError(f"corpus {name}: give exactly one of texts (a text corpus), "
+                                "ids (pre-tokenized) or load (a generated task)")  # fmt: skip
         made = load is not None if generated is None else generated
         entry = CorpusKind(name, fn, load, frozenset(uses), check, probe, stream,
                            digest, metrics or _no_metrics,
-                           options, made, source_of(fn or load))  # fmt: skip
+                           options, made, source_of(fn or load or ids), ids)  # fmt: skip
         old = _CORPORA.get(name)
-        if old is not None and (old.texts, old.load) != (entry.texts, entry.load):
+        if old is not None and (old.texts, old.load, old.ids) != (entry.texts, entry.load, ids):
             raise RegistryError(
                 f"corpus {name} registered twice: by {old.source} and by {entry.source}"
             )
         _CORPORA[name] = entry
         return fn
 
-    if texts is None and load is None:
+    if texts is None and load is None and ids is None:
         return add
     add(texts)
-    return texts or load
+    return texts or load or ids
 
 
 def corpus_entry(name, key: str = "corpus") -> CorpusKind:

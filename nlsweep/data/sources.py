@@ -196,8 +196,8 @@ def documents(path: Path, field: str = "", separator: str = "") -> Iterator[str]
         return
     fmt, gz = _format(path)
     if fmt in PRETOKENIZED:
-        raise DataError(f"{path}: pre-tokenized ids ({fmt}) are not text; give the text it was "
-                        "made from (.txt, .jsonl, .parquet)")  # fmt: skip
+        raise DataError(f"{path}: pre-tokenized ids ({fmt}) are not text; train on them with "
+                        "corpus: tokens and their data.vocab_size")  # fmt: skip
     if fmt == ".jsonl":
         yield from (d for d in _jsonl(path, gz, field) if d)
     elif fmt == ".parquet":

@@ -138,6 +138,19 @@ class CharTokenizer(_Splits):
         return "".join(one(int(i)) for i in ids)
 
 
+class IdVocabulary:
+    """The vocabulary of pre-tokenized ids (corpus `tokens`): `size` ids made by a tokenizer
+    nlsweep never sees, `eod` the one ending each document (None: no documents)."""
+
+    kind = "ids"
+
+    def __init__(self, size: int, eod: int | None = None):
+        self.size, self.eod = size, eod
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def model_key(train, settings: dict) -> str:
     h = hashlib.sha256()
     if isinstance(train, str):

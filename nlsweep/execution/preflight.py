@@ -169,7 +169,7 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
                     if out is not None:
                         out(f"corpus {p.corpus}{f' ({p.path})' if p.path else ''}: "
                             f"{len(c.train):,} training and {len(c.val):,} held-out tokens "
-                            f"({d.tokenizer}, {len(c.vocab):,} ids) in {c.prepared} "
+                            f"({c.vocab.kind}, {len(c.vocab):,} ids) in {c.prepared} "
                             f"[{time.perf_counter() - start:.1f} s]")  # fmt: skip
                 if d.tokenizer == "sentencepiece":
                     tok = corpus.vocab

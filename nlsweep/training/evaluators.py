@@ -237,7 +237,6 @@ def heldout(ctx: EvalContext) -> dict[str, float]:
         "train/loss": since["loss"] / max(since["n"], 1),
         "val/loss": val_loss,
         # bits per character of the held-out text (per token for a generated task)
-        "val/bpc": bits / per["chars"] if per.get("chars") else val_loss / math.log(2),
         "val/ppl": math.exp(min(val_loss, 700.0)),  # per token
         "data/val_overlap": t.split.val_overlap,
         "data/val_unk_rate": t.split.val_unk_rate,
@@ -245,6 +244,10 @@ def heldout(ctx: EvalContext) -> dict[str, float]:
         # 1: this evaluation scored the whole held-out split (the report marks it)
         "eval/full_split": float(ctx.final and t.final_whole_split),
     }
+    if per.get("chars"):
+        m["val/bpc"] = bits / per["chars"]
+    elif t.corpus.generated:
+        m["val/bpc"] = val_loss / math.log(2)  # a task's tokens are its characters
     if ctx.final and t.final_columns is not None:  # the budget, spread over B rows
         m["eval/final_budget_columns"] = float(t.final_columns)
     if per.get("bytes"):
@@ -261,8 +264,12 @@ def heldout(ctx: EvalContext) -> dict[str, float]:
 
 def heldout_metrics(cfg) -> dict[str, str]:
     kind = corpus_entry(cfg.data.corpus)
-    text = () if kind.generated else ("val/bpb",)
-    out = dict.fromkeys(("val/bpc", *text, "val/loss", "val/ppl", "train/loss"), "min")
+    # bits per character and byte need the text each token stands for (a task's tokens are
+    # its characters; pre-tokenized ids stand for text nlsweep never sees)
+    units = (
+        () if kind.ids is not None else ("val/bpc",) if kind.generated else ("val/bpc", "val/bpb")
+    )
+    out = dict.fromkeys((*units, "val/loss", "val/ppl", "train/loss"), "min")
     return {**out, **kind.metrics(cfg.data)}
 
 
