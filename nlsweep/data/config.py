@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.errors import require
+from nlsweep.config.builder import build
 from nlsweep.data.corpora import DataError
+from nlsweep.data.hub import HubDataset
 from nlsweep.data.registry import check_corpus, corpus_entry, corpus_names
 
 PHASE_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
@@ -97,6 +99,9 @@ class DataConfig:
     mixture: list[MixtureSource] | None = None
     """text: several sources instead of `path`, each held out by document like `path`, their
     training documents interleaved by a seeded weighted draw (`nlsweep/data/sources.py`)."""
+    dataset: HubDataset | None = None
+    """text: instead of `path`, a Hugging Face dataset loaded with `datasets.load_dataset`
+    {name, config, split, data_files, revision} (`nlsweep/data/hub.py`)."""
     text_field: str = ""
     """text: the field of .jsonl / .parquet / datasets rows holding the text (default text)."""
     separator: str = ""
@@ -142,6 +147,8 @@ class DataConfig:
     plugin corpus's; the built-ins take none)."""
 
     def __post_init__(self):
+        if isinstance(self.dataset, dict):  # (built in code rather than from a spec)
+            self.dataset = build(HubDataset, self.dataset, "dataset.")
         self._check_phases()
         kind = corpus_entry(self.corpus)
         self._check_tokenizer(kind)

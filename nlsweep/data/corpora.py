@@ -59,6 +59,11 @@ def cache_root() -> Path:
     return Path(base) / "nlsweep"
 
 
+def prepared_root() -> Path:
+    """Where prepared corpora live (`prepared.py`): NLSWEEP_PREPARED, else the cache."""
+    return Path(os.environ.get("NLSWEEP_PREPARED") or cache_root() / "prepared")
+
+
 CHUNK = 1 << 24
 
 

@@ -33,7 +33,8 @@ register_corpus("tinyshakespeare", corpora.tinyshakespeare_texts,
 register_corpus("wikitext2", corpora.wikitext2_texts, uses=("path",), check=_check_wikitext2)
 register_corpus("text", sources.source_texts, check=sources.check_source, probe=sources.probe,
                 digest=sources.digest, stream=sources.stream,
-                uses=("path", "mixture", "val_fraction", "text_field", "separator"))  # fmt: skip
+                uses=("path", "mixture", "dataset", "val_fraction", "text_field",
+                      "separator"))  # fmt: skip
 register_corpus("tokens", ids=pretokenized.token_splits, check=pretokenized.check_tokens,
                 probe=pretokenized.probe_tokens, digest=pretokenized.tokens_digest,
                 options=pretokenized.TokensOptions,

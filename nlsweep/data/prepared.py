@@ -32,10 +32,10 @@ import torch
 from nlsweep.data import streaming
 from nlsweep.data.corpora import (
     DataError,
-    cache_root,
     cached_overlap,
     file_digest,
     load_texts,
+    prepared_root,
     sha256_file,
 )
 from nlsweep.data.overlap import ID_SHINGLE, OverlapSketch
@@ -46,10 +46,6 @@ from nlsweep.data.tokenizer import CharTokenizer, IdVocabulary, SentencePieceTok
 
 FORMAT = 1
 ARRAYS = ("train", "val", "val_bytes", "val_chars")
-
-
-def prepared_root() -> Path:
-    return Path(os.environ.get("NLSWEEP_PREPARED") or cache_root() / "prepared")
 
 
 def splits_digest(train, val) -> str:

@@ -50,8 +50,8 @@ __all__ = [
 ]  # fmt: skip
 
 OPTIONAL_FIELDS = (
-    "path", "mixture", "val_fraction", "text_field", "separator", "vocab_size", "num_kv_pairs",
-    "key_len", "eval_lengths", "eval_segment", "task_seed",
+    "path", "mixture", "dataset", "val_fraction", "text_field", "separator", "vocab_size",
+    "num_kv_pairs", "key_len", "eval_lengths", "eval_segment", "task_seed",
 )  # fmt: skip
 """`data:` fields only some corpora read (their unset values are None, "" or 0)."""
 

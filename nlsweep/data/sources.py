@@ -5,8 +5,8 @@ made of whole documents.
                 hidden ones skipped) or a glob (`corpus/*.jsonl`, `**` recursive)
     formats     by the name's suffix: .jsonl (one JSON object a line), .parquet (a column),
                 .gz (gzip of the format its stem names: x.jsonl.gz, x.txt.gz), anything else
-                UTF-8 text; a Hugging Face `datasets` folder (`save_to_disk`) is read with
-                `datasets.load_from_disk` (the optional extra `nlsweep[hf]`)
+                UTF-8 text; a Hugging Face `datasets` folder (`save_to_disk`), or instead
+                of a path `data.dataset` (`datasets.load_dataset`): `hub.py`
     document    a jsonl line or a parquet / datasets row (its `data.text_field`, default
                 `text`), a text file, or a piece of one between `data.separator`s; empty
                 documents are dropped
@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from models.errors import ConfigError
+from nlsweep.data import hub
 from nlsweep.data.corpora import (
     DataError,
     check_tail_split,
@@ -64,10 +65,6 @@ def _format(path: Path) -> tuple[str, bool]:
     return inner if inner in (*STRUCTURED, *PRETOKENIZED) else "text", gz
 
 
-def is_hf_dataset(folder: Path) -> bool:
-    return (folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()
-
-
 def resolve(path: str) -> list[Path]:
     """The files (or the one datasets folder) that `data.path` names, in a fixed order;
     one line for a missing path, an empty glob or a folder with nothing readable."""
@@ -85,7 +82,7 @@ def resolve(path: str) -> list[Path]:
         raise DataError(f"data.path: {p} does not exist; expected a file, folder or glob")
     if not p.is_dir():
         raise DataError(f"data.path: {p} is neither a file nor a folder")
-    if is_hf_dataset(p):
+    if hub.is_saved_dataset(p):
         return [p]
     found = sorted(
         f for f in p.rglob("*")
@@ -163,36 +160,11 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
             yield text or ""
 
 
-def _hf(folder: Path, field: str) -> Iterator[str]:
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"{folder}: a Hugging Face datasets folder; reading it needs the "
-                        "datasets package (pip install 'nlsweep[hf]')") from None  # fmt: skip
-    try:
-        ds = datasets.load_from_disk(str(folder))
-    except Exception as e:  # noqa: BLE001 - the library's own failure, as one line
-        raise DataError(f"{folder}: not a readable datasets folder ({str(e).splitlines()[0]})") \
-            from None  # fmt: skip
-    if isinstance(ds, datasets.DatasetDict):
-        raise DataError(f"{folder}: a DatasetDict with splits {', '.join(ds)}; give the folder "
-                        f"of one split, e.g. {folder / next(iter(ds))}")  # fmt: skip
-    if field not in ds.column_names:
-        raise DataError(f"{folder}: no column '{field}' (it has: {', '.join(ds.column_names)}); "
-                        "set data.text_field to the column holding the text")  # fmt: skip
-    for batch in ds.select_columns([field]).iter(batch_size=4096):
-        for text in batch[field]:
-            if text is not None and not isinstance(text, str):
-                raise DataError(f"{folder}: column '{field}' holds {type(text).__name__}, "
-                                "expected strings of text")  # fmt: skip
-            yield text or ""
-
-
 def documents(path: Path, field: str = "", separator: str = "") -> Iterator[str]:
     """The non-empty documents of one file (or datasets folder), in order."""
     field = field or DEFAULT_FIELD
     if path.is_dir():
-        yield from (d for d in _hf(path, field) if d)
+        yield from (d for d in hub.saved_documents(path, field) if d)
         return
     fmt, gz = _format(path)
     if fmt in PRETOKENIZED:
@@ -260,6 +232,9 @@ def digest(cfg) -> str:
             h.update(digest(part).encode())
         return h.hexdigest()
     h.update(json.dumps([cfg.text_field or DEFAULT_FIELD, cfg.separator, frac]).encode())
+    if getattr(cfg, "dataset", None) is not None:
+        h.update(f"dataset\0{hub.digest(cfg.dataset)}".encode())
+        return h.hexdigest()
     for f in resolve(cfg.path):
         parts = sorted(p for p in f.rglob("*") if p.is_file()) if f.is_dir() else [f]
         for part in parts:
@@ -298,10 +273,17 @@ def split_tail_at_line(text: str, val_fraction: float) -> tuple[str, str]:
 def check_source(cfg) -> None:
     """The rules of the `text` corpus's fields (no I/O: `probe` reads the files)."""
     if getattr(cfg, "mixture", None) is None:  # (a phase of data.phases has none)
-        if not cfg.path:
-            raise ConfigError("path", "a file, folder or glob for corpus: text")
+        if getattr(cfg, "dataset", None) is not None:
+            if cfg.path:
+                raise ConfigError("path", "unset with dataset (it names the documents)")
+            if cfg.separator:
+                raise ConfigError("separator", "unset with dataset (each row is a document)")
+        elif not cfg.path:
+            raise ConfigError("path", "a file, folder or glob for corpus: text, or dataset")
     else:
         unset = "unset with mixture (each source sets its own)"
+        if getattr(cfg, "dataset", None) is not None:
+            raise ConfigError("dataset", unset)
         for key in ("path", "text_field", "separator"):
             if getattr(cfg, key):
                 raise ConfigError(key, unset)
@@ -333,6 +315,9 @@ def probe(cfg) -> None:
 
 
 def _probe_one(cfg) -> None:
+    if getattr(cfg, "dataset", None) is not None:
+        hub.probe(cfg.dataset, cfg.text_field or DEFAULT_FIELD)
+        return
     files = resolve(cfg.path)
     structured = False
     for f in files:
@@ -345,6 +330,10 @@ def _probe_one(cfg) -> None:
 
 
 def _stream_one(cfg) -> Iterator[str]:
+    if getattr(cfg, "dataset", None) is not None:
+        yield from (d for d in hub.dataset_documents(cfg.dataset, cfg.text_field or DEFAULT_FIELD)
+                    if d)  # fmt: skip
+        return
     for f in resolve(cfg.path):
         yield from documents(f, cfg.text_field, cfg.separator)
 

@@ -13,6 +13,8 @@ import resource
 import numpy as np
 import torch
 
+from models.errors import ConfigError
+
 
 def describe_hardware(device: torch.device, share: float = 0.0) -> str:
     """Where a trial ran, for reports: the GPU model, or the CPU model and torch threads."""
@@ -52,6 +54,19 @@ def pick_device(cfg) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def check_precision(precision: str, device: torch.device, model: torch.nn.Module) -> None:
+    """bf16 on a CPU whose oneDNN has no bf16 kernels (no AVX-512 BF16 or AMX) cannot run
+    an `nn.LSTM` (torch raises mid-step); refused up front in one line instead."""
+    if precision != "bf16" or device.type != "cpu":
+        return
+    if not any(isinstance(m, torch.nn.LSTM) for m in model.modules()):
+        return
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return
+    raise ConfigError("train.precision", "fp32 on this CPU: its oneDNN has no bf16 LSTM "
+                      "kernel (no AVX-512 BF16 or AMX); bf16 needs one, or a GPU")  # fmt: skip
 
 
 def rng_state() -> dict:

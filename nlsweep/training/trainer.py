@@ -34,6 +34,7 @@ from nlsweep.training.evaluators import EvalContext, declared, running
 from nlsweep.training.parallel import DataParallel, Forward
 from nlsweep.training.runtime import (
     Diverged,
+    check_precision,
     memory_peaks,
     pick_device,
     rng_state,
@@ -72,6 +73,7 @@ class Trainer:
         vocab = len(self.corpus.vocab)
         kind = model_kind(cfg.model.kind)
         self.model = build_model(kind, cfg.model, vocab, cfg.cms, cfg.teach).to(self.device)
+        check_precision(cfg.train.precision, self.device, self.model)
         cls = type(self.model)
         self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
         self.resets = None

@@ -28,10 +28,10 @@ def arith_spec(folder, data=None, **changes):
 
 
 def test_the_built_ins_take_the_plugins_path():
-    assert corpus_names()[:7] == [
-        "pydoc", "tinyshakespeare", "wikitext2", "text", "mqar", "passkey", "phases",
+    assert corpus_names()[:8] == [
+        "pydoc", "tinyshakespeare", "wikitext2", "text", "tokens", "mqar", "passkey", "phases",
     ]  # fmt: skip
-    for name in corpus_names()[:7]:
+    for name in corpus_names()[:8]:
         assert "nlsweep/data/" in corpus_entry(name).source.replace("\\", "/")
     assert corpus_names(text_only=True)[:4] == ["pydoc", "tinyshakespeare", "wikitext2", "text"]
 

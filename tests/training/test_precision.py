@@ -4,6 +4,7 @@ float32 training state, exact checkpoints)."""
 import pytest
 import torch
 
+from models.errors import ConfigError
 from nlsweep.training.trainer import Trainer
 from nlsweep.training.trial import TrialConfig
 
@@ -40,10 +41,16 @@ def float32_state(t: Trainer) -> bool:
     return all(v.dtype in (torch.float32, torch.int64, torch.bool) for v in tensors)
 
 
+# oneDNN's bf16 LSTM needs AVX-512 BF16 or AMX; without them a bf16 LSTM is refused
+CPU_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @pytest.mark.parametrize("raw", [TRANSFORMER, LSTM], ids=["transformer", "nested_lstm"])
 def test_bf16_tracks_fp32(raw):
     """Over 50 steps, bf16's held-out loss stays within 0.05 nats of fp32's at every
     evaluation, and the weights, moments and delta-rule statistics stay float32."""
+    if raw is LSTM and not CPU_BF16:
+        pytest.skip("this CPU has no bf16 LSTM kernel (test_bf16_lstm_is_refused_... runs)")
     fp32 = [m["val/loss"] for m in trainer(raw).run()]
     t = trainer(raw, precision="bf16")
     bf16 = [m["val/loss"] for m in t.run()]
@@ -51,6 +58,12 @@ def test_bf16_tracks_fp32(raw):
     assert bf16 == pytest.approx(fp32, abs=0.05)
     assert bf16 != fp32  # bf16 arithmetic really ran
     assert float32_state(t)
+
+
+@pytest.mark.skipif(CPU_BF16, reason="this CPU runs a bf16 LSTM (tracked above)")
+def test_bf16_lstm_is_refused_in_one_line_on_a_cpu_without_bf16_kernels():
+    with pytest.raises(ConfigError, match="train.precision: fp32 on this CPU: its oneDNN"):
+        trainer(LSTM, precision="bf16")
 
 
 def test_compiled_equals_eager():
