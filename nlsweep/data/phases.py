@@ -23,13 +23,26 @@ phases; the recurrent state restarts because the streams of a new corpus do.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import hashlib
 import itertools
+import json
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nlsweep.data.config import DataConfig
-from nlsweep.data.corpora import load_texts
-from nlsweep.data.prepared import text_corpus
+from nlsweep.data.corpora import file_digest, load_texts, prepared_root
+from nlsweep.data.prepared import (
+    FORMAT,
+    prepared_corpus,
+    read_tokenizer,
+    save_tokenizer,
+    splits_digest,
+)
+from nlsweep.data.registry import corpus_entry
 from nlsweep.data.streams import Corpus, StreamBatcher, build_tokenizer, has_documents
 from nlsweep.data.tokenizer import documents_of
 
@@ -126,15 +139,55 @@ class PhasedCorpus:
         return self._heldout[key]
 
 
+def _shared_key(cfg: DataConfig, parts: list[DataConfig], texts: dict) -> str:
+    """The key of the phases' shared tokenizer: each phase's registered digest (or the
+    digest of its splits, read into `texts`, for a corpus that registers none) and the
+    tokenizer's settings."""
+    sources = []
+    for i, p in enumerate(parts):
+        kind = corpus_entry(p.corpus)
+        if kind.digest is not None:
+            sources.append([p.corpus, kind.digest(p)])
+        else:
+            texts[i] = load_texts(p)
+            sources.append([p.corpus, splits_digest(*texts[i])])
+    given = file_digest(Path(cfg.tokenizer_path)) if cfg.tokenizer_path else ""
+    settings = [FORMAT, sources, cfg.tokenizer, cfg.vocab_size, cfg.model_type, given]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()
+
+
+def _shared_tokenizer(cfg: DataConfig, parts: list[DataConfig], texts: dict):
+    """The one tokenizer of all phases, learnt from their training splits once and kept in
+    the prepared root, so that a trial reads no raw text of a corpus with a digest."""
+    folder = prepared_root() / "phases" / _shared_key(cfg, parts, texts)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return read_tokenizer(folder)
+    for i, p in enumerate(parts):
+        if i not in texts:
+            texts[i] = load_texts(p)
+    tok = phase_tokenizer(cfg, [texts[i] for i in range(len(parts))])
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(OSError):  # unkept: the next trial learns it again
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_tokenizer(tmp, tok)
+        tmp.rename(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tok
+
+
 def load_phases(cfg: DataConfig) -> PhasedCorpus:
     parts = cfg.phase_configs()
-    texts = [load_texts(p) for p in parts]
-    tok = phase_tokenizer(cfg, texts)
+    texts: dict[int, tuple] = {}
+    tok = _shared_tokenizer(cfg, parts, texts)
+    # a corpus with a digest is mapped by it (prepared from its files if new); the others
+    # from the splits already read
+    corpora = [prepared_corpus(p, texts.get(i) if corpus_entry(p.corpus).digest is None
+                               else None, tok) for i, p in enumerate(parts)]  # fmt: skip
     return PhasedCorpus(
         vocab=tok,
         names=[p.name for p in cfg.phases],
         steps=[p.steps for p in cfg.phases],
-        parts=[text_corpus(p, *t, tok=tok) for p, t in zip(parts, texts)],
+        parts=corpora,
     )
 
 

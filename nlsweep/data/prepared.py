@@ -88,12 +88,8 @@ def corpus_key(cfg, texts=None, tok=None) -> tuple[str, tuple | None]:
     return key, texts
 
 
-def _finish(folder: Path, index: dict, tok) -> None:
-    """The tokenizer's file and the index, with every file's sha256, written last."""
-    for name in ARRAYS:
-        if (folder / f"{name}.bin").exists():  # (pre-tokenized ids have no units)
-            meta = index["files"].setdefault(f"{name}.bin", {})
-            meta["sha256"] = sha256_file(folder / f"{name}.bin")
+def save_tokenizer(folder: Path, tok) -> str:
+    """Write `tok` into `folder`; the file's name."""
     if isinstance(tok, SentencePieceTokenizer):
         name = "tokenizer.model"
         (folder / name).write_bytes(tok.model)
@@ -104,6 +100,26 @@ def _finish(folder: Path, index: dict, tok) -> None:
         name = "tokenizer.json"
         spec = {"chars": "".join(tok.chars), "eod": tok.eod is not None}
         (folder / name).write_text(json.dumps(spec))
+    return name
+
+
+def read_tokenizer(folder: Path):
+    """The tokenizer `save_tokenizer` wrote (OSError, ValueError or KeyError otherwise)."""
+    if (folder / "tokenizer.model").is_file():
+        return SentencePieceTokenizer((folder / "tokenizer.model").read_bytes())
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    if "ids" in spec:
+        return IdVocabulary(spec["ids"], spec["eod"])
+    return CharTokenizer(spec["chars"], eod=spec["eod"])
+
+
+def _finish(folder: Path, index: dict, tok) -> None:
+    """The tokenizer's file and the index, with every file's sha256, written last."""
+    for name in ARRAYS:
+        if (folder / f"{name}.bin").exists():  # (pre-tokenized ids have no units)
+            meta = index["files"].setdefault(f"{name}.bin", {})
+            meta["sha256"] = sha256_file(folder / f"{name}.bin")
+    name = save_tokenizer(folder, tok)
     index["files"][name] = {"sha256": sha256_file(folder / name)}
     (folder / "index.json").write_text(json.dumps(index, indent=1))
 
@@ -188,14 +204,7 @@ def _read(folder: Path, shared=None, verify: bool = True) -> Corpus:
                     raise ValueError(f"{name} is not {size} bytes long")
             elif sha256_file(folder / name) != meta["sha256"]:
                 raise ValueError(f"{name} does not match its sha256")
-        if shared is not None:
-            tok = shared
-        elif "tokenizer.model" in files:
-            tok = SentencePieceTokenizer((folder / "tokenizer.model").read_bytes())
-        else:
-            spec = json.loads((folder / "tokenizer.json").read_text())
-            tok = (IdVocabulary(spec["ids"], spec["eod"]) if "ids" in spec
-                   else CharTokenizer(spec["chars"], eod=spec["eod"]))  # fmt: skip
+        tok = shared if shared is not None else read_tokenizer(folder)
         if len(tok) != index["vocab"]:
             raise ValueError("the tokenizer does not match the index")
         maps = {}

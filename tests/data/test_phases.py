@@ -350,3 +350,21 @@ resources: {{cpu: 1, gpu: 0}}
     assert "## Continual learning" in report and "| after prose |" in report
     assert "shingles also in the phase's training split: `prose` 100.0%" in report
     assert "| slow=8 | 2 |" in report
+
+
+def test_a_second_load_of_the_phases_reads_no_raw_text(files, cache, monkeypatch):
+    from nlsweep.data import corpora, load_corpus, phases, sources
+
+    cfg = TrialConfig.from_dict(raw_config(files)).data
+    first = load_corpus(cfg)
+
+    def no(*a, **k):
+        raise AssertionError("raw text was read")
+
+    monkeypatch.setattr(sources, "documents", no)
+    monkeypatch.setattr(corpora, "load_texts", no)
+    monkeypatch.setattr(phases, "load_texts", no)
+    again = load_corpus(cfg)  # the shared tokenizer and every phase's arrays, from the cache
+    assert again.vocab.chars == first.vocab.chars
+    for a, b in zip(first.parts, again.parts):
+        assert a.prepared == b.prepared and torch.equal(a.train, b.train)
