@@ -169,11 +169,16 @@ def report(args) -> int:
 
 def resume_command(argv: list[str]) -> str:
     """The command that resumes the sweep `argv` (this CLI's arguments) started."""
+    import os
     import shlex
 
     drop = ("--restart", "--resume", "--extend")
     args = [a for a in argv[argv[:1] == ["run"] :] if a not in drop]
-    return shlex.join(["python", "run_sweep.py", *args, "--resume"])
+    spec = parser().parse_args(["run", *args]).spec
+    # the spec by its absolute path: the command works from any folder
+    at = args.index(spec)
+    args[at] = os.path.abspath(spec)
+    return shlex.join(["nlsweep", "run", *args, "--resume"])
 
 
 def format_metrics(m: dict[str, float]) -> str:

@@ -128,6 +128,10 @@ def resolve_files(cfg, download: bool = True) -> dict[str, Path]:
     names = list(REMOTE[cfg.corpus])
     if cfg.path:  # asked for by name: another copy found elsewhere would hide the typo
         folder = Path(cfg.path)
+        for n in names:
+            if (folder / n).exists() and not (folder / n).is_file():
+                raise DataError(f"data.path: {folder / n} is not a regular file (a folder, "
+                                f"FIFO, device, socket); corpus {cfg.corpus} reads it")  # fmt: skip
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise DataError(

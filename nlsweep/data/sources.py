@@ -81,7 +81,8 @@ def resolve(path: str) -> list[Path]:
     if not p.exists():
         raise DataError(f"data.path: {p} does not exist; expected a file, folder or glob")
     if not p.is_dir():
-        raise DataError(f"data.path: {p} is neither a file nor a folder")
+        raise DataError(f"data.path: {p} is neither a regular file nor a folder (a FIFO, "
+                        "device or socket); expected a file, folder or glob")  # fmt: skip
     if hub.is_saved_dataset(p):
         return [p]
     found = sorted(

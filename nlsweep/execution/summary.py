@@ -154,7 +154,13 @@ def record_tokenizers(tracker: Tracker, parent_id: str, models: dict[str, bytes]
 
 def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print) -> None:
     out("")
-    out(tabulate(rows, headers="keys", floatfmt=".4f"))
+    # metrics to 4 decimals; swept values as they were given (1e-06 is not 0.0000)
+    params = set(short_names(list(spec.space)).values())
+    shown = [{k: (f"{v:g}" if k in params and isinstance(v, float) else v)
+              for k, v in r.items()} for r in rows]  # fmt: skip
+    keys = list(shown[0]) if shown else []
+    raw = [i for i, k in enumerate(keys) if k in params]  # tabulate must not reparse them
+    out(tabulate(shown, headers="keys", floatfmt=".4f", disable_numparse=raw or False))
     if best is not None:
         out(
             f"best trial: {best['trial']} ({best['label']}) {spec.metric} = {best[spec.metric]:.4f}"
@@ -212,3 +218,23 @@ def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
     best = pick(done, key=lambda r: r[spec.metric]) if done else None
     table = [{k: v for k, v in r.items() if k != "label"} for r in rows]
     return table, best, failed
+
+
+def tally(spec: Spec, results, planned: int) -> str:
+    """An interrupted sweep's trials by what became of them: finished (every step), failed,
+    stopped short (by the signal, or early by the scheduler) and not started."""
+    finished = failed = short = 0
+    for r in results:
+        m = r.metrics or {}
+        if r.error is not None:
+            failed += 1
+        elif (
+            DIVERGED in m
+            or m.get("step", 0) >= spec.trial_config(swept_values(spec, r.config or {})).train.steps
+        ):
+            finished += 1
+        else:
+            short += 1
+    pending = max(planned - len(results), 0)
+    return (f"{finished} finished, {failed} failed, {short} stopped short, {pending} not "
+            f"started, of {planned} trials")  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from nlsweep.execution.experiment import (
     write_marker,
 )
 from nlsweep.execution.forecast import TrialProgress, progress_line
+from nlsweep.execution.interrupts import Interrupts
 from nlsweep.execution.lock import ExperimentLock
 from nlsweep.execution.preflight import (
     adopt_tracking_uri,
@@ -53,6 +55,7 @@ from nlsweep.execution.summary import (
     record_forecast,
     record_tokenizers,
     summarize,
+    tally,
 )
 from nlsweep.execution.trainable import make_trainable
 from nlsweep.spec import Spec, SpecError
@@ -187,11 +190,13 @@ def run_sweep(
     check_storage(spec)
     lock = ExperimentLock(spec.storage, spec.name).acquire()
     cluster = monitor = None
+    stops = Interrupts()
     try:
         marker = prepare(spec, resume, restart, tracker, out, extend)
         path = experiment_path(spec.storage, spec.name)
         growth = extension(spec, marker, path) if extend else None
         cluster = start_checked_ray(spec)
+        stops.install()  # after Ray's own handlers (ray.init sets one for SIGTERM)
         # Tune reads the earlier run's state now, before any run is reopened: a file it
         # cannot read is one line, and the sweep stays as resumable as it was.
         restore = marker is not None and (not growth or growth.unfinished)
@@ -234,7 +239,8 @@ def run_sweep(
                     tuner = make_tuner(spec, callback, sealing, growth and growth.points)
                     with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
                         sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
-                results = tuner.fit()
+                with stops.fitting():
+                    results = tuner.fit()
             except BaseException as e:
                 lost = outage(e)
                 if lost is not None:
@@ -243,32 +249,40 @@ def run_sweep(
                 close_open_runs(tracker, parent_id)
                 tracker.end(parent_id, "KILLED")
                 if isinstance(e, KeyboardInterrupt):
-                    out(f"interrupted; resume with: {again}")
+                    out(f"interrupted by {stops.name}; checkpoints and the experiment state "
+                        f"are in {path}\nresume with: {again}")  # fmt: skip
+                    return stops.exit_code
                 raise
             killed = close_open_runs(tracker, parent_id)
             ended = results.num_terminated + results.num_errors
-            if ended < len(results) or len(results) < planned:
+            if stops.signal is not None or ended < len(results) or len(results) < planned:
                 tracker.end(parent_id, "KILLED")
-                out(
-                    f"interrupted: {ended} of {planned} trials ended; checkpoints and "
-                    f"the experiment state are in {path}\nresume with: {again}"
-                )
-                return 130
+                out(f"interrupted by {stops.name}: {tally(spec, results, planned)}; checkpoints "
+                    f"and the experiment state are in {path}\nresume with: {again}")  # fmt: skip
+                return stops.exit_code
             if not first:
                 break
             tuner, first = None, False
         rows, best, failed = summarize(spec, results)
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
-        print_summary(spec, rows, best, failed, parent_id, out)
-        if report_dir is not None:
-            from nlsweep.report.writer import write_report  # scipy and matplotlib: only now
+        try:
+            print_summary(spec, rows, best, failed, parent_id, out)
+            if report_dir is not None:
+                from nlsweep.report.writer import write_report  # scipy, matplotlib: only now
 
-            report = write_report(
-                spec.tracking_uri, spec.name, report_dir / f"{spec.name}.md", parent_id
-            )
-            out(f"report: {report} (and in MLflow, parent run {parent_id[:8]}: report/)")
+                report = write_report(
+                    spec.tracking_uri, spec.name, report_dir / f"{spec.name}.md", parent_id
+                )
+                out(f"report: {report} (and in MLflow, parent run {parent_id[:8]}: report/)")
+        except KeyboardInterrupt:
+            again = shlex.join(["nlsweep", "report", os.path.abspath(spec.path), "--tracking-uri",
+                                spec.tracking_uri, "--run-id", parent_id])  # fmt: skip
+            out(f"interrupted by {stops.name} after every trial had ended, before the report "
+                f"was written; write it with: {again}")  # fmt: skip
+            return stops.exit_code
         return 0 if not failed else 1
     finally:
+        stops.restore()
         if monitor is not None:
             monitor.finish()
         if cluster is not None and cluster.started_here:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import time
 from contextlib import contextmanager
@@ -133,7 +134,7 @@ def ui_command(uri: str) -> str:
     """The exact command that shows this store in the MLflow UI (bound to localhost)."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser (the tracking server's own UI)"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+    return shlex.join(["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"])
 
 
 def describe_store(uri: str) -> str:

@@ -307,3 +307,14 @@ def test_mixture_errors_name_their_key(tmp_path):
         mixed(mixture=[sources[0], {**sources[1], "name": "big"}])
     with pytest.raises(ConfigError, match="mixture: unset unless corpus is text"):
         mixed(corpus="pydoc", mixture=sources)
+
+
+def test_a_fifo_is_named_as_one_not_as_missing(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(DataError, match="pipe.txt is neither a regular file nor a folder"):
+        load_texts(DataConfig(corpus="text", path=str(tmp_path / "pipe.txt")))
+    os.mkfifo(tmp_path / "input.txt")
+    with pytest.raises(DataError, match="input.txt is not a regular file"):
+        load_texts(DataConfig(corpus="tinyshakespeare", path=str(tmp_path)))

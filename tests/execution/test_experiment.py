@@ -76,9 +76,10 @@ def test_archive_moves_never_deletes(tmp_path):
         archive("s3://bucket/tiny")
 
 
-def test_resume_command_repeats_the_options():
-    argv = ["run", "s.yaml", "--set", "base.train.steps=5", "--smoke", "--restart"]
+def test_resume_command_repeats_the_options_with_the_spec_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--set", "base.train.steps=5", "s.yaml", "--smoke", "--restart"]
     assert resume_command(argv) == (
-        "python run_sweep.py s.yaml --set base.train.steps=5 --smoke --resume"
+        f"nlsweep run --set base.train.steps=5 {tmp_path}/s.yaml --smoke --resume"
     )
-    assert resume_command(["s y.yaml", "--resume"]) == "python run_sweep.py 's y.yaml' --resume"
+    assert resume_command(["s y.yaml", "--resume"]) == f"nlsweep run '{tmp_path}/s y.yaml' --resume"

@@ -238,7 +238,7 @@ def test_sigint_stops_gracefully_then_resumes(tmp_path, straight):
     assert proc.wait(timeout=120) == 130
     log = sweep.log.read_text()
     assert "interrupted" in log and "--resume" in log, log[-2000:]
-    assert "resume with: python run_sweep.py" in log
+    assert f"resume with: nlsweep run {sweep.spec}" in log
     parents, children = sweep.runs()
     assert parents[0].info.status == "KILLED"
     assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children)
@@ -263,6 +263,37 @@ def test_sigint_stops_gracefully_then_resumes(tmp_path, straight):
     assert note.get("nlsweep.checkpoint_fallback") == (
         f"{path.name} (Tune's record) was deleted before Tune saved its state; restored {kept.name}"
     ), note
+
+
+def test_sigterm_while_only_the_last_trial_runs_exits_143_then_resumes(tmp_path, straight):
+    """Preemption: SIGTERM stops the sweep as Ctrl-C does (Tune's graceful stop), and even
+    with every other trial finished the ending says so: exit 143, the trials counted by what
+    became of them, and the command that resumes; the resumed sweep equals the straight one."""
+    sweep = Sweep(tmp_path)
+    proc = sweep.start()
+
+    def last_one_alone_with_a_checkpoint() -> bool:
+        _, children = sweep.runs()
+        done = [r for r in children if r.info.status == "FINISHED"]
+        running = [r for r in children if r.info.status == "RUNNING"]
+        if len(done) != 2 or len(running) != 1:
+            return False
+        try:
+            return bool(recorded_checkpoints(sweep).get(running[0].data.tags[TAG_TRIAL]))
+        except Exception:  # no state saved yet, or one caught half written: ask again
+            return False
+
+    wait_for(last_one_alone_with_a_checkpoint, "the last trial alone, checkpointed", proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, sweep.log.read_text()[-3000:]
+    log = sweep.log.read_text()
+    assert ("interrupted by SIGTERM: 2 finished, 0 failed, 1 stopped short, 0 not started, "
+            "of 3 trials") in log, log[-2000:]  # fmt: skip
+    assert f"resume with: nlsweep run {sweep.spec} --storage" in log
+    parents, _ = sweep.runs()
+    assert parents[0].info.status == "KILLED"
+    assert sweep.run("--resume") == 0, sweep.log.read_text()[-3000:]
+    check_complete(sweep, straight)
 
 
 def _some_checkpoint_recorded(sweep: Sweep) -> bool:

@@ -142,3 +142,8 @@ def test_held_back_records_are_written_when_no_trial_is_left_to_run(setup, tmp_p
     assert run.info.status == "FINISHED"
     assert [m.step for m in tracker.history(run.info.run_id, "val/bpc")] == [4, 8]
     assert read_pending(log.experiment) == []
+
+
+def test_ui_command_quotes_a_path_with_spaces():
+    uri = "sqlite:////tmp/my runs/mlflow.db"
+    assert ui_command(uri) == f"mlflow ui --backend-store-uri '{uri}' --host 127.0.0.1"

@@ -1,0 +1,68 @@
+"""Stop signals: SIGTERM (what Slurm, Kubernetes and other schedulers send on preemption),
+SIGHUP and SIGINT (Ctrl-C) all stop a sweep the way Ctrl-C stops a Ray Tune run, then the
+sweep ends with the signal's exit code and the command that resumes it.
+
+    during tuner.fit   the first signal asks Tune to stop gracefully (its own handler, the
+                       one it installs for SIGUSR1: running trials end, the experiment state
+                       is saved one last time); a second one stops at once
+                       (KeyboardInterrupt)
+    elsewhere          KeyboardInterrupt, handled as an interruption of that phase
+    exit codes         128 + the signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+
+Why SIGINT is taken from Tune (TUNE_DISABLE_SIGINT_HANDLER): Tune's handler keeps to itself
+that it fired, and a sweep whose trials all look ended would then exit 0; here every stop is
+recorded, so any ending after a signal is non-zero and says how to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupts:
+    """The stop signal a sweep received (None: none yet), and the handlers that record it."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._in_fit = False
+        self._old: dict[int, object] = {}
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal or signal.SIGINT).name
+
+    def install(self) -> None:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    @contextmanager
+    def fitting(self):
+        """While Tune runs the trials, a first signal asks it to stop gracefully."""
+        self._in_fit = True
+        try:
+            yield
+        finally:
+            self._in_fit = False
+
+    def _handle(self, sig: int, frame) -> None:
+        first = self.signal is None
+        self.signal = self.signal or sig
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if first and self._in_fit and callable(tune_stop):
+            tune_stop(sig, frame)  # Tune's graceful stop: trials end, state saved
+            return
+        raise KeyboardInterrupt
