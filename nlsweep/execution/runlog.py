@@ -32,7 +32,7 @@ from nlsweep.config.space import as_spec, trial_label
 from nlsweep.data.config import corpus_kind
 from nlsweep.execution.experiment import clear_pending, read_pending, write_pending
 from nlsweep.spec import VARIANT, Spec, describe, swept_values
-from nlsweep.tracking.store import Tracker, git_commit, transient
+from nlsweep.tracking.store import Tracker, disk_full, free_space, git_commit, transient
 from nlsweep.tracking.tags import (
     TAG_BASELINE,
     TAG_COMMIT,
@@ -194,6 +194,8 @@ class RunLogger:
             try:
                 self._apply(self.queue[0])
             except Exception as e:  # noqa: BLE001 - classified just below
+                if disk_full(e):
+                    self._give_up(e, full=True)
                 if not transient(e):
                     raise
                 now = time.monotonic()
@@ -205,9 +207,17 @@ class RunLogger:
             self.queue.popleft()
             self.outage_since = None
 
-    def _give_up(self, e: BaseException) -> None:
+    def _give_up(self, e: BaseException, full: bool = False) -> None:
         kept = write_pending(self.experiment, list(self.queue))
         self.queue.clear()
+        if full:
+            free = free_space(self.spec.tracking_uri)
+            raise TrackingOutage(
+                f"tracking_uri {self.spec.tracking_uri}: its disk is full"
+                f"{f' ({free})' if free else ''}; the sweep stopped with every trial's "
+                f"checkpoints intact and its unwritten MLflow records in {kept}; free space, "
+                "then resume"
+            )
         raise TrackingOutage(
             f"tracking_uri {self.spec.tracking_uri}: unreachable for more than "
             f"{self.spec.tracking.outage_s:g} s ({_one_line(e)}); the sweep stopped with every "

@@ -9,10 +9,12 @@ metrics at step = training step (one `log_batch` per report), and the tags below
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import time
 from contextlib import contextmanager
@@ -59,6 +61,34 @@ def transient(e: BaseException) -> bool:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
+
+
+FULL = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether a failed tracking call failed because its disk is full (never transient:
+    waiting does not free space)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(m in str(e).lower() for m in FULL):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def free_space(uri: str) -> str:
+    """'N MB free in FOLDER' for a local store (sqlite or a folder), else ''."""
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else uri
+    if "://" in path:
+        return ""
+    folder = Path(path).resolve().parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free in {folder}"
+    except OSError:
+        return ""
 
 
 class TrackingError(RuntimeError):

@@ -147,3 +147,49 @@ def test_held_back_records_are_written_when_no_trial_is_left_to_run(setup, tmp_p
 def test_ui_command_quotes_a_path_with_spaces():
     uri = "sqlite:////tmp/my runs/mlflow.db"
     assert ui_command(uri) == f"mlflow ui --backend-store-uri '{uri}' --host 127.0.0.1"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs made by the test (skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_tracking_disk_stops_at_once_in_one_line(small_disk, tmp_path, write_spec):
+    import time
+
+    from nlsweep.execution.runlog import TrackingOutage
+
+    spec = load_spec(write_spec(GOOD_SPEC), available={"CPU": 2.0, "GPU": 0.0})
+    tracker = Tracker(f"sqlite:///{small_disk / 'm.db'}")
+    tracker.check()
+    tracker.experiment(spec.name)
+    parent = tracker.start_run("sweep", {"a": 1}, {"nlsweep.role": "sweep"})
+    log = RunLogger(spec_at(spec, tracker), parent, {"k": "v"}, str(tmp_path / "exp"))
+    trial = FakeTrial("t0", {"cms.periods.medium": 2, "train.seed": 0})
+    log.trial_started(trial.trial_id, trial.config)
+    log.trial_result(trial.trial_id, result(4, 1.0))
+    with open(small_disk / "filler", "wb") as f:  # every byte the disk has left
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    start = time.monotonic()
+    with pytest.raises(TrackingOutage) as got:
+        for step in range(8, 4000, 4):
+            log.trial_result(trial.trial_id, {**result(step, 1.0), "pad": "x" * 4096})
+    assert time.monotonic() - start < 30  # at once: not an outage waited out for outage_s
+    line = str(got.value)
+    assert "\n" not in line and "its disk is full (0.0 MB free in" in line, line
+    assert str(small_disk) in line and "free space, then resume" in line
