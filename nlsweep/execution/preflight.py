@@ -35,6 +35,7 @@ from nlsweep.execution.experiment import (
     restorable,
 )
 from nlsweep.spec import Spec, SpecError, candidate_configs, probe_corpora
+from nlsweep.tracking.tags import TAG_FINGERPRINT, TAG_SPEC
 
 SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
                    "glusterfs", "ocfs2", "gfs2", "panfs", "wekafs", "fuse.")  # fmt: skip
@@ -257,6 +258,21 @@ def prepare(
     if restart and restorable(path):
         out(f"archived the earlier experiment to {archive(path)}")
     return marker
+
+
+def check_name_free(spec: Spec, tracker) -> None:
+    """A new sweep must not join the MLflow experiment of a sweep of another spec under the
+    same name (its trials would mix in `nlsweep report NAME`); one line naming both."""
+    for run in tracker.sweep_runs(spec.name):
+        theirs = run.data.tags.get(TAG_FINGERPRINT)
+        if theirs is not None and theirs != spec.fingerprint:
+            other = run.data.tags.get(TAG_SPEC, "another spec")
+            raise ExperimentError(
+                f"{spec.path}: name: {spec.name!r} is taken in {spec.tracking_uri} by the sweep "
+                f"of another spec ({other}, parent run {run.info.run_id[:8]}); expected a new "
+                "name for this one (or --resume / --extend of that sweep's storage, or "
+                "--restart to log it there anyway)"
+            )
 
 
 @dataclass

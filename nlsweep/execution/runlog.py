@@ -39,6 +39,7 @@ from nlsweep.tracking.tags import (
     TAG_CORPUS_KIND,
     TAG_DIVERGED,
     TAG_ERROR,
+    TAG_FINGERPRINT,
     TAG_HARDWARE,
     TAG_PLUGINS,
     TAG_RERUN_OF,
@@ -369,6 +370,7 @@ def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
     tags = {
         **base_tags,
         TAG_ROLE: "sweep",
+        TAG_FINGERPRINT: spec.fingerprint,
         "mlflow.note.content": spec.description,
         TAG_SPEC_TEXT: spec.text,
         TAG_SPACE: json.dumps({p: as_spec(d) for p, d in spec.space.items()}),

@@ -34,6 +34,7 @@ from nlsweep.execution.experiment import (
     experiment_path,
     new_marker,
     read_bytes,
+    restorable,
     write_marker,
 )
 from nlsweep.execution.forecast import TrialProgress, progress_line
@@ -41,6 +42,7 @@ from nlsweep.execution.interrupts import Interrupts
 from nlsweep.execution.lock import ExperimentLock
 from nlsweep.execution.preflight import (
     adopt_tracking_uri,
+    check_name_free,
     check_shared_storage,
     check_storage,
     extension,
@@ -187,6 +189,8 @@ def run_sweep(
     adopt_tracking_uri(spec, resume or extend, out)
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
+    if not restart and not restorable(experiment_path(spec.storage, spec.name)):
+        check_name_free(spec, tracker)  # a new sweep: before storage is written to
     check_storage(spec)
     lock = ExperimentLock(spec.storage, spec.name).acquire()
     cluster = monitor = None

@@ -315,6 +315,14 @@ class Tracker:
         """The highest step logged for `key` in a run (0 when none)."""
         return max((m.step for m in self.client.get_metric_history(run_id, key)), default=0)
 
+    def sweep_runs(self, experiment_name: str) -> list:
+        """The parent runs of the sweeps logged under an experiment, newest first."""
+        exp = self.client.get_experiment_by_name(experiment_name)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_ROLE}` "
+                                       "= 'sweep'", order_by=["start_time DESC"])  # fmt: skip
+
     def runs(self, experiment_name: str) -> list:
         """All runs of an experiment (for tests and reports)."""
         exp = self.client.get_experiment_by_name(experiment_name)

@@ -6,6 +6,8 @@ TAG_PLUGINS = "nlsweep.plugins"
 TAG_CORPUS_KIND = "nlsweep.corpus_kind"
 """text, task (generated, scored per token) or phases: what a report says a run scored."""
 TAG_SPEC = "nlsweep.spec_file"
+TAG_FINGERPRINT = "nlsweep.fingerprint"
+"""On the parent run: the spec's fingerprint (what resuming it requires unchanged)."""
 TAG_SPEC_SHOWN = "nlsweep.spec_shown"
 """The spec path as reports print it: relative to the folder the sweep ran from (absolute
 when outside it), so a report does not depend on where it is regenerated."""

@@ -83,3 +83,31 @@ def test_resume_command_repeats_the_options_with_the_spec_absolute(tmp_path, mon
         f"nlsweep run --set base.train.steps=5 {tmp_path}/s.yaml --smoke --resume"
     )
     assert resume_command(["s y.yaml", "--resume"]) == f"nlsweep run '{tmp_path}/s y.yaml' --resume"
+
+
+def test_a_new_sweep_of_another_spec_under_a_taken_name_is_refused(
+    tmp_path, write_spec, capsys, monkeypatch
+):
+    from nlsweep.cli import main
+    from nlsweep.execution.runlog import open_sweep_run
+    from nlsweep.spec import load_spec
+    from nlsweep.tracking.store import Tracker
+    from tests.helpers import NO_GPU, spec_text
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    first = load_spec(write_spec(spec_text(), "a.yaml"), tracking_uri=uri, available=NO_GPU)
+    tracker = Tracker(uri)
+    parent, _ = open_sweep_run(tracker, first)  # a sweep of a.yaml was logged as "tiny"
+    other = write_spec(spec_text({"base/train/steps": 12}), "b.yaml")  # same name, other spec
+    args = ["--tracking-uri", uri, "--storage", str(tmp_path / "elsewhere")]
+    assert main(["run", str(other), *args]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1
+    assert "b.yaml: name: 'tiny' is taken in" in line and "a.yaml" in line, line
+    assert parent[:8] in line and "expected a new name" in line
+    assert not (tmp_path / "elsewhere").exists() and len(tracker.sweep_runs("tiny")) == 1
+    # the same spec again (another storage folder) may log there, as may --restart
+    from nlsweep.execution.preflight import check_name_free
+
+    check_name_free(first, tracker)
