@@ -105,8 +105,8 @@ def write_report(
 @dataclass
 class SweepResult:
     """What `run_sweep` ran: its exit code (as the command line's: 0 every trial finished,
-    1 some failed, 3 the tracking store stayed away, 130 interrupted), the report it wrote
-    (None when asked for none), and the trials as `load_trials` reads them."""
+    1 some failed, 3 the tracking store stayed away, 130/143/129 a stop signal), the report
+    it wrote (None when asked for none), and the trials as `load_trials` reads them."""
 
     name: str
     exit_code: int

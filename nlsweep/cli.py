@@ -6,8 +6,9 @@ sweep as a table or CSV, `train` a spec's base config as one trial without Ray, 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
 setup (tracking store, storage, resources, the cluster at $RAY_ADDRESS, an earlier run of
 the sweep that is neither resumed nor restarted), reported as one line before any trial
-starts; 3 the tracking store stayed away mid-sweep (resume once it is back); 130
-interrupted (the message gives the command that resumes the sweep). `rerun`: 0 every
+starts; 3 the tracking store stayed away mid-sweep or filled its disk (resume once it is
+back); 130, 143, 129 stopped by SIGINT, SIGTERM, SIGHUP (the message gives the command that
+resumes the sweep). `rerun`: 0 every
 re-run trial reproduced its run, 1 one did not (each difference printed), 2 nothing could run.
 """
 

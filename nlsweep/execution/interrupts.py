@@ -21,6 +21,7 @@ import signal
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 class Interrupts:
@@ -40,13 +41,19 @@ class Interrupts:
         return signal.Signals(self.signal or signal.SIGINT).name
 
     def install(self) -> None:
-        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        self._env = os.environ.get(ENV)
+        os.environ[ENV] = "1"
         for sig in SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._old:
+            if self._env is None:
+                os.environ.pop(ENV, None)
+            else:
+                os.environ[ENV] = self._env
         self._old.clear()
 
     @contextmanager
