@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -41,6 +42,8 @@ class Interrupts:
         return signal.Signals(self.signal or signal.SIGINT).name
 
     def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # (signal handlers belong to the main thread; Tune's own then apply)
         self._env = os.environ.get(ENV)
         os.environ[ENV] = "1"
         for sig in SIGNALS:
