@@ -9,6 +9,7 @@ metrics at step = training step (one `log_batch` per report), and the tags below
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -95,6 +96,29 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message is one line."""
 
 
+def check_sqlite(uri: str) -> None:
+    """A SQLite store that exists must read as a sound database (sqlite's own quick_check),
+    or one line naming the file and sqlite's message: never a driver's link or a traceback
+    once the sweep has begun."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///") :])
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new store (MLflow creates its tables)
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            db.execute("SELECT count(*) FROM runs").fetchone()
+    except sqlite3.Error as e:
+        verdict = str(e)
+    if verdict != "ok":
+        raise TrackingError(f"tracking_uri {uri}: {path} is not a sound MLflow SQLite store "
+                            f"(sqlite: {verdict.splitlines()[0][:200]}); restore it from a copy, "
+                            "or give another tracking_uri")  # fmt: skip
+
+
 def git_commit() -> str | None:
     """Commit of the nlsweep checkout (with '-dirty' when it has uncommitted changes)."""
     root = Path(__file__).resolve().parents[2]
@@ -136,7 +160,9 @@ def _fail_fast():
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """The error's last meaningful line (SQLAlchemy's trailing link is no cause)."""
+    link = "(Background on this error at"
+    text = [ln for ln in str(e).strip().splitlines() if ln.strip() and link not in ln]
     return (text[-1] if text else type(e).__name__)[:300]
 
 
@@ -180,6 +206,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         _quiet()
+        check_sqlite(uri)  # sqlite's own words, before SQLAlchemy wraps them
         try:
             with sqlite_lock(uri):  # one process creates and migrates a fresh store
                 self.client = MlflowClient(tracking_uri=uri)

@@ -193,3 +193,26 @@ def test_a_full_tracking_disk_stops_at_once_in_one_line(small_disk, tmp_path, wr
     line = str(got.value)
     assert "\n" not in line and "its disk is full (0.0 MB free in" in line, line
     assert str(small_disk) in line and "free space, then resume" in line
+
+
+def test_a_damaged_sqlite_store_is_one_line_naming_sqlites_reason(tmp_path):
+    db = tmp_path / "m.db"
+    tracker = Tracker(f"sqlite:///{db}")
+    tracker.check()
+    tracker.experiment("x")
+    tracker.start_run("sweep", {"a": 1}, {"nlsweep.role": "sweep"})
+    Tracker(f"sqlite:///{db}").check()  # sound: passes
+    raw = bytearray(db.read_bytes())
+    page = 4096
+    raw[3 * page : 6 * page] = b"\xa5" * (3 * page)  # a few pages of garbage
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(TrackingError) as got:
+        Tracker(f"sqlite:///{bad}").check()
+    line = str(got.value)
+    assert "\n" not in line and f"{bad} is not a sound MLflow SQLite store (sqlite: " in line
+    assert "sqlalche.me" not in line and "Background on this error" not in line
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this was never a database" * 100)
+    with pytest.raises(TrackingError, match=r"junk.db is not a sound .*file is not a database"):
+        Tracker(f"sqlite:///{junk}").check()
