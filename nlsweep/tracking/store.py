@@ -206,17 +206,19 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         _quiet()
-        check_sqlite(uri)  # sqlite's own words, before SQLAlchemy wraps them
         try:
             with sqlite_lock(uri):  # one process creates and migrates a fresh store
                 self.client = MlflowClient(tracking_uri=uri)
                 if uri.startswith("sqlite:"):
                     self.client.search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - e.g. a SQLite path whose folder cannot exist
+            check_sqlite(uri)  # sqlite's own words for a damaged file, rather than SQLAlchemy's
             raise TrackingError(f"tracking_uri {uri}: unusable ({_one_line(e)})") from None
 
     def check(self) -> None:
-        """Fail now, with one line, if the store cannot be reached or written."""
+        """Fail now, with one line, if the store cannot be reached or written, or is a
+        damaged SQLite file (checked whole: the sweep's preflight does this once)."""
+        check_sqlite(self.uri)
         try:
             with _fail_fast():
                 self.client.search_experiments(max_results=1)
