@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -20,7 +21,7 @@ from models.errors import ConfigError
 from models.registry import model_kind
 from nlsweep.config.grow import new_points
 from nlsweep.data.config import check_fits
-from nlsweep.data.corpora import DataError
+from nlsweep.data.corpora import DataError, prepared_root
 from nlsweep.data.load import load_corpus
 from nlsweep.data.registry import corpus_entry
 from nlsweep.execution import seal
@@ -81,10 +82,14 @@ def check_storage(spec: Spec) -> None:
         if failure:
             raise _store_error(spec, failure[0])
         return
+    folder = Path(spec.storage).absolute()
+    made = next((p for p in reversed([folder, *folder.parents]) if not p.exists()), None)
     try:
-        Path(spec.storage).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=spec.storage):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
             pass
+        if made is not None:  # a check leaves nothing behind (the sweep makes it later)
+            shutil.rmtree(made, ignore_errors=True)
     except OSError as e:
         raise SpecError.at(
             spec, "storage", f"a writable folder; {spec.storage}: {e.strerror or e}"
@@ -108,6 +113,40 @@ def filesystem_type(path: str, mounts: str = "/proc/mounts") -> str:
         if inside and len(point) >= len(best):
             best, kind = point, row[2]
     return kind
+
+
+def _writable(folder: Path) -> str | None:
+    """None if a file can be made (and removed) in `folder`, made if missing; else why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nlsweep-probe-"):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def check_environment(spec: Spec, local_ray: bool) -> None:
+    """The folders a sweep writes outside its storage and store take a write, or one line
+    naming the folder, what writes there and how to move it, before anything starts."""
+    folders = [
+        # TMPDIR as set (Python would quietly fall back to another folder; Ray would not)
+        (
+            Path(os.environ.get("TMPDIR") or tempfile.gettempdir()),
+            "the temporary folder (TMPDIR)",
+            "set TMPDIR",
+        ),  # fmt: skip
+        (seal.state_dir(), "nlsweep's record of sealed experiments", "set NLSWEEP_STATE"),
+        (prepared_root(), "the prepared corpora", "set NLSWEEP_PREPARED (or XDG_CACHE_HOME)"),
+    ]
+    if local_ray:  # a cluster's nodes keep their own
+        ray_tmp = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp")
+        folders.append((ray_tmp, "Ray's session folder", "set RAY_TMPDIR"))
+    for folder, what, fix in folders:
+        why = _writable(folder)
+        if why is not None:
+            raise ExperimentError(f"{folder}: not writable ({why}); it holds {what}: make it "
+                                  f"writable or {fix} to another folder")  # fmt: skip
 
 
 def check_shared_storage(spec: Spec, nodes: int, mounts: str = "/proc/mounts") -> None:

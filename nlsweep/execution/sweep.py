@@ -42,6 +42,7 @@ from nlsweep.execution.interrupts import Interrupts
 from nlsweep.execution.lock import ExperimentLock
 from nlsweep.execution.preflight import (
     adopt_tracking_uri,
+    check_environment,
     check_name_free,
     check_shared_storage,
     check_storage,
@@ -183,15 +184,16 @@ def run_sweep(
     every trial finished, 1 some failed, 3 the tracking store stayed away (resume once it is
     back), 130 interrupted (the message says how to resume)."""
     bound_http_calls()
-    # Bad data (or a vocabulary its text cannot support): one line before the tracking
-    # store or storage is touched.
+    # The folders it writes outside storage and store; bad data (or a vocabulary its text
+    # cannot support); the storage: each one line before the tracking store is made.
+    check_environment(spec, local_ray=not os.environ.get("RAY_ADDRESS"))
     models = prepare_data(spec)
+    check_storage(spec)
     adopt_tracking_uri(spec, resume or extend, out)
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
     if not restart and not restorable(experiment_path(spec.storage, spec.name)):
         check_name_free(spec, tracker)  # a new sweep: before storage is written to
-    check_storage(spec)
     lock = ExperimentLock(spec.storage, spec.name).acquire()
     cluster = monitor = None
     stops = Interrupts()
