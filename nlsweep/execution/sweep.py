@@ -52,6 +52,7 @@ from nlsweep.execution.preflight import (
 )
 from nlsweep.execution.runlog import RunLogger, close_open_runs, open_sweep_run, outage, sweep_tags
 from nlsweep.execution.seal import Seal
+from nlsweep.execution.stalls import StallWatch
 from nlsweep.execution.summary import (
     concurrency,
     print_summary,
@@ -135,8 +136,9 @@ class MlflowCallback(tune.Callback):
     """Tune's hooks -> the sweep's `RunLogger` (which pickles as settings and rebuilds its
     state from MLflow in whatever process Tune runs it: driver, or Ray Client's actor)."""
 
-    def __init__(self, log: RunLogger):
+    def __init__(self, log: RunLogger, stalls: StallWatch | None = None):
         self.log = log
+        self.stalls = stalls  # why a trial's last failure was a stall, when it was
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.log.trial_started(trial.trial_id, trial.config)
@@ -148,7 +150,8 @@ class MlflowCallback(tune.Callback):
         self.log.trial_completed(trial.trial_id, _checkpoint_uri(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.log.trial_errored(trial.trial_id, _last_error_line(trial))
+        stalled = self.stalls.stalled.pop(trial.trial_id, None) if self.stalls else None
+        self.log.trial_errored(trial.trial_id, stalled or _last_error_line(trial))
 
     def on_experiment_end(self, trials, **info):
         self.log.finish()
@@ -225,7 +228,7 @@ def run_sweep(
             out(f"resuming {path} ({done} of its {len(known)} trial runs had finished)")
             if extend:  # new points may read a vocabulary the first run did not train
                 record_tokenizers(tracker, parent_id, models, path, out)
-        callback = MlflowCallback(RunLogger(spec, parent_id, base_tags, path))
+        callback = MlflowCallback(RunLogger(spec, parent_id, base_tags, path), StallWatch(spec))
         wanted = spec.tracking.system_metrics
         if wanted == "on" or (wanted == "auto" and not cluster.client):
             monitor = tracker.monitor_system(parent_id)
@@ -369,6 +372,10 @@ class EtaReporter(tune.CLIReporter):
         ]
         planned, reports, concurrency, asha = self.plan
         line = progress_line(now, max(planned, len(trials)), reports, concurrency, asha)
+        stalls = getattr(self, "stalls", None)
+        late = stalls.late(trials) if stalls is not None else []
+        if late:  # silent past half their stall bound (`stalls.py`)
+            line += "; late: " + ", ".join(f"{tid} (silent {s:.0f} s)" for tid, s in late)
         super().report(trials, done, *sys_info, line)
 
 
@@ -399,6 +406,7 @@ def make_tuner(
         max_report_frequency=10,
         sort_by_metric=False,
     )
+    reporter.stalls = callback.stalls
     reporter.plan = (
         len(points) if points else spec.plan.trials,
         evaluations(spec),
@@ -425,7 +433,7 @@ def make_tuner(
             storage_path=spec.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[callback],
+            callbacks=[callback, *([callback.stalls] if callback.stalls else [])],
             progress_reporter=reporter,
             verbose=1,
         ),

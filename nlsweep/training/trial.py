@@ -53,6 +53,10 @@ class TrainConfig:
     """torch CPU threads; 0 = one per CPU the trial was given (all cores outside Ray)."""
     diverge_above: float = 0.0
     """Stop the trial as diverged when its training loss exceeds this (0: only NaN or inf)."""
+    stall_s: float = 0.0
+    """In a sweep, a trial that reports nothing for this many seconds is killed and retried
+    from its checkpoint, then FAILED "stalled" (`nlsweep/execution/stalls.py`); 0: ten times
+    its longest gap between reports so far, at least 600 s."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: the forward passes and the loss run under `torch.autocast` with bfloat16 (on
     CPU too); weights, gradients, optimizer moments and delta-rule statistics stay float32."""
@@ -81,6 +85,8 @@ class TrainConfig:
         require(0 <= self.seed < 2**32, "seed", f"an integer in [0, 2^32), got {self.seed}")
         require(self.threads >= 0, "threads", f"a non-negative integer, got {self.threads}")
         require(self.diverge_above >= 0, "diverge_above", f">= 0, got {self.diverge_above}")
+        require(self.stall_s == 0 or self.stall_s >= 1, "stall_s", "0 (automatic) or at least "
+                f"1 second, got {self.stall_s}")  # fmt: skip
         require(
             self.checkpoint_every >= 0 and self.checkpoint_every % self.eval_every == 0,
             "checkpoint_every",
