@@ -30,6 +30,7 @@ from ray import tune
 
 from nlsweep.config.builder import flatten, to_dict
 from nlsweep.execution import sweep as runner
+from nlsweep.execution.callbacks import MlflowCallback
 from nlsweep.execution.experiment import experiment_path
 from nlsweep.execution.lock import ExperimentLock
 from nlsweep.execution.preflight import check_storage, prepare_data
@@ -207,7 +208,7 @@ def run_repeats(
         out(f"re-running {len(points)} trial(s) of {spec.name} in {path}")
         began = time.time() * 1000
         tune_run = runner.make_tuner(
-            spec, runner.MlflowCallback(logger), None, points, name=name, stop=StopAt(spec, stops)
+            spec, MlflowCallback(logger), None, points, name=name, stop=StopAt(spec, stops)
         )
         tune_run.fit()
         close_open_runs(tracker, parent_id)

@@ -27,6 +27,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from models.errors import ConfigError
 from nlsweep.config.resources import check_resources
 from nlsweep.config.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
+from nlsweep.execution.callbacks import EtaReporter, MlflowCallback
 from nlsweep.execution.cluster import start_ray
 from nlsweep.execution.experiment import (
     TUNER_FILE,
@@ -37,7 +38,6 @@ from nlsweep.execution.experiment import (
     restorable,
     write_marker,
 )
-from nlsweep.execution.forecast import TrialProgress, progress_line
 from nlsweep.execution.interrupts import Interrupts
 from nlsweep.execution.lock import ExperimentLock
 from nlsweep.execution.preflight import (
@@ -130,48 +130,6 @@ def make_scheduler(spec: Spec):
         grace_period=min(sc.grace_period, evals),
         reduction_factor=sc.reduction_factor,
     )
-
-
-class MlflowCallback(tune.Callback):
-    """Tune's hooks -> the sweep's `RunLogger` (which pickles as settings and rebuilds its
-    state from MLflow in whatever process Tune runs it: driver, or Ray Client's actor)."""
-
-    def __init__(self, log: RunLogger, stalls: StallWatch | None = None):
-        self.log = log
-        self.stalls = stalls  # why a trial's last failure was a stall, when it was
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.log.trial_started(trial.trial_id, trial.config)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.log.trial_result(trial.trial_id, result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.log.trial_completed(trial.trial_id, _checkpoint_uri(trial))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        stalled = self.stalls.stalled.pop(trial.trial_id, None) if self.stalls else None
-        self.log.trial_errored(trial.trial_id, stalled or _last_error_line(trial))
-
-    def on_experiment_end(self, trials, **info):
-        self.log.finish()
-
-
-def _checkpoint_uri(trial) -> str | None:
-    """Where Ray keeps the trial's newest checkpoint, as a path or a storage URI."""
-    ckpt = getattr(trial, "checkpoint", None)
-    if ckpt is None:
-        return None
-    kind = ckpt.filesystem.type_name
-    return ckpt.path if kind == "local" else f"{kind}://{ckpt.path}"
-
-
-def _last_error_line(trial) -> str:
-    try:
-        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-        return lines[-1] if lines else "unknown error"
-    except (OSError, TypeError):
-        return "unknown error"
 
 
 def run_sweep(
@@ -354,29 +312,6 @@ class _Sealed:
         if self.seal is not None:
             self.seal.add_folder(dirpath)
         return saved
-
-
-class EtaReporter(tune.CLIReporter):
-    """Tune's progress table, with a line of trials done/running/pending and an ETA."""
-
-    plan: tuple = (0, 1, 1, False)  # planned trials, reports per trial, concurrency, ASHA
-
-    def report(self, trials, done, *sys_info):
-        now = [
-            TrialProgress(
-                t.status,
-                int((t.last_result or {}).get("training_iteration", 0)),
-                float((t.last_result or {}).get("time_total_s", 0.0)),
-            )
-            for t in trials
-        ]
-        planned, reports, concurrency, asha = self.plan
-        line = progress_line(now, max(planned, len(trials)), reports, concurrency, asha)
-        stalls = getattr(self, "stalls", None)
-        late = stalls.late(trials) if stalls is not None else []
-        if late:  # silent past half their stall bound (`stalls.py`)
-            line += "; late: " + ", ".join(f"{tid} (silent {s:.0f} s)" for tid, s in late)
-        super().report(trials, done, *sys_info, line)
 
 
 class SealedVariants(_Sealed, BasicVariantGenerator):
