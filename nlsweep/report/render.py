@@ -35,6 +35,27 @@ from nlsweep.tracking.tags import (
 )
 
 TOP_K = 10
+MAX_ROWS = 40
+"""A grid of more rows shows the baseline and its best MAX_ROWS in the markdown (every row
+is in table.csv, with its run ids)."""
+MAX_CURVES = 10
+"""Learning curves drawn: the baseline and the best rows (one legend entry each)."""
+
+
+def shown_rows(rows: list[Row], mode: str, limit: int) -> list[int]:
+    """Indices of the rows a large grid's report shows: the best `limit` by mean (those
+    with no mean last) and the baseline, in row order."""
+    if len(rows) <= limit:
+        return list(range(len(rows)))
+
+    def key(i: int) -> float:
+        m = rows[i].summary.mean
+        if m is None or math.isnan(m):
+            return math.inf
+        return m if mode == "min" else -m
+
+    best = sorted(range(len(rows)), key=key)[:limit]
+    return sorted(set(best) | {i for i, r in enumerate(rows) if r.is_baseline})
 
 
 def _best_row(rows: list[Row], mode: str) -> Row | None:
@@ -156,7 +177,8 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         "wall s",
     ]
     body = []
-    for i, r in enumerate(rows, 1):
+    shown = shown_rows(rows, ctx.mode, MAX_ROWS)
+    for i, r in ((i + 1, rows[i]) for i in shown):
         s, c = r.summary, r.comparison
         if r.is_baseline:
             delta, p = "baseline", "—"
@@ -195,16 +217,22 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         "p-value above 0.05.",
         "",
     ]
+    if len(shown) < len(rows):
+        out += [f"{len(rows)} rows: the baseline and the best {MAX_ROWS} are shown; every row, "
+                f"with its run ids, is in {rel(fig_dir / 'table.csv', md_dir)}.", ""]  # fmt: skip
     out += _table(header, body)
+    drawn = shown_rows(rows, ctx.mode, MAX_CURVES)
     curves = {
-        r.label: [t.run.history.get(m, []) for t in r.trials if t.final is not None] for r in rows
+        rows[i].label: [t.run.history.get(m, []) for t in rows[i].trials if t.final is not None]
+        for i in drawn
     }
     curves = {k: v for k, v in curves.items() if v}
     if curves:
         figures.learning_curves(curves, m, fig_dir / "curves.png")
-        out += ["", f"![learning curves]({rel(fig_dir / 'curves.png', md_dir)})"]
+        some = f" (the baseline and the best {MAX_CURVES} rows)" if len(drawn) < len(rows) else ""
+        out += ["", f"![learning curves{some}]({rel(fig_dir / 'curves.png', md_dir)})"]
     out += ["", "### Rows: MLflow runs, and how to re-run a row on the record", ""]
-    for i, r in enumerate(rows, 1):
+    for i, r in ((i + 1, rows[i]) for i in shown):
         links = ", ".join(
             run_link(ctx.sweep.tracking_uri, ctx.sweep.experiment_id, t.run.run_id)
             + f" (seed {t.seed})"
