@@ -10,6 +10,7 @@ error's text (`error.txt`).
 from __future__ import annotations
 
 import contextlib
+import socket
 from pathlib import Path
 
 from ray import tune
@@ -27,9 +28,6 @@ class MlflowCallback(tune.Callback):
         self.log = log
         self.stalls = stalls  # why a trial's last failure was a stall, when it was
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.log.trial_started(trial.trial_id, trial.config)
-
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.log.trial_result(trial.trial_id, result)
 
@@ -39,10 +37,17 @@ class MlflowCallback(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         _drop_pickled_error(trial)
 
+    def on_trial_start(self, iteration, trials, trial, **info):
+        # the kernel's OOM-kill count when the trial started: a rise names its death
+        self.__dict__.setdefault("oom_kills", {})[trial.trial_id] = kernel_oom_kills()
+        self.log.trial_started(trial.trial_id, trial.config)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         _drop_pickled_error(trial)
         stalled = self.stalls.stalled.pop(trial.trial_id, None) if self.stalls else None
-        self.log.trial_errored(trial.trial_id, stalled or _last_error_line(trial))
+        before = self.__dict__.get("oom_kills", {}).get(trial.trial_id)
+        why = stalled or oom_reason(_last_error_line(trial), trial.last_result or {}, before)
+        self.log.trial_errored(trial.trial_id, why)
 
     def on_experiment_end(self, trials, **info):
         self.log.finish()
@@ -96,3 +101,30 @@ def _drop_pickled_error(trial) -> None:
     fs = trial.storage.storage_filesystem
     with contextlib.suppress(Exception):  # gone already, or storage away: Tune reads text
         fs.delete_file(Path(local, name).as_posix())
+
+
+def kernel_oom_kills() -> int | None:
+    """The kernel's count of processes its OOM killer ended (`oom_kill` in /proc/vmstat)."""
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def oom_reason(error: str, last: dict, kills_before: int | None) -> str:
+    """The failure's line, named as running out of memory when Ray's memory monitor says so,
+    or when the worker died while the kernel's OOM killer counted a kill on this machine;
+    with the trial's last reported peak memory."""
+    peak = last.get("perf/cpu_rss_peak_mb")
+    at = f"; its last reported peak RSS {peak / 1024:.2f} GB" if peak else ""
+    if "OutOfMemoryError" in error or "running low on memory" in error:
+        return f"out of memory: Ray's memory monitor killed it{at} ({error[:200]})"
+    died = "died" in error.lower() or "SIGKILL" in error
+    here = last.get("hostname") in (None, socket.gethostname())
+    now = kernel_oom_kills()
+    if died and here and None not in (now, kills_before) and now > kills_before:
+        return f"out of memory: the kernel's OOM killer ended its worker{at} ({error[:200]})"
+    return error

@@ -26,3 +26,24 @@ def test_a_trials_pickled_error_is_deleted_and_tune_falls_back_to_its_text(tmp_p
     # Tune's own reader now finds nothing to unpickle (it would raise EOFError before)
     assert Trial.get_pickled_error(trial) is None
     _drop_pickled_error(trial)  # twice, or with the file gone: nothing happens
+
+
+def test_a_worker_killed_for_memory_is_named_out_of_memory(monkeypatch):
+    from nlsweep.execution import callbacks
+
+    last = {"perf/cpu_rss_peak_mb": 3072.0, "hostname": callbacks.socket.gethostname()}
+    ray_oom = (
+        "ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory."
+    )
+    assert callbacks.oom_reason(ray_oom, last, 0).startswith(
+        "out of memory: Ray's memory monitor killed it; its last reported peak RSS 3.00 GB ("
+    )
+    died = "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."
+    monkeypatch.setattr(callbacks, "kernel_oom_kills", lambda: 5)
+    assert callbacks.oom_reason(died, last, 4).startswith(
+        "out of memory: the kernel's OOM killer ended its worker; its last reported peak RSS"
+    )
+    assert callbacks.oom_reason(died, last, 5) == died  # no kill counted: not called OOM
+    assert callbacks.oom_reason("ValueError: boom", last, 4) == "ValueError: boom"
+    elsewhere = {**last, "hostname": "another-node"}
+    assert callbacks.oom_reason(died, elsewhere, 4) == died  # this machine's count says nothing
