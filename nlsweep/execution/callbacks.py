@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from pathlib import Path
 
 from ray import tune
@@ -85,7 +86,13 @@ class EtaReporter(tune.CLIReporter):
             for t in trials
         ]
         planned, reports, concurrency, asha = self.plan
-        line = progress_line(now, max(planned, len(trials)), reports, concurrency, asha)
+        if getattr(self, "first_start", None) is None and any(t.status != "PENDING"
+                                                               for t in trials):  # fmt: skip
+            self.first_start = time.monotonic()
+        start = getattr(self, "first_start", None)
+        elapsed = time.monotonic() - start if start is not None else None
+        line = progress_line(now, max(planned, len(trials)), reports, concurrency, asha,
+                             elapsed)  # fmt: skip
         stalls = getattr(self, "stalls", None)
         late = stalls.late(trials) if stalls is not None else []
         if late:  # silent past half their stall bound (`stalls.py`)

@@ -8,8 +8,10 @@ time is those trials run in order `concurrency` at a time.
 While it runs: a trial reports once per evaluation (`train.eval_every` steps), so its time
 per report is its wall time over its reports. The remaining work is every unfinished trial's
 remaining reports (all of them for a trial not started yet) at the median time per report
-of the trials measured so far, run `concurrency` at a time. An estimate, and labelled one:
-early stopping (ASHA) ends trials sooner than this assumes, so then it is an upper bound.
+of the trials measured so far, plus, for each trial not started yet, the slot time the
+started ones spent outside their reports (start-up, hand-over), run `concurrency` at a time.
+An estimate, and labelled one: early stopping (ASHA) ends trials sooner than this assumes,
+so then it is an upper bound.
 """
 
 from __future__ import annotations
@@ -30,25 +32,36 @@ class TrialProgress:
     seconds: float  # wall time of those reports (time_total_s)
 
 
-def eta_s(trials: list[TrialProgress], planned: int, reports: int, concurrency: int):
+def eta_s(trials: list[TrialProgress], planned: int, reports: int, concurrency: int,
+          elapsed: float | None = None):  # fmt: skip
     """Seconds until the sweep ends (None before any trial has reported): `planned` trials
-    in all (some perhaps not created yet), `reports` per trial."""
+    in all (some perhaps not created yet), `reports` per trial. With `elapsed` (wall seconds
+    since the first trial started), each trial still to start also costs the slot time the
+    started ones spent outside their reports (start-up, hand-over), which for short trials
+    is most of it."""
     per_report = [t.seconds / t.reports for t in trials if t.reports > 0 and t.seconds > 0]
     if not per_report:
         return None
+    slots = max(concurrency, 1)
     left = sum(max(reports - t.reports, 0) for t in trials if t.status not in ENDED)
+    to_start = max(planned - len(trials), 0) + sum(t.status == "PENDING" for t in trials)
     left += max(planned - len(trials), 0) * reports
-    return left * median(per_report) / max(concurrency, 1)
+    started = [t for t in trials if t.status != "PENDING"]
+    overhead = 0.0
+    if elapsed and started:
+        busy = sum(t.seconds for t in started)
+        overhead = max(elapsed * min(slots, len(started)) - busy, 0.0) / len(started)
+    return (left * median(per_report) + to_start * overhead) / slots
 
 
 def progress_line(trials: list[TrialProgress], planned: int, reports: int, concurrency: int,
-                  early_stopping: bool = False) -> str:  # fmt: skip
+                  early_stopping: bool = False, elapsed: float | None = None) -> str:  # fmt: skip
     """'trials: 3 done, 2 running, 7 pending; ETA ~4m10s (...)' for the progress output."""
     done = sum(t.status in ENDED for t in trials)
     running = sum(t.status == "RUNNING" for t in trials)
     pending = planned - done - running
     line = f"trials: {done} done, {running} running, {pending} pending"
-    eta = eta_s(trials, planned, reports, concurrency)
+    eta = eta_s(trials, planned, reports, concurrency, elapsed)
     if eta is None:
         return f"{line}; ETA after the first evaluation"
     bound = "at most " if early_stopping else "~"
