@@ -76,6 +76,16 @@ class EtaReporter(tune.CLIReporter):
 
     plan: tuple = (0, 1, 1, False)  # planned trials, reports per trial, concurrency, ASHA
 
+    def should_report(self, trials, done=False):
+        """Also at once when a trial turns late (between the table's usual refreshes)."""
+        stalls = getattr(self, "stalls", None)
+        late = {tid for tid, _ in stalls.late(trials)} if stalls is not None else set()
+        told = self.__dict__.setdefault("told_late", set())
+        fresh = late - told
+        told.intersection_update(late)  # a trial that reported again may turn late again
+        told.update(late)
+        return bool(fresh) or super().should_report(trials, done)
+
     def report(self, trials, done, *sys_info):
         now = [
             TrialProgress(

@@ -23,7 +23,7 @@ base:
   model: {kind: nested_lstm, d_model: 16, d_ff: 32}
   data:  {corpus: pydoc, seq_len: 16, batch_size: 4}
   train: {steps: 100000, eval_every: 50, eval_batches: 1, seed: 0, checkpoint_every: 100,
-          stall_s: 8}
+          stall_s: 5}
 space:
   train.seed: {grid: [0]}
 search: {algorithm: grid}
@@ -66,7 +66,7 @@ def test_a_hung_trial_is_retried_then_failed_as_stalled(tmp_path):
     with open(log, "w") as out:
         proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=out)
     try:
-        first = wait_for(lambda: next((r for r in reports(tmp_path) if r["step"] >= 300), None),
+        first = wait_for(lambda: next((r for r in reports(tmp_path) if r["step"] >= 200), None),
                          "a checkpointed report", proc)  # fmt: skip
         os.kill(first["pid"], signal.SIGSTOP)
         stopped.append(first["pid"])
