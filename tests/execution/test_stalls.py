@@ -23,7 +23,7 @@ base:
   model: {kind: nested_lstm, d_model: 16, d_ff: 32}
   data:  {corpus: pydoc, seq_len: 16, batch_size: 4}
   train: {steps: 100000, eval_every: 50, eval_batches: 1, seed: 0, checkpoint_every: 100,
-          stall_s: 5}
+          stall_s: 12}
 space:
   train.seed: {grid: [0]}
 search: {algorithm: grid}
