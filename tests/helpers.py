@@ -1,5 +1,6 @@
 """Constants and helpers shared by the tests."""
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -82,3 +83,22 @@ def nothing_started(folder: Path) -> None:
     assert not (folder / "mlflow.db").exists()
     assert not (folder / "ray_results").exists()
     assert not ray.is_initialized()
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs mounted at `folder` for the test (`mount -o OPTIONS`), unmounted after; the
+    test is skipped where mounting is not allowed."""
+    import subprocess
+
+    import pytest
+
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True)  # fmt: skip
+    if made.returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -59,6 +59,21 @@ def cache_root() -> Path:
     return Path(base) / "nlsweep"
 
 
+def store_quietly(path: Path, data: str | bytes) -> None:
+    """Keep `data` at `path` (written whole, then renamed into place) if the cache can take
+    it; a cache that cannot (read-only, full) only costs recomputing it next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
 def prepared_root() -> Path:
     """Where prepared corpora live (`prepared.py`): NLSWEEP_PREPARED, else the cache."""
     return Path(os.environ.get("NLSWEEP_PREPARED") or cache_root() / "prepared")
@@ -88,13 +103,7 @@ def file_digest(path: Path) -> str:
     except (OSError, ValueError, KeyError):
         pass
     digest = sha256_file(path)
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.part")
-        tmp.write_text(json.dumps({**stamp, "sha256": digest}))
-        tmp.replace(memo)
-    except OSError:
-        pass  # a read-only cache only costs hashing again
+    store_quietly(memo, json.dumps({**stamp, "sha256": digest}))
     return digest
 
 
@@ -266,11 +275,5 @@ def cached_overlap(train, val) -> float:
     except (OSError, ValueError):
         pass
     value = shingle_overlap(pieces(train), pieces(val)).value
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{digest}.{os.getpid()}.part")
-        tmp.write_text(repr(value))
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs the recomputation
+    store_quietly(path, repr(value))
     return value

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import require
-from nlsweep.data.corpora import DataError, file_digest, prepared_root
+from nlsweep.data.corpora import DataError, file_digest, prepared_root, store_quietly
 
 BATCH = 4096
 
@@ -144,14 +144,7 @@ def _memo(settings: str) -> Path:
 
 
 def _record(spec: HubDataset, fingerprint: str) -> None:
-    memo = _memo(_settings(spec))
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.part")
-        tmp.write_text(fingerprint)
-        tmp.replace(memo)
-    except OSError:
-        pass  # unrecorded: the next digest loads the dataset again
+    store_quietly(_memo(_settings(spec)), fingerprint)  # unkept: the next digest loads it
 
 
 def digest(spec: HubDataset) -> str:

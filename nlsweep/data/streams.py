@@ -161,11 +161,12 @@ class Corpus:
                 for k, v in self.val_units.items()}  # fmt: skip
 
 
-def require_documents(vocab, key: str) -> int:
+def require_documents(vocab, key: str, corpus: str = "") -> int:
     """The end-of-document id of a corpus's tokenizer; ConfigError on `key` without one."""
     eod = getattr(vocab, "eod", None)
     if eod is None:
-        raise ConfigError(key, "unset: the corpus has no documents (no end-of-document id); "
+        which = f"corpus {corpus}" if corpus else "the corpus"
+        raise ConfigError(key, f"unset: {which} has no documents (no end-of-document id); "
                           "give it .jsonl/.parquet rows, files, or data.separator")  # fmt: skip
     return eod
 

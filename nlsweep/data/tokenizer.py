@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from nlsweep.data.corpora import store_quietly
 
 SPM_THREADS = 8
 """SentencePiece threads for a streamed corpus's model (`streaming.py`): a fixed count, since
@@ -292,13 +293,7 @@ def _cached_model(path: Path, train) -> SentencePieceTokenizer:
     except (OSError, RuntimeError):
         pass
     model = train()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-        tmp.write_bytes(model)
-        tmp.replace(path)
-    except OSError:
-        pass  # a read-only cache only costs training it again
+    store_quietly(path, model)  # a read-only cache only costs training it again
     return SentencePieceTokenizer(model)
 
 

@@ -63,11 +63,7 @@ class DocumentResets:
     """Reads windows with resets at document boundaries; `resets` counts the rows reset (the
     `state/document_resets` counter: evidence that the setting acted)."""
 
-    def __init__(self, model, eod: int | None, corpus: str):
-        if eod is None:
-            raise ConfigError("state.reset_at", f"unset: corpus {corpus} has no documents (no "
-                              "end-of-document id); give it documents (jsonl/parquet rows, "
-                              "files, or data.separator)")  # fmt: skip
+    def __init__(self, model, eod: int):
         self.model = model
         self.eod = eod
         self.dim = getattr(type(model), "state_batch_dim", 0)

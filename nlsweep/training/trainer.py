@@ -28,7 +28,7 @@ from models.registry import model_kind
 from models.surprise import surprise_backward
 from models.teach import IGNORE
 from nlsweep.data.load import load_corpus
-from nlsweep.data.streams import Corpus
+from nlsweep.data.streams import Corpus, require_documents
 from nlsweep.training.documents import DocumentResets
 from nlsweep.training.evaluators import EvalContext, declared, running
 from nlsweep.training.parallel import DataParallel, Forward
@@ -78,8 +78,8 @@ class Trainer:
         self.targets = getattr(cls, "uses_targets", False)  # predicts, then learns in context
         self.resets = None
         if cfg.state.reset_at:
-            eod = getattr(self.corpus.vocab, "eod", None)
-            self.resets = DocumentResets(self.model, eod, cfg.data.corpus)
+            eod = require_documents(self.corpus.vocab, "state.reset_at", cfg.data.corpus)
+            self.resets = DocumentResets(self.model, eod)
         self.forward = self.dp.wrap(Forward(self.model, self.resets))  # DDP with several workers
         if cfg.train.compile:
             self.forward = torch.compile(self.forward)

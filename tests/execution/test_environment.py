@@ -2,25 +2,17 @@
 folder, nlsweep's seal record, the prepared cache) are checked writable before anything
 starts: each read-only one is one line naming it and how to move it, exit 2."""
 
-import subprocess
-
 import pytest
 
 from nlsweep.cli import main
-from tests.helpers import spec_text
+from tests.helpers import spec_text, tmpfs
 
 
 @pytest.fixture
 def read_only(tmp_path):
     """A read-only tmpfs made by the test (root ignores file modes; a mount's ro it does not)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)],
-                          capture_output=True)  # fmt: skip
-    if made.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
+        yield mnt
 
 
 @pytest.mark.parametrize(

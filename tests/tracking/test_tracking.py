@@ -8,7 +8,7 @@ from nlsweep.execution.runlog import RunLogger, close_open_runs
 from nlsweep.spec import load_spec
 from nlsweep.tracking.store import Tracker, TrackingError, ui_command
 from nlsweep.tracking.tags import PARENT_TAG, TAG_ERROR, TAG_STOPPED, TAG_TRIAL
-from tests.helpers import GOOD_SPEC
+from tests.helpers import GOOD_SPEC, tmpfs
 
 
 @dataclass
@@ -152,16 +152,8 @@ def test_ui_command_quotes_a_path_with_spaces():
 @pytest.fixture
 def small_disk(tmp_path):
     """A 4 MB tmpfs made by the test (skipped where mounting is not allowed)."""
-    import subprocess
-
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          capture_output=True)  # fmt: skip
-    if made.returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "disk", "size=4m") as mnt:
+        yield mnt
 
 
 def test_a_full_tracking_disk_stops_at_once_in_one_line(small_disk, tmp_path, write_spec):

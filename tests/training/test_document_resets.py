@@ -49,7 +49,7 @@ def read(model, resets, x, window):
 def test_any_split_equals_one_pass_and_each_document_reads_as_if_alone():
     model = lstm()
     x, docs = streams([[5, 9, 3, 12], [11, 2, 7, 9]])  # both rows 33 tokens
-    resets = DocumentResets(model, EOD, "text")
+    resets = DocumentResets(model, EOD)
     whole = read(model, resets, x, x.shape[1])
     for window in (1, 4, 7, 16):
         assert torch.allclose(read(model, resets, x, window), whole, atol=TOL, rtol=0), window
