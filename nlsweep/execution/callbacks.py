@@ -14,11 +14,13 @@ import socket
 import time
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from nlsweep.execution.forecast import TrialProgress, progress_line
-from nlsweep.execution.runlog import RunLogger
+from nlsweep.execution.runlog import STORAGE_FULL, RunLogger, TrackingOutage
 from nlsweep.execution.stalls import StallWatch
+from nlsweep.tracking.store import free_space
 
 
 class MlflowCallback(tune.Callback):
@@ -30,6 +32,20 @@ class MlflowCallback(tune.Callback):
         self.stalls = stalls  # why a trial's last failure was a stall, when it was
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(STORAGE_FULL):
+            # Ended here, not at Ray's shutdown, whose SIGTERM prints each trial's traceback.
+            for t in trials:
+                actor = getattr(t.temporary_state, "ray_actor", None)
+                if actor is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(actor, no_restart=True)
+            storage = self.log.spec.storage
+            free = free_space(storage)
+            raise TrackingOutage(
+                f"storage {storage}: its disk is full" + (f" ({free})" if free else "")
+                + f"; trial {trial.trial_id} could not write its checkpoint at step "
+                f"{int(result.get('step', 0))} ({result[STORAGE_FULL]}); free space, then resume"
+            )  # fmt: skip
         self.log.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -51,6 +67,8 @@ class MlflowCallback(tune.Callback):
         self.log.trial_errored(trial.trial_id, why)
 
     def on_experiment_end(self, trials, **info):
+        for t in trials:  # Tune's results would unpickle them from storage next
+            _drop_pickled_error(t)
         self.log.finish()
 
 
@@ -111,10 +129,12 @@ class EtaReporter(tune.CLIReporter):
 
 
 def _drop_pickled_error(trial) -> None:
-    name = getattr(getattr(trial, "run_metadata", None), "pickled_error_filename", None)
+    meta = getattr(trial, "run_metadata", None)
+    name = getattr(meta, "pickled_error_filename", None)
     local = getattr(getattr(trial, "storage", None), "trial_fs_path", None)
     if not name or not local:
         return
+    meta.pickled_error_filename = None  # Tune reads the error's text instead
     fs = trial.storage.storage_filesystem
     with contextlib.suppress(Exception):  # gone already, or storage away: Tune reads text
         fs.delete_file(Path(local, name).as_posix())

@@ -2,10 +2,11 @@
 SIGHUP and SIGINT (Ctrl-C) all stop a sweep the way Ctrl-C stops a Ray Tune run, then the
 sweep ends with the signal's exit code and the command that resumes it.
 
-    during tuner.fit   the first signal asks Tune to stop gracefully (its own handler, the
-                       one it installs for SIGUSR1: running trials end, the experiment state
-                       is saved one last time); a second one stops at once
-                       (KeyboardInterrupt)
+    during tuner.fit   the first signal asks the running trials to checkpoint where they
+                       are, within preempt_grace_s (`preemption.py`), then Tune to stop
+                       gracefully (its own handler, the one it installs for SIGUSR1:
+                       running trials end, the experiment state is saved one last time); a
+                       second one stops at once (KeyboardInterrupt)
     elsewhere          KeyboardInterrupt, handled as an interruption of that phase
     exit codes         128 + the signal: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
 
@@ -21,6 +22,8 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from nlsweep.execution import preemption
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
@@ -28,7 +31,8 @@ ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 class Interrupts:
     """The stop signal a sweep received (None: none yet), and the handlers that record it."""
 
-    def __init__(self):
+    def __init__(self, grace_s: float = 0.0, out=print):
+        self.grace_s, self.out = grace_s, out
         self.signal: int | None = None
         self._in_fit = False
         self._old: dict[int, object] = {}
@@ -63,6 +67,7 @@ class Interrupts:
     def fitting(self):
         """While Tune runs the trials, a first signal asks it to stop gracefully."""
         self._in_fit = True
+        preemption.REQUEST.clear()
         try:
             yield
         finally:
@@ -73,6 +78,8 @@ class Interrupts:
         self.signal = self.signal or sig
         tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
         if first and self._in_fit and callable(tune_stop):
-            tune_stop(sig, frame)  # Tune's graceful stop: trials end, state saved
+            # Tune's graceful stop (trials end, state saved), after the trials' checkpoints
+            if not preemption.ask(self.grace_s, lambda: tune_stop(sig, frame), self.out):
+                tune_stop(sig, frame)
             return
         raise KeyboardInterrupt

@@ -134,19 +134,47 @@ def check_environment(spec: Spec, local_ray: bool) -> None:
         (
             Path(os.environ.get("TMPDIR") or tempfile.gettempdir()),
             "the temporary folder (TMPDIR)",
-            "set TMPDIR",
+            "set TMPDIR to another folder",
         ),  # fmt: skip
-        (seal.state_dir(), "nlsweep's record of sealed experiments", "set NLSWEEP_STATE"),
-        (prepared_root(), "the prepared corpora", "set NLSWEEP_PREPARED (or XDG_CACHE_HOME)"),
+        (
+            seal.state_dir(),
+            "nlsweep's record of sealed experiments",
+            "set NLSWEEP_STATE to another folder",
+        ),  # fmt: skip
+        (
+            prepared_root(),
+            "the prepared corpora",
+            "set NLSWEEP_PREPARED (or XDG_CACHE_HOME) to another folder",
+        ),  # fmt: skip
     ]
     if local_ray:  # a cluster's nodes keep their own
         ray_tmp = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp")
-        folders.append((ray_tmp, "Ray's session folder", "set RAY_TMPDIR"))
+        folders.append((ray_tmp, "Ray's session folder", "set RAY_TMPDIR to another folder"))
+        token = ray_token_folder()
+        if token is not None:
+            folders.append((token, "the authentication token a local Ray generates (Ray's "
+                            "token authentication is on by default)", "make a token elsewhere "
+                            "(ray get-auth-token --generate, as a user whose home is writable) "
+                            "and set RAY_AUTH_TOKEN_PATH to it"))  # fmt: skip
+    home = Path.home()
     for folder, what, fix in folders:
         why = _writable(folder)
         if why is not None:
-            raise ExperimentError(f"{folder}: not writable ({why}); it holds {what}: make it "
-                                  f"writable or {fix} to another folder")  # fmt: skip
+            under = f" (under HOME, {home})" if folder.is_relative_to(home) else ""
+            raise ExperimentError(f"{folder}: not writable ({why}){under}; it holds {what}: "
+                                  f"make it writable or {fix}")  # fmt: skip
+
+
+def ray_token_folder() -> Path | None:
+    """Where a local Ray writes the token it generates for its token authentication (on
+    unless RAY_AUTH_MODE says otherwise): ~/.ray, unless a token is given or already there."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return None
+    folder = Path.home() / ".ray"
+    return None if (folder / "auth_token").is_file() else folder
 
 
 def check_shared_storage(spec: Spec, nodes: int, mounts: str = "/proc/mounts") -> None:
@@ -265,6 +293,24 @@ def adopt_tracking_uri(spec: Spec, resume: bool, out=print) -> None:
     if marker is not None and marker.tracking_uri != spec.tracking_uri:
         out(f"resuming with the tracking store the sweep started with: {marker.tracking_uri}")
         spec.tracking_uri = marker.tracking_uri
+
+
+def check_store_kept(spec: Spec) -> None:
+    """Resuming: a SQLite store that is now a 0-byte file lost the sweep's runs (MLflow would
+    take it for a new store and fill it with empty tables); one line before it is touched."""
+    path = experiment_path(spec.storage, spec.name)
+    uri = spec.tracking_uri
+    if not uri.startswith("sqlite:///") or not restorable(path):
+        return
+    db = Path(uri[len("sqlite:///") :])
+    if db.is_file() and db.stat().st_size == 0:
+        marker = read_marker(path)
+        parent = f" (parent run {marker.parent_run_id})" if marker else ""
+        raise ExperimentError(
+            f"{path}: its tracking store {db} is empty (0 bytes): it lost the sweep's runs"
+            f"{parent}; restore the file from a copy, or --restart to archive the experiment "
+            "and start over"
+        )
 
 
 def prepare(

@@ -31,6 +31,7 @@ from nlsweep.config.builder import flatten, to_dict
 from nlsweep.config.space import as_spec, trial_label
 from nlsweep.data.config import corpus_kind
 from nlsweep.execution.experiment import clear_pending, read_pending, write_pending
+from nlsweep.execution.preemption import PREEMPTED
 from nlsweep.spec import VARIANT, Spec, describe, swept_values
 from nlsweep.tracking.store import Tracker, disk_full, free_space, git_commit, transient
 from nlsweep.tracking.tags import (
@@ -42,6 +43,7 @@ from nlsweep.tracking.tags import (
     TAG_FINGERPRINT,
     TAG_HARDWARE,
     TAG_PLUGINS,
+    TAG_PREEMPT_STEP,
     TAG_RERUN_OF,
     TAG_RESUMED,
     TAG_ROLE,
@@ -76,7 +78,13 @@ RETRY_EVERY_S = 5.0
 
 
 class TrackingOutage(RuntimeError):
-    """The tracking store stayed away longer than `tracking.outage_s`; one line."""
+    """The tracking store stayed away longer than `tracking.outage_s`, or a disk the sweep
+    writes is full: the sweep stops at once, resumable (exit 3); one line."""
+
+
+STORAGE_FULL = "storage_full"
+"""Result key: the trial could not write its checkpoint to storage, its disk full (the
+error's first line)."""
 
 
 def metrics_of(result: dict) -> dict[str, float]:
@@ -128,6 +136,8 @@ class RunLogger:
         self.steps: dict[str, int] = {}
         self.last_step: dict[str, int] = {}
         self.diverged: set[str] = set()
+        self.latest: dict[str, float] = {}  # trial -> its newest objective value
+        self.finals: dict[str, float] = {}  # finished trial -> its final objective value
         self.outage_since: float | None = None
         self.next_try = 0.0
         self._ready = True
@@ -141,6 +151,8 @@ class RunLogger:
                 self.runs[tid] = run.info.run_id
                 self.known_runs[tid] = run
                 self.last_step[tid] = self.tracker.last_step(run.info.run_id, self.spec.metric)
+                if run.info.status == "FINISHED" and self.spec.metric in run.data.metrics:
+                    self.finals[tid] = run.data.metrics[self.spec.metric]
         except TrackingOutage:
             raise
         except Exception as e:  # noqa: BLE001 - the driver checked the store moments ago
@@ -262,6 +274,10 @@ class RunLogger:
         metrics = metrics_of(result)
         if result.get(FALLBACK):  # its step was logged before: the tag alone is news
             self._put("tag", tid, key=f"nlsweep.{FALLBACK}", value=result[FALLBACK])
+        if result.get(PREEMPTED):  # a checkpoint on a stop signal, without an evaluation
+            self._put("tag", tid, key=TAG_PREEMPT_STEP, value=str(step))
+            self._flush()
+            return
         if DIVERGED in result:
             self.diverged.add(tid)
             self._put("tag", tid, key=TAG_DIVERGED, value=result[DIVERGED])
@@ -271,6 +287,8 @@ class RunLogger:
             return  # logged before this trial restarted from an older checkpoint
         if metrics:
             self._put("log", tid, metrics=metrics, step=step)
+            if self.spec.metric in metrics:
+                self.latest[tid] = metrics[self.spec.metric]
         for name, why in json.loads(result.get(WARNINGS) or "{}").items():
             self._put("tag", tid, key=f"{WARNING_PREFIX}.{name}", value=why)
         if tid not in self.last_step:
@@ -294,7 +312,18 @@ class RunLogger:
             if checkpoint_uri and self.spec.tracking.log_checkpoints == "final":
                 self._put("checkpoint", tid, uri=checkpoint_uri)
             self._put("end", tid, status="FINISHED")
+            self._best_so_far(tid)
         self._flush()
+
+    def _best_so_far(self, tid: str) -> None:
+        """On the parent run, `best/OBJECTIVE`: the best final objective of the trials
+        finished so far, at the step of how many have (what the MLflow UI's parent row and
+        chart show first); not for `nlsweep rerun`'s repeats, which no pool counts."""
+        if self.repeats or tid not in self.latest:
+            return
+        self.finals[tid] = self.latest[tid]
+        best = (min if self.spec.mode == "min" else max)(self.finals.values())
+        self._put("log", None, metrics={f"best/{self.spec.metric}": best}, step=len(self.finals))
 
     def trial_errored(self, tid: str, error: str) -> None:
         self._setup()

@@ -27,6 +27,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from models.errors import ConfigError
 from nlsweep.config.resources import check_resources
 from nlsweep.config.space import Choice, Grid, LogUniform, RandInt, Uniform, short_names
+from nlsweep.execution import preemption
 from nlsweep.execution.callbacks import EtaReporter, MlflowCallback
 from nlsweep.execution.cluster import start_ray
 from nlsweep.execution.experiment import (
@@ -40,12 +41,14 @@ from nlsweep.execution.experiment import (
 )
 from nlsweep.execution.interrupts import Interrupts
 from nlsweep.execution.lock import ExperimentLock
+from nlsweep.execution.preemption import PREEMPTED, Preemption
 from nlsweep.execution.preflight import (
     adopt_tracking_uri,
     check_environment,
     check_name_free,
     check_shared_storage,
     check_storage,
+    check_store_kept,
     extension,
     prepare,
     prepare_data,
@@ -124,10 +127,13 @@ def make_scheduler(spec: Spec):
     if sc.kind == "fifo":
         return FIFOScheduler()
     evals = evaluations(spec)
+    # Rungs in steps, not in Tune's iterations: a checkpoint taken on a stop signal is one
+    # more report, but no evaluation (`preemption.py`).
+    every, steps = spec.base.train.eval_every, spec.base.train.steps
     return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=evals,
-        grace_period=min(sc.grace_period, evals),
+        time_attr="step",
+        max_t=steps,
+        grace_period=min(min(sc.grace_period, evals) * every, steps),
         reduction_factor=sc.reduction_factor,
     )
 
@@ -151,13 +157,15 @@ def run_sweep(
     models = prepare_data(spec)
     check_storage(spec)
     adopt_tracking_uri(spec, resume or extend, out)
+    if resume or extend:
+        check_store_kept(spec)
     tracker = Tracker(spec.tracking_uri)
     tracker.check()
     if not restart and not restorable(experiment_path(spec.storage, spec.name)):
         check_name_free(spec, tracker)  # a new sweep: before storage is written to
     lock = ExperimentLock(spec.storage, spec.name).acquire()
     cluster = monitor = None
-    stops = Interrupts()
+    stops = Interrupts(spec.preempt_grace_s, out)
     try:
         marker = prepare(spec, resume, restart, tracker, out, extend)
         path = experiment_path(spec.storage, spec.name)
@@ -208,7 +216,9 @@ def run_sweep(
                         sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
                 with stops.fitting():
                     results = tuner.fit()
+                record_preemption(tracker, parent_id, out)
             except BaseException as e:
+                record_preemption(tracker, parent_id, out)
                 lost = outage(e)
                 if lost is not None:
                     out(f"{lost}\nresume with: {again}")
@@ -319,7 +329,22 @@ class SealedVariants(_Sealed, BasicVariantGenerator):
 
 
 class SealedSearch(_Sealed, SearchGenerator):
-    pass
+    def on_trial_result(self, trial_id, result):
+        if not result.get(PREEMPTED):  # a checkpoint on a signal: no evaluation to learn from
+            super().on_trial_result(trial_id, result)
+
+
+def record_preemption(tracker: Tracker, parent_id: str, out) -> None:
+    """What a stop signal's checkpoint request achieved: said, and counted on the parent run
+    (`preempt/checkpointed`, at the step of the number of requests so far)."""
+    req = preemption.REQUEST
+    if req.outcome is None:
+        return
+    out(req.outcome)
+    with contextlib.suppress(Exception):  # the store itself may be what went away
+        step = len(tracker.history(parent_id, "preempt/checkpointed"))
+        tracker.log(parent_id, {"preempt/checkpointed": float(req.saved)}, step=step)
+    req.outcome = None
 
 
 def make_tuner(
@@ -368,7 +393,11 @@ def make_tuner(
             storage_path=spec.storage,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=[callback, *([callback.stalls] if callback.stalls else [])],
+            callbacks=[
+                callback,
+                *([callback.stalls] if callback.stalls else []),
+                Preemption(name or spec.name, parallel=spec.resources.workers > 1),
+            ],
             progress_reporter=reporter,
             verbose=1,
         ),

@@ -31,11 +31,13 @@ import ray
 import torch
 from ray import tune
 
-from nlsweep.execution.runlog import FALLBACK, GPU_KEY, VERSIONS, WARNINGS
+from nlsweep.execution.preemption import CheckpointRequest, checkpoint_only_result
+from nlsweep.execution.runlog import FALLBACK, GPU_KEY, STORAGE_FULL, VERSIONS, WARNINGS
 from nlsweep.spec import Spec, swept_values
+from nlsweep.tracking.store import disk_full
 from nlsweep.training import checkpoint
 from nlsweep.training.runtime import DIVERGED, Diverged, describe_hardware, out_of_share
-from nlsweep.training.trainer import Trainer
+from nlsweep.training.trainer import CHECKPOINT_ONLY, Trainer
 
 
 def trial_device(spec: Spec, requested: str, gpu_ids: list) -> torch.device:
@@ -102,8 +104,16 @@ def _train(
     # difference per report is the checkpoint's cost; both include Ray's hand-over); reported
     # one evaluation late, since a report's own time is known only once it returns.
     spent = {"checkpoint_s": 0.0, "checkpoints": 0.0, "report_s": 0.0, "reports": 0.0}
+    # A stop signal's checkpoint request (`preemption.py`); data-parallel workers would have
+    # to agree on the step, so they keep to their periodic checkpoints.
+    asked = None if trainer.dp.active else CheckpointRequest(spec.name)
     try:
-        for metrics in trainer.run():
+        for metrics in trainer.run(save_now=asked):
+            if metrics.get(CHECKPOINT_ONLY):
+                result = checkpoint_only_result(trainer.step, spec.metric, trainer.history)
+                _report_checkpoint(trainer, {**result, "hardware": hardware}, report,
+                                   checkpoint_cls)  # fmt: skip
+                continue
             metrics = {
                 **metrics,
                 **{f"perf/{k}": v for k, v in spent.items()},
@@ -117,12 +127,7 @@ def _train(
                 metrics[FALLBACK], fallback = fallback, None
             t0 = time.perf_counter()
             if cfg.train.checkpoint_due(trainer.step):
-                state = trainer.state_dict()  # with several workers, all of them gather it
-                with tempfile.TemporaryDirectory(prefix="nlsweep-ckpt-") as folder:
-                    if rank == 0:
-                        checkpoint.save_state(state, folder)
-                    saved = checkpoint_cls.from_directory(folder) if rank == 0 else None
-                    report(metrics, checkpoint=saved)
+                _report_checkpoint(trainer, metrics, report, checkpoint_cls)
                 kind = "checkpoint"
             else:
                 report(metrics)
@@ -138,6 +143,23 @@ def _train(
         # worst possible value of its objective.
         worst = math.inf if spec.mode == "min" else -math.inf
         report({"step": e.step, spec.metric: worst, DIVERGED: str(e), "hardware": hardware})
+
+
+def _report_checkpoint(trainer: Trainer, metrics: dict, report, checkpoint_cls) -> None:
+    state = trainer.state_dict()  # with several workers, all of them gather it
+    with tempfile.TemporaryDirectory(prefix="nlsweep-ckpt-") as folder:
+        if trainer.dp.rank == 0:
+            checkpoint.save_state(state, folder)
+        saved = checkpoint_cls.from_directory(folder) if trainer.dp.rank == 0 else None
+        try:
+            report(metrics, checkpoint=saved)  # Ray copies the checkpoint to storage first
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            # Retrying a trial on a full disk only fails it: the driver stops the sweep at
+            # once instead (exit 3, resumable), told by this report without a checkpoint.
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            report({**metrics, STORAGE_FULL: first})
 
 
 def _checkpoint_folders(fs, trial_path: str) -> list[str]:

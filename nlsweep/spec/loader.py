@@ -71,12 +71,14 @@ TOP_KEYS = (
     "resources",
     "max_concurrent",
     "max_failures",
+    "preempt_grace_s",
     "storage",
     "tracking_uri",
     "tracking",
     "plugins",
 )
 DEFAULT_MAX_FAILURES = 1
+DEFAULT_PREEMPT_GRACE_S = 30.0
 SEED_PATH = "train.seed"
 SMOKE_STEPS = 20
 
@@ -108,6 +110,10 @@ class Spec:
     """Named bundles of base overrides (dotted path -> value), swept by `space.variant`."""
     max_failures: int = DEFAULT_MAX_FAILURES
     """Times a trial that raised is retried from its newest checkpoint before it is FAILED."""
+    preempt_grace_s: float = DEFAULT_PREEMPT_GRACE_S
+    """On a stop signal, seconds the running trials have to checkpoint where they are before
+    Tune stops them (0: they resume from their last periodic checkpoint); not part of the
+    fingerprint (no trial changes)."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """What reaches MLflow besides metrics; not part of the fingerprint (no trial changes)."""
     tracking_uri_relative: bool = False
@@ -332,6 +338,10 @@ def load_spec(
     failures = data.get("max_failures", DEFAULT_MAX_FAILURES)
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 0:
         err("max_failures", f"a non-negative integer (retries per trial), got {failures!r}")
+    grace = data.get("preempt_grace_s", DEFAULT_PREEMPT_GRACE_S)
+    if not isinstance(grace, (int, float)) or isinstance(grace, bool) or not 0 <= grace < 3600:
+        err("preempt_grace_s", f"seconds in [0, 3600) (0: no checkpoint on a stop signal), "
+            f"got {grace!r}")  # fmt: skip
     store = storage or data.get("storage", "./ray_results")
     if not isinstance(store, str) or not store:
         err("storage", "a folder path or a URI")
@@ -364,6 +374,7 @@ def load_spec(
         resources=sections["resources"],
         max_concurrent=concurrent,
         max_failures=failures,
+        preempt_grace_s=float(grace),
         tracking=sections["tracking"],
         storage=store,
         tracking_uri=uri,
@@ -448,7 +459,8 @@ def swept_values(spec: Spec, config: dict[str, Any]) -> dict[str, Any]:
 
 def describe(spec: Spec) -> dict[str, Any]:
     """Flat, loggable summary of the spec's top-level settings."""
-    keys = ("name", "metric", "mode", "max_concurrent", "max_failures", "storage", "tracking_uri")
+    keys = ("name", "metric", "mode", "max_concurrent", "max_failures", "preempt_grace_s",
+            "storage", "tracking_uri")  # fmt: skip
     out = {k: getattr(spec, k) for k in keys}
     sections = ("search", "scheduler", "resources", "tracking")
     out.update(flatten({k: to_dict(getattr(spec, k)) for k in sections}))

@@ -14,7 +14,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ from nlsweep.training.runtime import (
 )
 from nlsweep.training.trial import TrialConfig
 
+CHECKPOINT_ONLY = "checkpoint_only"
+"""Key of what `Trainer.run` yields when asked to save between evaluations."""
 STATE_FORMAT = 2  # 2: the Titans memory state carries its chunk position and chunk-start memory
 
 
@@ -382,8 +384,10 @@ class Trainer:
                 f"{type(out[bad]).__name__}, expected a number"
             ) from None
 
-    def run(self) -> Iterator[dict[str, float]]:
-        """Train to `train.steps`, yielding the metrics of every evaluation."""
+    def run(self, save_now: Callable[[], bool] | None = None) -> Iterator[dict[str, float]]:
+        """Train to `train.steps`, yielding the metrics of every evaluation. `save_now`,
+        asked after every other step: True yields `{"step": N, CHECKPOINT_ONLY: 1.0}`, no
+        evaluation, for the caller to save the state at that step (a stop on a signal)."""
         tc = self.cfg.train
         while self.step < tc.steps:
             t0 = time.perf_counter()
@@ -400,6 +404,8 @@ class Trainer:
                 yield metrics
             else:
                 self.elapsed += time.perf_counter() - t0
+                if save_now is not None and save_now():
+                    yield {"step": self.step, CHECKPOINT_ONLY: 1.0}
 
     def warnings(self) -> dict[str, str]:
         """Configured mechanisms that never acted during the run (name -> why)."""

@@ -40,3 +40,33 @@ def test_a_read_only_folder_is_one_line_before_anything_starts(
     assert len(line.splitlines()) == 1 and f"{read_only}: not writable (" in line, line
     assert said in line, line
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize(
+    "moved, first, said",
+    [
+        # nothing moved out of HOME: the seal record is the first folder written there
+        ((), ".local/state/nlsweep", "nlsweep's record of sealed experiments"),
+        # nlsweep's own folders moved: a local Ray would still write its token in ~/.ray
+        (("NLSWEEP_STATE", "NLSWEEP_PREPARED"), ".ray", "set RAY_AUTH_TOKEN_PATH to it"),
+    ],
+)
+def test_a_read_only_home_is_one_line_naming_it(
+    moved, first, said, read_only, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    unset = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+             "NLSWEEP_STATE", "NLSWEEP_PREPARED", "XDG_STATE_HOME", "XDG_CACHE_HOME")  # fmt: skip
+    for var in unset:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(read_only))
+    for var in moved:
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(spec_text())
+    assert main(["run", str(spec)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith(f"{read_only / first}: not writable ("), line
+    assert f"(under HOME, {read_only})" in line and said in line, line
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()

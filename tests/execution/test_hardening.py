@@ -402,6 +402,16 @@ def test_resume_runs_no_code_from_storage(write_spec, tmp_path, monkeypatch, cap
             target.unlink()
         else:
             target.write_bytes(original)
+    # The store emptied (a 0-byte file reads as a new SQLite store, which MLflow would fill
+    # with empty tables): said as such, not as a parent run missing from some other store.
+    db = tmp_path / "mlflow.db"
+    kept = db.read_bytes()
+    db.write_bytes(b"")
+    assert main(["run", str(spec), "--resume"]) == 2
+    err = one_line(capsys)
+    assert err.startswith(f"{exp}: its tracking store {db} is empty (0 bytes): it lost "), err
+    assert db.stat().st_size == 0  # untouched: MLflow made no tables in it
+    db.write_bytes(kept)
     assert main(["run", str(spec), "--resume"]) == 0  # every file as the sweep wrote it
     assert not flag.exists()
 

@@ -9,6 +9,7 @@ every second, so the kill lands after a snapshot that knows of trial checkpoints
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,13 @@ import yaml
 
 from nlsweep.cli import main
 from nlsweep.tracking.store import Tracker
-from nlsweep.tracking.tags import PARENT_TAG, TAG_RESUMED, TAG_ROLE, TAG_TRIAL
+from nlsweep.tracking.tags import (
+    PARENT_TAG,
+    TAG_PREEMPT_STEP,
+    TAG_RESUMED,
+    TAG_ROLE,
+    TAG_TRIAL,
+)
 from tests.helpers import ROOT, spec_text
 
 # Persistent state, CMS periods that straddle checkpoints, delta_adam, surprise: everything a
@@ -128,13 +135,41 @@ def last_result(trial_dir: Path) -> dict | None:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The same sweep, never interrupted: the reference every resumed sweep must equal."""
+def reported(tmp_path_factory):
+    """The same sweep, its trials never interrupted (the reference every resumed sweep must
+    equal), and SIGHUP while it writes its report, once every trial has ended."""
     sweep = Sweep(tmp_path_factory.mktemp("straight"))
-    assert sweep.run() == 0, sweep.log.read_text()[-3000:]
+    proc = sweep.start()
+    # The summary (its line "best trial: ...", not the progress table's "Current best
+    # trial") is printed just before the report is written (seconds: figures, tests).
+    summary = re.compile(r"^best trial: ", re.M)
+    wait_for(lambda: summary.search(sweep.log.read_text()), "the summary", 300, proc)
+    proc.send_signal(signal.SIGHUP)
+    return sweep, proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def straight(reported):
+    sweep, _ = reported
     hist = sweep.histories()
     assert set(hist) == {"seed=0", "seed=1", "seed=2"}
     return hist
+
+
+def test_a_signal_while_the_report_is_written_names_the_report_command(reported):
+    sweep, rc = reported
+    log = sweep.log.read_text()
+    assert rc == 129, log[-3000:]
+    said = re.search(r"interrupted by SIGHUP after every trial had ended, before the report "
+                     r"was written; write it with: (nlsweep report .*)", log)  # fmt: skip
+    assert said, log[-2000:]
+    assert not (sweep.folder / "reports" / "resumable.md").exists()
+    parents, children = sweep.runs()
+    assert parents[0].info.status == "FINISHED" and len(children) == 3
+    done = subprocess.run(shlex.split(said.group(1)), cwd=sweep.folder, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| compute | 3 trials, " in (sweep.folder / "reports" / "resumable.md").read_text()
 
 
 def check_complete(sweep: Sweep, straight) -> None:
@@ -244,6 +279,17 @@ def test_sigint_stops_gracefully_then_resumes(tmp_path, straight):
     assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children)
     assert any(r.info.status == "KILLED" for r in children)
     assert sweep.checkpoints()
+    # preempt_grace_s: each running trial saved its state at the step it was on, between
+    # evaluations (no metric logged for it), and the resumed run continues from there.
+    killed_runs = [r for r in children if r.info.status == "KILLED"]
+    saved = re.search(r"at the signal, (\d) of (\d) running trials saved a checkpoint where "
+                      r"they were \(steps ([\d, ]+)\)", log)  # fmt: skip
+    assert saved and saved.group(1) == saved.group(2) == str(len(killed_runs)), log[-2000:]
+    steps = sorted(int(r.data.tags[TAG_PREEMPT_STEP]) for r in killed_runs)
+    assert steps == sorted(int(x) for x in saved.group(3).split(", "))
+    assert all(step % 100 for step in steps)  # none of them an evaluation's step
+    counted = Tracker(sweep.uri).history(parents[0].info.run_id, "preempt/checkpointed")
+    assert [m.value for m in counted] == [len(killed_runs)]
 
     # Tune's retention deleting the checkpoint its saved state names, before it saves the
     # newer state (a driver killed in between): the trial resumes from the next kept one.
@@ -289,10 +335,56 @@ def test_sigterm_while_only_the_last_trial_runs_exits_143_then_resumes(tmp_path,
     log = sweep.log.read_text()
     assert ("interrupted by SIGTERM: 2 finished, 0 failed, 1 stopped short, 0 not started, "
             "of 3 trials") in log, log[-2000:]  # fmt: skip
+    assert "at the signal, 1 of 1 running trials saved a checkpoint where they were" in log
     assert f"resume with: nlsweep run {sweep.spec} --storage" in log
     parents, _ = sweep.runs()
     assert parents[0].info.status == "KILLED"
     assert sweep.run("--resume") == 0, sweep.log.read_text()[-3000:]
+    check_complete(sweep, straight)
+
+
+def slurm_script() -> str:
+    """docs/cluster.md's Slurm batch script, as printed there."""
+    doc = (ROOT / "docs" / "cluster.md").read_text()
+    return re.search(r"```bash\n(#!/bin/bash\n#SBATCH.*?)```", doc, re.S).group(1)
+
+
+def test_the_documented_slurm_requeue_loop_resumes_to_the_same_finals(tmp_path, straight):
+    """Preemption as Slurm does it with `--signal=B:TERM`: SIGTERM to the batch shell, whose
+    trap passes it to the sweep, waits for it and requeues the job; the requeued job (the
+    same script again) resumes the sweep to the straight run's values. `scontrol` is a
+    stand-in that records the requeue."""
+    sweep = Sweep(tmp_path)
+    script = slurm_script()
+    script = re.sub(r"^spec=.*$", f"spec={sweep.spec}", script, flags=re.M)
+    script = script.replace("--tracking-uri http://mlflow.internal:5000",
+                            f"--tracking-uri {sweep.uri} --storage {sweep.storage}")  # fmt: skip
+    job = tmp_path / "job.sh"
+    job.write_text(script)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "requeued"}\n')
+    (bin_ / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "TUNE_GLOBAL_CHECKPOINT_S": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+
+    def submit() -> subprocess.Popen:
+        with open(sweep.log, "a") as out:
+            return subprocess.Popen(["bash", str(job)], cwd=tmp_path, env=env, stdout=out,
+                                    stderr=out)  # fmt: skip
+
+    first = submit()
+    wait_for(lambda: len(sweep.checkpoints()) >= 2, "two trial checkpoints", proc=first)
+    first.send_signal(signal.SIGTERM)  # to the batch shell only, as --signal=B: does
+    first.wait(timeout=120)
+    log = sweep.log.read_text()
+    assert "interrupted by SIGTERM" in log and "running trials saved a checkpoint" in log, log
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "4242"]
+    parents, _ = sweep.runs()
+    assert parents[0].info.status == "KILLED"
+
+    assert submit().wait(timeout=300) == 0, sweep.log.read_text()[-3000:]
+    assert "resuming" in sweep.log.read_text()
     check_complete(sweep, straight)
 
 

@@ -208,3 +208,30 @@ def test_a_damaged_sqlite_store_is_one_line_naming_sqlites_reason(tmp_path):
     junk.write_bytes(b"this was never a database" * 100)
     with pytest.raises(TrackingError, match=r"junk.db is not a sound .*file is not a database"):
         Tracker(f"sqlite:///{junk}").check()
+
+
+def test_the_parent_run_tracks_the_best_objective_so_far_across_a_resume(setup, tmp_path):
+    """`best/val/bpc` on the parent: the best final objective among finished trials, at the
+    step of how many have finished; failed, diverged and unfinished trials do not count, and
+    a resumed sweep's writer (rebuilt from MLflow) goes on counting."""
+    spec, tracker, parent, log = setup
+    finals = {"t0": 2.0, "t1": 1.5, "t2": 1.8}
+    for i, (tid, bpc) in enumerate(finals.items()):
+        log.trial_started(tid, {"cms.periods.medium": 1 + i % 2, "train.seed": i})
+        log.trial_result(tid, result(4, bpc + 1.0))
+        log.trial_result(tid, result(8, bpc))
+        log.trial_completed(tid, None)
+    log.trial_started("t3", {"cms.periods.medium": 2, "train.seed": 5})
+    log.trial_result("t3", result(4, 0.1))  # better, but not finished: not counted
+    log.trial_errored("t3", "ValueError: boom")
+    log.finish()
+    best = [(m.step, m.value) for m in tracker.history(parent, "best/val/bpc")]
+    assert best == [(1, 2.0), (2, 1.5), (3, 1.5)]
+
+    again = RunLogger(spec_at(spec, tracker), parent, {"k": "v"}, str(tmp_path / "exp"))
+    again.trial_started("t4", {"cms.periods.medium": 1, "train.seed": 7})
+    again.trial_result("t4", result(8, 1.2))
+    again.trial_completed("t4", None)
+    again.finish()
+    best = [(m.step, m.value) for m in tracker.history(parent, "best/val/bpc")]
+    assert best[-1] == (4, 1.2)

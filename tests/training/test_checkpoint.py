@@ -11,7 +11,7 @@ from nlsweep.data.config import DataConfig
 from nlsweep.data.load import load_corpus
 from nlsweep.training import checkpoint
 from nlsweep.training.checkpoint import CHECKPOINT_FILE, CheckpointError
-from nlsweep.training.trainer import Trainer
+from nlsweep.training.trainer import CHECKPOINT_ONLY, Trainer
 from nlsweep.training.trial import TrialConfig
 
 # Persistent state, CMS periods that straddle the checkpoint at step 4 (medium 3, slow 7 have
@@ -46,6 +46,38 @@ def scramble_global_rngs():
     random.seed(999)
     np.random.seed(999)
     torch.manual_seed(999)
+
+
+@pytest.mark.parametrize("at", [1, 5, 7])
+def test_a_checkpoint_between_evaluations_restores_bit_identical(corpus, tmp_path, at):
+    """What a stop signal asks for (`preempt_grace_s`): the state at a step that is no
+    evaluation's, partial interval included (loss sums, surprise statistics, CMS pending
+    gradients), restored into a fresh Trainer, ends as the straight run does."""
+    straight = make(corpus)
+    full = list(straight.run())
+
+    first = make(corpus)
+    before = []
+    for m in first.run(save_now=lambda: first.step == at):
+        if m.get(CHECKPOINT_ONLY):
+            assert m == {"step": at, CHECKPOINT_ONLY: 1.0}  # no evaluation with it
+            checkpoint.save(first, tmp_path)
+            break
+        before.append(m)
+    else:
+        pytest.fail("run() never yielded the checkpoint it was asked for")
+    assert first.step == at and first._since_eval["n"] == at % 2
+
+    scramble_global_rngs()
+    resumed = make(corpus)
+    checkpoint.restore(resumed, tmp_path)
+    after = list(resumed.run())
+    assert [m["step"] for m in before + after] == [2, 4, 6, 8, 10, 12]
+    assert deterministic(before + after) == deterministic(full)
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values()
+    ):
+        assert torch.equal(a, b), name
 
 
 def test_stop_and_restore_is_bit_identical(corpus, tmp_path):
