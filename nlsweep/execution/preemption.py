@@ -79,7 +79,7 @@ class Preemption(tune.Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.started: float | None = None
+        self.begun = False  # the request seen: the running trials noted, asked
         self.published = False
         self.waiting: set[str] = set()
         self.saved: dict[str, int] = {}  # trial id -> the step it checkpointed at
@@ -100,8 +100,8 @@ class Preemption(tune.Callback):
     def on_step_begin(self, iteration, trials, **info):
         if REQUEST.at is None or REQUEST.stop is None:
             return
-        if self.started is None:
-            self.started = time.monotonic()
+        if not self.begun:
+            self.begun = True
             running = {t.trial_id for t in trials if t.status == "RUNNING"}
             if self.parallel:
                 self.unable = "data-parallel trials: their workers do not checkpoint on a signal"

@@ -48,6 +48,23 @@ def scramble_global_rngs():
     torch.manual_seed(999)
 
 
+def resume_equals_straight(corpus, folder, straight, full, before):
+    """Restore the checkpoint in `folder` into a fresh Trainer (global RNGs scrambled), run
+    it to the end, and check the metrics (`before` the stop, then after) and the weights
+    equal the straight run's; returns the resumed Trainer."""
+    scramble_global_rngs()
+    resumed = make(corpus)
+    checkpoint.restore(resumed, folder)
+    after = list(resumed.run())
+    assert [m["step"] for m in before + after] == [2, 4, 6, 8, 10, 12]
+    assert deterministic(before + after) == deterministic(full)
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values()
+    ):
+        assert torch.equal(a, b), name
+    return resumed
+
+
 @pytest.mark.parametrize("at", [1, 5, 7])
 def test_a_checkpoint_between_evaluations_restores_bit_identical(corpus, tmp_path, at):
     """What a stop signal asks for (`preempt_grace_s`): the state at a step that is no
@@ -67,17 +84,7 @@ def test_a_checkpoint_between_evaluations_restores_bit_identical(corpus, tmp_pat
     else:
         pytest.fail("run() never yielded the checkpoint it was asked for")
     assert first.step == at and first._since_eval["n"] == at % 2
-
-    scramble_global_rngs()
-    resumed = make(corpus)
-    checkpoint.restore(resumed, tmp_path)
-    after = list(resumed.run())
-    assert [m["step"] for m in before + after] == [2, 4, 6, 8, 10, 12]
-    assert deterministic(before + after) == deterministic(full)
-    for (name, a), b in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().values()
-    ):
-        assert torch.equal(a, b), name
+    resume_equals_straight(corpus, tmp_path, straight, full, before)
 
 
 def test_stop_and_restore_is_bit_identical(corpus, tmp_path):
@@ -94,18 +101,8 @@ def test_stop_and_restore_is_bit_identical(corpus, tmp_path):
     checkpoint.save(first, tmp_path)
     del first
 
-    scramble_global_rngs()
-    resumed = make(corpus)
-    checkpoint.restore(resumed, tmp_path)
-    after = list(resumed.run())
-
-    assert [m["step"] for m in before + after] == [2, 4, 6, 8, 10, 12]
-    assert deterministic(before + after) == deterministic(full)
+    resumed = resume_equals_straight(corpus, tmp_path, straight, full, before)
     assert deterministic(resumed.history) == deterministic(straight.history)
-    for (name, a), b in zip(
-        straight.model.state_dict().items(), resumed.model.state_dict().values()
-    ):
-        assert torch.equal(a, b), name
     for a, b in zip(straight.state, resumed.state):
         assert torch.equal(a, b)
     sa, sb = straight.cms.state_dict(), resumed.cms.state_dict()
@@ -116,7 +113,7 @@ def test_stop_and_restore_is_bit_identical(corpus, tmp_path):
                 other = sb["optimizers"][level]["state"][i][key]
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (level, key)
     # The metrics prove every mechanism acted across the restore.
-    last = after[-1]
+    last = resumed.history[-1]  # the final evaluation, as run() yielded it
     assert last["cms/slow/updates"] == 12 // 7 and last["cms/medium/updates"] == 4
     assert last["optim/fast/decay_norm"] > 0 and last["surprise/steps"] == 2
 
