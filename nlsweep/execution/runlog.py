@@ -58,6 +58,7 @@ from nlsweep.tracking.tags import (
     TAG_VERSIONS,
     WARNING_PREFIX,
 )
+from nlsweep.tracking.view import best_key, objective_first
 from nlsweep.training.runtime import DIVERGED, describe_hardware
 
 METRIC_PREFIXES = (
@@ -271,7 +272,8 @@ class RunLogger:
     def trial_result(self, tid: str, result: dict) -> None:
         self._setup()
         step = int(result["step"])
-        metrics = metrics_of(result)
+        # first, so MLflow's compare page plots the objective before any other metric
+        metrics = objective_first(metrics_of(result), self.spec.metric)
         if result.get(FALLBACK):  # its step was logged before: the tag alone is news
             self._put("tag", tid, key=f"nlsweep.{FALLBACK}", value=result[FALLBACK])
         if result.get(PREEMPTED):  # a checkpoint on a stop signal, without an evaluation
@@ -323,7 +325,7 @@ class RunLogger:
             return
         self.finals[tid] = self.latest[tid]
         best = (min if self.spec.mode == "min" else max)(self.finals.values())
-        self._put("log", None, metrics={f"best/{self.spec.metric}": best}, step=len(self.finals))
+        self._put("log", None, metrics={best_key(self.spec.metric): best}, step=len(self.finals))
 
     def trial_errored(self, tid: str, error: str) -> None:
         self._setup()
@@ -394,6 +396,7 @@ def sweep_tags(spec: Spec) -> dict[str, str]:
 def open_sweep_run(tracker: Tracker, spec: Spec) -> tuple[str, dict[str, str]]:
     """The sweep's parent run (spec settings and base config as params); its shared tags."""
     tracker.experiment(spec.name)
+    tracker.publish_view(spec.metric, spec.mode, list(spec.space))
     base_tags = sweep_tags(spec)
     params = {**describe(spec), **{f"base.{k}": v for k, v in flatten(to_dict(spec.base)).items()}}
     tags = {

@@ -16,8 +16,9 @@ from nlsweep.config.resources import local_resources
 from nlsweep.config.space import grid_points, short_names, trial_label
 from nlsweep.execution.experiment import filesystem
 from nlsweep.spec import Spec, swept_values
-from nlsweep.tracking.store import Tracker, describe_store, ui_command, ui_links
+from nlsweep.tracking.store import Tracker, describe_store
 from nlsweep.tracking.tags import TAG_DIVERGED, TAG_ERROR, TAG_FORECAST, TAG_FORECAST_S
+from nlsweep.tracking.view import ui_command, ui_links
 from nlsweep.training.runtime import DIVERGED
 
 
@@ -172,10 +173,14 @@ def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print
     out(f"to compare trials: {ui_command(spec.tracking_uri)}")
     try:
         tracker = Tracker(spec.tracking_uri)
-        children = [r.info.run_id for r in tracker.children(parent_id).values()]
-        runs, compare = ui_links(spec.tracking_uri, tracker.experiment_of(parent_id), children)
-        out(f"  runs: {runs}")
-        out(f"  compare the {len(children)} trial runs: {compare}")
+        kids = tracker.children(parent_id).values()
+        scored = [r.info.run_id for r in kids if spec.metric in r.data.metrics]
+        exp = tracker.experiment_of(parent_id)
+        runs, charts, compare = ui_links(spec.tracking_uri, exp, scored)
+        out(f"  runs, best {spec.metric} first: {runs}")
+        out(f"  charts, {spec.metric} first: {charts}")
+        # MLflow's compare page plots only metrics every run it shows has
+        out(f"  compare the {len(scored)} trial runs that reported {spec.metric}: {compare}")
     except Exception as e:  # noqa: BLE001 - links are a convenience; the sweep has ended
         out(f"  (no links: {type(e).__name__})")
     out(f"Ray experiment folder: {spec.storage}/{spec.name}")

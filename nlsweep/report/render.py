@@ -19,7 +19,6 @@ from nlsweep.report import importance
 from nlsweep.report.results import Context, Row, Trial, trials_frame
 from nlsweep.tracking.config import DEFAULT_TRACKING_URI, absolute_uri
 from nlsweep.tracking.read import RunData
-from nlsweep.tracking.store import run_link
 from nlsweep.tracking.tags import (
     TAG_COMMIT,
     TAG_CORPUS_KIND,
@@ -33,6 +32,7 @@ from nlsweep.tracking.tags import (
     TAG_SPEC_SHOWN,
     TAG_SPEC_TEXT,
 )
+from nlsweep.tracking.view import run_link
 
 TOP_K = 10
 MAX_ROWS = 40

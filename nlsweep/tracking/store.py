@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from nlsweep.tracking._sqlite_lock import sqlite_lock
 from nlsweep.tracking.tags import (
     EXPERIMENT_KIND,
-    LOCAL_UI,
     MAX_PARAM_LEN,
     MAX_PARAMS_PER_BATCH,
     MAX_TAG_LEN,
@@ -36,6 +32,7 @@ from nlsweep.tracking.tags import (
     TAG_ROLE,
     TAG_TRIAL,
 )
+from nlsweep.tracking.view import view_tag
 
 # mlflow itself is imported where a client is made: loading a spec (which builds the
 # TrackingConfig below) or printing a dry run must not pay for it.
@@ -174,25 +171,6 @@ def clip_tag(value) -> str:
     return text[: MAX_TAG_LEN - len(marker)] + marker
 
 
-def ui_links(uri: str, experiment_id: str, run_ids: list[str]) -> tuple[str, str]:
-    """Links to the experiment's runs view and to a compare view of `run_ids`: on the
-    tracking server itself, else on what `ui_command` serves (127.0.0.1:5000). Both name the
-    model-training workflow, since the MLflow 3 UI otherwise opens on its GenAI pages."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    ml = "workflowType=machine_learning"
-    runs = f"{base}/#/experiments/{experiment_id}/runs?{ml}"
-    ids = quote(json.dumps(run_ids, separators=(",", ":")))
-    exp = quote(json.dumps([experiment_id]))
-    return runs, f"{base}/#/compare-runs?runs={ids}&experiments={exp}&{ml}"
-
-
-def ui_command(uri: str) -> str:
-    """The exact command that shows this store in the MLflow UI (bound to localhost)."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser (the tracking server's own UI)"
-    return shlex.join(["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"])
-
-
 def describe_store(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"{uri} (file {Path(uri[len('sqlite:///') :]).resolve()})"
@@ -240,6 +218,11 @@ class Tracker:
             if EXPERIMENT_KIND not in exp.tags:
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return self.experiment_id
+
+    def publish_view(self, metric: str, mode: str, swept: list[str]) -> None:
+        """Write the experiment's shared view (`view.view_tag`), which the runs links open."""
+        key, value = view_tag(metric, mode, swept)
+        self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_run(
         self,
@@ -392,10 +375,3 @@ def publish_report(uri: str, parent_id: str, md: Path, fig_dir: Path) -> None:
         raise TrackingError(
             f"tracking_uri {uri}: the report was written but not uploaded ({_one_line(e)})"
         ) from None
-
-
-def run_link(uri: str, experiment_id: str, run_id: str) -> str:
-    """A browser link for servers; for local stores the run id is what the UI searches by."""
-    if uri.startswith(("http://", "https://")):
-        return f"[{run_id[:8]}]({uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id})"
-    return f"`{run_id[:8]}`"

@@ -1,5 +1,7 @@
 """End-to-end sweeps through Ray Tune, checked by reading the MLflow store back."""
 
+import json
+
 import pytest
 
 from nlsweep.cli import main
@@ -13,6 +15,7 @@ from nlsweep.tracking.tags import (
     TAG_STOPPED,
     TAG_TRIAL,
 )
+from nlsweep.tracking.view import SHARE_KEY, SHARE_TAG
 from tests.helpers import edit, spec_text
 
 
@@ -92,6 +95,15 @@ def test_grid_sweep_logs_every_trial(tmp_path, write_spec, capsys, monkeypatch):
         assert r.data.metrics["cms/medium/updates"] == 8 // medium
     # The seeds differ, so the runs differ: nothing was silently shared between trials.
     assert len({round(r.data.metrics["val/bpc"], 9) for r in children}) == 4
+    # what the MLflow UI opens on (tests/tracking/test_mlflow_ui.py looks at it in Chromium):
+    # the objective is each trial's first metric, so MLflow's compare page plots it first
+    assert {next(iter(r.data.metrics)) for r in children} == {"val/bpc"}
+    exp = tracker.client.get_experiment(parent.info.experiment_id)
+    view = json.loads(exp.tags[SHARE_TAG])
+    assert view["orderByKey"] == "metrics.`val/bpc`" and view["orderByAsc"] is True
+    assert view["selectedColumns"][:2] == ["metrics.`val/bpc`", "metrics.`best/val/bpc`"]
+    assert {"params.`cms.periods.medium`", "params.`train.seed`"} <= set(view["selectedColumns"])
+    assert f"viewStateShareKey={SHARE_KEY}" in out and "compare the 4 trial runs that rep" in out
 
 
 @pytest.mark.slow

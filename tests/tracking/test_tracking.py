@@ -6,8 +6,9 @@ import pytest
 
 from nlsweep.execution.runlog import RunLogger, close_open_runs
 from nlsweep.spec import load_spec
-from nlsweep.tracking.store import Tracker, TrackingError, ui_command
+from nlsweep.tracking.store import Tracker, TrackingError
 from nlsweep.tracking.tags import PARENT_TAG, TAG_ERROR, TAG_STOPPED, TAG_TRIAL
+from nlsweep.tracking.view import ui_command
 from tests.helpers import GOOD_SPEC, tmpfs
 
 
