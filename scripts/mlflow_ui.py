@@ -95,9 +95,9 @@ def _same(shown: str, value: float) -> bool:
 
 
 def _check_table(page, sweep, metric: str, mode: str) -> None:
-    """Every trial a row, ordered best first; the objective and best-so-far columns."""
+    """Every trial a row, ordered best first; the objective and best-so-far columns (the
+    caller has waited for the parent's row)."""
     parent = sweep.parent.run_id
-    page.locator(f"a[href$='/runs/{parent}']").first.wait_for(timeout=60_000)
     if "viewing a shared view" not in page.inner_text("body"):
         raise UiError("the runs link did not open the sweep's view (no shared-view banner)")
     rows = _rows(page)
