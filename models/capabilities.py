@@ -27,6 +27,10 @@ refused in one line naming the model class and the member.
     SurpriseLevels forward_levels(ids, state) -> per-level outputs   (surprise.weights)
     InContext     uses_targets = True; Model(config, vocab_size, cms, teach);
                   forward(ids, state, targets=...)              (cms.token_periods, teach)
+    Memorizes     memorizes = True (with Stateful): the state a call returns holds what the
+                  model learned in context (memory weights, fast weights), so replaying a
+                  prompt through it before a query is test-time memorization
+                  (eval.memorize; nlsweep/evaluation)
     Counters      inner_metrics() -> {name: float}; warnings() -> {name: why}
 
 The built-in kinds (`models/kinds.py`) declare these members themselves and register through

@@ -327,6 +327,7 @@ class _Hope:
 
     uses_targets = True
     carries_state = True
+    memorizes = True  # the chain's fast weights (and the memory's) are learned in context
     state_is_context = False  # attention sees one call; the chain's state splits exactly
     teach_scale = 1.0
 

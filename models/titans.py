@@ -70,6 +70,9 @@ class MemoryLM(AttentionLM):
     """An attention LM whose blocks return (h, state); the state is their tuples, flat."""
 
     carries_state = True
+    # Its state is what it learned in context (the memory's weights), so a prompt replayed
+    # through it before a query is test-time memorization (`memorizes`, capabilities.py).
+    memorizes = True
     # Attention sees only the current call's tokens, so a split stream differs from one pass
     # at the model's output; the memory's state carries exactly (its own split tests).
     state_is_context = False

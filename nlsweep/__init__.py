@@ -8,7 +8,8 @@ alone, no torch or Ray), `execution` (every Ray call), then `api` and `cli`.
 The Python API (`docs/api.md`) is named here and loaded on first use, so that importing a
 torch-free package such as `nlsweep.report` does not load torch through this file:
 
-    load_spec, run_sweep, load_trials, write_report, Trainer, TrialConfig, SweepResult,
+    load_spec, run_sweep, load_trials, write_report, evaluate_sweep, Trainer, TrialConfig,
+    SweepResult,
     and for plugins register_model, register_optimizer, register_corpus,
     register_evaluator (with the EvalContext an evaluator gets) and the contract kit
     check_kind
@@ -18,8 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EvalContext", "SpecError", "SweepResult", "Trainer", "TrialConfig", "check_kind",
-    "load_spec", "load_trials", "register_corpus", "register_evaluator", "register_model",
-    "register_optimizer", "run_sweep", "write_report",
+    "evaluate_sweep", "load_spec", "load_trials", "register_corpus", "register_evaluator",
+    "register_model", "register_optimizer", "run_sweep", "write_report",
 ]  # fmt: skip
 
 _HOMES = {
@@ -29,6 +30,7 @@ _HOMES = {
     "load_trials": "nlsweep.api",
     "run_sweep": "nlsweep.api",
     "write_report": "nlsweep.api",
+    "evaluate_sweep": "nlsweep.api",
     "Trainer": "nlsweep.training.trainer",
     "TrialConfig": "nlsweep.training.trial",
     "register_model": "models.registry",

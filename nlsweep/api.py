@@ -5,6 +5,7 @@
     result.trials                             # pandas: one row per trial
     nlsweep.load_trials("quickstart", tracking_uri="sqlite:///mlflow.db")  # on any machine
     nlsweep.write_report("quickstart", tracking_uri=...)
+    nlsweep.evaluate_sweep("quickstart", tasks=["piqa"])   # lm-eval tasks on finished trials
     nlsweep.Trainer(spec.base)                # one trial, no Ray
 
 Errors are exceptions here (`SpecError`, `TrackingError`, ...), each with the one-line message
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.errors import ConfigError
 from nlsweep.report.results import trial_table
 from nlsweep.report.writer import write_report as _write_report
 from nlsweep.spec import NAME_RE, Spec
@@ -29,8 +31,8 @@ from nlsweep.tracking.config import DEFAULT_TRACKING_URI, absolute_uri, bound_ht
 from nlsweep.tracking.read import read_sweep
 
 __all__ = [
-    "NotASpecOrName", "SweepResult", "load_spec", "load_trials", "locate", "run_sweep",
-    "write_report",
+    "NotASpecOrName", "SweepResult", "evaluate_sweep", "load_spec", "load_trials", "locate",
+    "run_sweep", "write_report",
 ]  # fmt: skip
 
 EVERYWHERE = {"CPU": float("inf"), "GPU": float("inf")}
@@ -100,6 +102,68 @@ def write_report(
     _, name, uri = locate(name_or_spec, tracking_uri)
     bound_http_calls()
     return _write_report(uri, name, Path(out or f"reports/{name}.md"), run_id)
+
+
+def evaluate_sweep(
+    name_or_spec,
+    tasks: list[str] | None = None,
+    *,
+    tracking_uri: str | None = None,
+    device: str = "cpu",
+    report_dir: str | os.PathLike | None = "reports",
+    out=print,
+    **settings,
+) -> int:
+    """Run lm-eval tasks on every finished trial of the newest sweep of `name_or_spec`, logging
+    `eval/<task>/<metric>` on each trial's run, as `nlsweep eval` does; then write the report
+    (into `report_dir`; None: none). The tasks and their settings are the spec's `eval:`
+    section, with `tasks` and `settings` (any `EvalConfig` field: limit, num_fewshot,
+    include_path, batch_size, context, max_length, seed) in its place. What a run was already
+    evaluated on with the same settings is skipped. Returns how many runs were evaluated;
+    raises `EvalSetupError`, `TaskError`, `LoadError`, `SpecError` or `TrackingError`."""
+    from nlsweep.evaluation import EvalConfig, evaluate_runs
+    from nlsweep.tracking.store import Tracker
+
+    spec_file, name, uri = locate(name_or_spec, tracking_uri)
+    base = _load_spec(spec_file, available=EVERYWHERE).eval if spec_file else None
+    if base is None and not tasks:
+        raise EvalSetupError(f"{name_or_spec}: no eval: section in its spec, and no tasks named "
+                             "(--tasks)")  # fmt: skip
+    fields = {**(_fields(base) if base else {}), **({"tasks": list(tasks)} if tasks else {})}
+    for key, value in settings.items():
+        if value is not None:
+            fields[key] = value
+    if "include_path" in settings and settings["include_path"] is not None:
+        fields["include_path"] = [str(Path(p).resolve()) for p in settings["include_path"]]
+        fields["base_dir"] = os.getcwd()  # paths given here are from here
+    if not fields.get("base_dir"):
+        fields["base_dir"] = os.getcwd()  # a task YAML's relative paths: from here
+    try:
+        ev = EvalConfig(**fields)
+    except TypeError as e:
+        raise EvalSetupError(f"eval settings: {e}") from None
+    except ConfigError as e:
+        raise EvalSetupError(f"eval.{e.key}: {e.expected}") from None
+    bound_http_calls()
+    sweep = read_sweep(uri, name)
+    finished = [r for r in sweep.trials if r.status == "FINISHED"]
+    metric = sweep.parent.params.get("metric", "val/bpc")
+    out(f"evaluating {len(finished)} finished trial runs of {name} on {', '.join(ev.parts)}")
+    done = evaluate_runs(Tracker(uri), finished, ev, metric, spec_file, device, out)
+    if report_dir is not None:
+        out(f"report: {_write_report(uri, name, Path(report_dir) / f'{name}.md')}")
+    return done
+
+
+def _fields(config) -> dict:
+    """A dataclass's fields, one level deep (nested configs stay objects)."""
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+class EvalSetupError(ValueError):
+    """What `evaluate_sweep` cannot start with, in one line."""
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """nlsweep's command line: run, validate, report, list the trials of, train or rerun a sweep.
 
 `run` a sweep, `validate` a spec, `prepare` its corpora, `report` a sweep, `trials` of a
-sweep as a table or CSV, `train` a spec's base config as one trial without Ray, `rerun` a trial.
+sweep as a table or CSV, `train` a spec's base config as one trial without Ray, `rerun` a trial,
+`eval` a sweep's finished trials on lm-eval tasks, `lm-eval` (lm-evaluation-harness's own
+command line, with a trial as `--model nlsweep`).
 
 Exit codes: 0 success; 1 a sweep ran but some trial failed; 2 a bad spec or an unusable
 setup (tracking store, storage, resources, the cluster at $RAY_ADDRESS, an earlier run of
@@ -108,6 +110,42 @@ def parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db)"
     )
     again.add_argument("--storage", help="Ray storage for the re-run (default: the spec's)")
+    ev = sub.add_parser(
+        "eval",
+        help="run lm-eval tasks on every finished trial of a sweep, logging eval/* on its run "
+        "(what was evaluated with the same settings is skipped), then write the report",
+    )
+    ev.add_argument("spec", metavar="SPEC_OR_NAME", help="a spec file, or an experiment name")
+    ev.add_argument("--tasks", nargs="+", help="lm-eval task names (default: the spec's eval:)")
+    ev.add_argument("--include-path", nargs="+", help="folders of task YAMLs (local tasks)")
+    ev.add_argument("--limit", type=int, help="documents per task (0: all)")
+    ev.add_argument("--num-fewshot", type=int)
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--context", choices=["truncate", "carry"])
+    ev.add_argument("--max-length", type=int, help="the window (0: the trial's data.seq_len)")
+    ev.add_argument(
+        "--memorize-steps",
+        type=int,
+        help="replay each prompt N times first "
+        "(test-time memorization; kinds without in-context memory are skipped)",
+    )
+    ev.add_argument(
+        "--memorize-answer", action="store_true", help="replay the gold answer after the prompt"
+    )
+    ev.add_argument(
+        "--memorize-carry",
+        action="store_true",
+        help="carry the memory from one request to the next (no reset)",
+    )
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's)")
+    ev.add_argument("--no-report", action="store_true", help="do not rewrite the report")
+    sub.add_parser(
+        "lm-eval",
+        help="lm-evaluation-harness's command line with the `nlsweep` model registered: "
+        "--model nlsweep --model_args run=RUN_ID --tasks ... (docs/evaluation.md)",
+        add_help=False,
+    )
     return ap
 
 
@@ -145,6 +183,38 @@ def rerun(args) -> int:
     except (RerunError, SpecError, TrackingError, ExperimentError, ClusterError) as e:
         print(e, file=sys.stderr)
         return 2
+
+
+def evaluate(args) -> int:
+    """`nlsweep eval SPEC_OR_NAME [--tasks ...]`; 2 after one line for what cannot start."""
+    from nlsweep.api import EvalSetupError, NotASpecOrName, evaluate_sweep
+    from nlsweep.evaluation import LoadError, ScoringError, TaskError
+    from nlsweep.spec import SpecError
+    from nlsweep.tracking.store import TrackingError
+
+    settings = {k: getattr(args, k) for k in ("include_path", "limit", "num_fewshot",
+                                               "batch_size", "context", "max_length")}  # fmt: skip
+    if args.memorize_steps is not None:
+        from nlsweep.evaluation.config import MemorizeConfig
+
+        try:
+            settings["memorize"] = MemorizeConfig(args.memorize_steps, args.memorize_answer,
+                                                  not args.memorize_carry)  # fmt: skip
+        except ValueError as e:
+            print(f"nlsweep eval: --memorize-steps: {e}", file=sys.stderr)
+            return 2
+    elif args.memorize_answer or args.memorize_carry:
+        print("nlsweep eval: --memorize-answer and --memorize-carry go with --memorize-steps",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        evaluate_sweep(args.spec, args.tasks, tracking_uri=args.tracking_uri, device=args.device,
+                       report_dir=None if args.no_report else "reports", **settings)  # fmt: skip
+    except (EvalSetupError, NotASpecOrName, TaskError, LoadError, ScoringError, SpecError,
+            TrackingError) as e:  # fmt: skip
+        print(f"nlsweep eval: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def report(args) -> int:
@@ -271,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # its own options, as `python -m nlsweep.train` takes them
         return train_main(argv[1:])
+    if argv[:1] == ["lm-eval"]:  # lm-eval's own command line, with the nlsweep model
+        from nlsweep.evaluation import lm_eval_main
+
+        return lm_eval_main(argv[1:])
     args = parser().parse_args(argv)
     if args.command == "trials":
         return trials(args)
@@ -278,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return report(args)
     if args.command == "rerun":
         return rerun(args)
+    if args.command == "eval":
+        return evaluate(args)
     from nlsweep.spec import SpecError, load_spec
 
     try:
@@ -292,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     if args.command == "validate":
-        from nlsweep.spec import probe_corpora
+        from nlsweep.spec import check_eval, probe_corpora
 
         try:
             probe_corpora(spec)
+            check_eval(spec)
         except SpecError as e:
             print(e, file=sys.stderr)
             return 2

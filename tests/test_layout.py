@@ -11,7 +11,10 @@ import pytest
 
 from tests.helpers import ROOT
 
-PACKAGES = ["config", "data", "training", "testing", "tracking", "spec", "report", "execution"]
+PACKAGES = [
+    "config", "data", "training", "testing", "tracking", "evaluation", "spec", "report",
+    "execution",
+]  # fmt: skip
 
 
 def strongly_connected(graph, modules: set[str]) -> list[list[str]]:
@@ -106,3 +109,12 @@ def test_the_documented_surfaces_are_the_packages_all():
     assert sorted(documented) == sorted(packages)
     for name in packages:
         assert documented[name] == set(importlib.import_module(name).__all__), name
+
+
+def test_importing_nlsweep_loads_no_lm_eval():
+    """lm-eval (and the datasets it pulls in) loads only when an evaluation runs."""
+    mods = "nlsweep, nlsweep.evaluation, nlsweep.execution, nlsweep.cli, nlsweep.api"
+    code = f"import sys, {mods}; print('lm_eval' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

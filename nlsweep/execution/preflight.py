@@ -35,7 +35,7 @@ from nlsweep.execution.experiment import (
     refusal,
     restorable,
 )
-from nlsweep.spec import Spec, SpecError, candidate_configs, probe_corpora
+from nlsweep.spec import Spec, SpecError, candidate_configs, check_eval, probe_corpora
 from nlsweep.tracking.tags import TAG_FINGERPRINT, TAG_SPEC
 
 SHARED_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
@@ -205,6 +205,7 @@ def prepare_data(spec: Spec, out=None) -> dict[str, bytes]:
     shapes = set()
     probed = set()
     probe_corpora(spec)
+    check_eval(spec)
     for cfg in candidate_configs(spec):
         if cfg.model.kind not in probed:  # a plain model's forward, once, on CPU
             probed.add(cfg.model.kind)

@@ -30,12 +30,14 @@ import torch
 from nlsweep.config.builder import flatten, to_dict
 from nlsweep.config.space import as_spec, trial_label
 from nlsweep.data.config import corpus_kind
+from nlsweep.evaluation import EVAL_DONE, tag_of
 from nlsweep.execution.experiment import clear_pending, read_pending, write_pending
 from nlsweep.execution.preemption import PREEMPTED
 from nlsweep.spec import VARIANT, Spec, describe, swept_values
 from nlsweep.tracking.store import Tracker, disk_full, free_space, git_commit, transient
 from nlsweep.tracking.tags import (
     TAG_BASELINE,
+    TAG_CHECKPOINT,
     TAG_COMMIT,
     TAG_CORPUS_KIND,
     TAG_DIVERGED,
@@ -293,6 +295,8 @@ class RunLogger:
                 self.latest[tid] = metrics[self.spec.metric]
         for name, why in json.loads(result.get(WARNINGS) or "{}").items():
             self._put("tag", tid, key=f"{WARNING_PREFIX}.{name}", value=why)
+        for task, settings in json.loads(result.get(EVAL_DONE) or "{}").items():
+            self._put("tag", tid, key=tag_of(task), value=settings)  # what `nlsweep eval` skips
         if tid not in self.last_step:
             for key, tag in (
                 ("hardware", TAG_HARDWARE),
@@ -311,6 +315,8 @@ class RunLogger:
         else:
             if self.last_step.get(tid, 0) < self.steps.get(tid, 0):
                 self._put("tag", tid, key=TAG_STOPPED, value=self.spec.scheduler.kind)
+            if checkpoint_uri:  # what `nlsweep eval` and lm-eval's `nlsweep` model load
+                self._put("tag", tid, key=TAG_CHECKPOINT, value=checkpoint_uri)
             if checkpoint_uri and self.spec.tracking.log_checkpoints == "final":
                 self._put("checkpoint", tid, uri=checkpoint_uri)
             self._put("end", tid, status="FINISHED")

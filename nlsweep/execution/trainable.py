@@ -31,6 +31,7 @@ import ray
 import torch
 from ray import tune
 
+from nlsweep.evaluation import EVAL_WARNINGS, eval_trainer
 from nlsweep.execution.preemption import CheckpointRequest, checkpoint_only_result
 from nlsweep.execution.runlog import FALLBACK, GPU_KEY, STORAGE_FULL, VERSIONS, WARNINGS
 from nlsweep.spec import Spec, swept_values
@@ -123,6 +124,10 @@ def _train(
             }
             if trainer.step == cfg.train.steps:  # mechanisms that never acted, for run tags
                 metrics[WARNINGS] = json.dumps(trainer.warnings())
+                if spec.eval is not None and rank == 0:  # lm-eval's tasks, before the end
+                    metrics.update(eval_trainer(trainer, spec.eval))
+                    skipped = json.loads(metrics.pop(EVAL_WARNINGS))
+                    metrics[WARNINGS] = json.dumps({**json.loads(metrics[WARNINGS]), **skipped})
             if fallback:  # said with the first result after the restore (a run tag)
                 metrics[FALLBACK], fallback = fallback, None
             t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, headless): learning curves (the rest are Optuna's own plots)."""
+"""Report figures (matplotlib, headless): learning curves and needle accuracy against length
+(the rest are Optuna's own plots)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def learning_curves(
     ax.set_title(f"{metric} during training: mean over seeds, band = +-1 std")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def needle_curves(series: dict[tuple[str, str], dict[int, list[float]]], chance: float | None,
+                  path: Path) -> None:  # fmt: skip
+    """Accuracy against haystack length: one line per (configuration, mode), the mean over
+    seeds at each length (solid: memory carried, dashed: fresh)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (label, mode), by_length in series.items():
+        lengths = sorted(by_length)
+        mean = [np.mean(by_length[n]) for n in lengths]
+        n = max(len(v) for v in by_length.values())
+        ax.plot(lengths, mean, marker="o", ms=3, ls="-" if mode == "carry" else "--",
+                label=f"{label}, {mode} (n={n})")  # fmt: skip
+    if chance is not None:
+        ax.axhline(chance, color="grey", lw=0.8, ls=":", label=f"chance {chance:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("haystack length (tokens)")
+    ax.set_ylabel("needle accuracy")
+    ax.set_title("needle in a haystack: mean over seeds (solid carry, dashed fresh)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 

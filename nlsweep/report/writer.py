@@ -11,6 +11,7 @@ A report can be regenerated any time, from any machine that reaches the tracking
                  history, slice and contour plots on a study rebuilt from the runs
     effects      grid sweeps: each factor's marginal means and share of variance
     continual    sweeps over data.phases: forgetting per phase with CIs, the phase matrix
+    evaluations  lm-eval scores of each trial's final model per task, with the same statistics
     curves       the objective against the training step per configuration
     sanity       probable no-op factors, leaking splits, failed / diverged / stopped /
                  killed runs, and mechanisms that never fired
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 from nlsweep.report.continual import continual_section
+from nlsweep.report.evaluation import evaluation_section
 from nlsweep.report.render import (
     grid_section,
     header_section,
@@ -63,6 +65,7 @@ def write_report(
     else:
         lines += sampled_section(trials, ctx, fig_dir, out.parent)
     lines += continual_section(trials, ctx)
+    lines += evaluation_section(trials, ctx, fig_dir, out.parent)
     lines += ["", "## Sanity checks", "", *sanity_section(trials, ctx), ""]
     tmp = out.with_name(out.name + ".part")
     tmp.write_text("\n".join(lines))

@@ -46,6 +46,7 @@ from nlsweep.config.space import (
     translate,
 )
 from nlsweep.config.specfile import Reporter, SpecError, apply_override, line_map, refuse_aliases
+from nlsweep.evaluation.config import EvalConfig
 from nlsweep.spec.variants import (
     NAME_RE,
     VARIANT,
@@ -76,6 +77,7 @@ TOP_KEYS = (
     "tracking_uri",
     "tracking",
     "plugins",
+    "eval",
 )
 DEFAULT_MAX_FAILURES = 1
 DEFAULT_PREEMPT_GRACE_S = 30.0
@@ -121,6 +123,9 @@ class Spec:
     the working folder: a resume from elsewhere takes the store its sweep started with."""
     plugins: list[Plugin] = field(default_factory=list)
     """The plugins imported for this spec (`plugins:` and installed entry points)."""
+    eval: EvalConfig | None = None
+    """lm-eval tasks run on each trial's final model (`nlsweep/evaluation/config.py`); not
+    part of the fingerprint (no trial trains differently)."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -315,6 +320,7 @@ def load_spec(
         except ConfigError as e:
             err(e.key, e.expected)
 
+    evaluation = _parse_eval(data.get("eval"), Path(file).resolve().parent, err)
     variants = parse_variants(data.get("variants"), base_raw, err)
     space = _parse_space(data.get("space") or {}, base, base_raw, variants, err)
     baseline = _parse_baseline(data.get("baseline"), space, err)
@@ -386,7 +392,31 @@ def load_spec(
         baseline=baseline,
         text=text,
         variants=variants,
+        eval=evaluation,
     )
+
+
+def _parse_eval(raw, spec_dir: Path, err: Reporter) -> EvalConfig | None:
+    """`eval:` -> its config, with include_path folders made absolute against the spec's."""
+    if raw is None:
+        return None
+    try:
+        ev = build(EvalConfig, raw, "eval.")
+    except ConfigError as e:
+        err(e.key, e.expected)
+    folders = []
+    for i, p in enumerate(ev.include_path):
+        folder = (spec_dir / p).expanduser().resolve()
+        if not folder.is_dir():
+            err(f"eval.include_path[{i}]", f"a folder of lm-eval task YAMLs, got {p!r} "
+                f"({folder} is not a folder)")  # fmt: skip
+        folders.append(str(folder))
+    ev.include_path = folders
+    base = (spec_dir / (ev.base_dir or ".")).expanduser().resolve()
+    if not base.is_dir():
+        err("eval.base_dir", f"a folder, got {ev.base_dir!r} ({base} is not a folder)")
+    ev.base_dir = str(base)
+    return ev
 
 
 def _parse_baseline(raw, space: dict[str, Distribution], err: Reporter) -> dict[str, Any]:

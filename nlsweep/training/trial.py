@@ -17,7 +17,7 @@ from models.optim import OptimConfig
 from models.registry import model_kind
 from models.surprise import SurpriseConfig
 from models.teach import TeachConfig
-from nlsweep.config.builder import build
+from nlsweep.config.builder import build, to_dict
 from nlsweep.data.config import DataConfig
 from nlsweep.data.registry import corpus_entry
 from nlsweep.training.documents import check_resettable
@@ -134,6 +134,25 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     state: StateConfig = field(default_factory=StateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_recorded(cls, d: dict) -> TrialConfig:
+        """The config a run recorded (`to_dict` of it, every field written out), back. Fields
+        at their defaults are left out, so that a section a kind refuses when given (teach,
+        for a kind without a teach signal) is not given."""
+        if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+            raise ConfigError("model", "a recorded trial config with a model section")
+        defaults = {"cms": CMSConfig, "optim": OptimConfig, "surprise": SurpriseConfig,
+                    "teach": TeachConfig, "data": DataConfig, "state": StateConfig,
+                    "train": TrainConfig}  # fmt: skip
+        raw: dict = {"model": d["model"]}
+        for name, section in defaults.items():
+            default = to_dict(section())
+            missing = object()
+            kept = {k: v for k, v in (d.get(name) or {}).items() if default.get(k, missing) != v}
+            if kept:
+                raw[name] = kept
+        return cls.from_dict(raw)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialConfig:

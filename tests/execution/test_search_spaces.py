@@ -36,12 +36,12 @@ def local_ray():
         os.environ["PYTHONPATH"] = saved
 
 
-def smoke(tmp_path, monkeypatch, name):
+def smoke(tmp_path, monkeypatch, name, *extra):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     rc = main(["run", str(SPACES / f"{name}.yaml"), "--smoke", "--set",
                "space.train.seed={grid: [0]}", "--tracking-uri", uri, "--storage",
-               str(tmp_path / "ray")])  # fmt: skip
+               str(tmp_path / "ray"), *extra])  # fmt: skip
     assert rc == 0
     assert (tmp_path / "reports" / f"{name}.md").is_file()
     runs = [r for r in Tracker(uri).runs(name) if r.data.tags.get(TAG_ROLE) == "trial"]
@@ -211,3 +211,26 @@ def test_hope_vs_titan_spm(tmp_path, monkeypatch):
             "sentencepiece", "1024", "unigram",
         )  # fmt: skip
         assert m["data/val_unk_rate"] == 0 and 0 < m["val/bpb"] < m["val/loss"] / 0.693
+
+
+def test_hope_vs_titan_eval(tmp_path, monkeypatch):
+    """The shipped evaluation spec: lm-eval's local task and the needles on every kind, carry
+    skipped (and said) for the transformer only."""
+    runs = smoke(
+        tmp_path,
+        monkeypatch,
+        "hope_vs_titan_eval",
+        "--set",
+        "eval.needles.lengths=[256]",
+        "--set",
+        "eval.needles.samples=1",
+    )
+    for r in runs:
+        m, kind = r.data.metrics, r.data.params["model.kind"]
+        assert 0 <= m["eval/shakespeare_mc/acc"] <= 1 and "eval/shakespeare_mc/acc_norm" in m
+        assert "eval/needle_fresh/acc_len256" in m
+        carries = kind != "transformer"
+        assert ("eval/needle_carry/acc_len256" in m) == carries
+        assert ("nlsweep.warning.eval_needles_carry" in r.data.tags) == (not carries)
+    report = (tmp_path / "reports" / "hope_vs_titan_eval.md").read_text()
+    assert "### `shakespeare_mc`: acc" in report and "## Needle in a haystack" in report
