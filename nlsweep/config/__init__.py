@@ -5,6 +5,7 @@ nor ray, so every other layer (reports included) may use it."""
 from nlsweep.config.builder import as_number, build, flatten, get_path, set_path, to_dict
 from nlsweep.config.grow import new_points
 from nlsweep.config.resources import Resources, check_resources, local_resources
+from nlsweep.config.seeds import AdaptiveSeeds, ReportConfig, SeedsConfig, seed_sequence
 from nlsweep.config.space import (
     Choice,
     Grid,
@@ -21,8 +22,9 @@ from nlsweep.config.specfile import SpecError, apply_override, line_map
 from nlsweep.config.units import duration
 
 __all__ = [
-    "Choice", "Grid", "LogUniform", "RandInt", "Resources", "SchedulerConfig", "SearchConfig",
-    "SpecError", "Uniform", "apply_override", "as_number", "build", "check_resources",
-    "duration", "flatten", "get_path", "grid_points", "line_map", "local_resources",
-    "new_points", "set_path", "short_names", "to_dict", "trial_label",
+    "AdaptiveSeeds", "Choice", "Grid", "LogUniform", "RandInt", "ReportConfig", "Resources",
+    "SchedulerConfig", "SearchConfig", "SeedsConfig", "SpecError", "Uniform",
+    "apply_override", "as_number", "build", "check_resources", "duration", "flatten",
+    "get_path", "grid_points", "line_map", "local_resources", "new_points", "seed_sequence",
+    "set_path", "short_names", "to_dict", "trial_label",
 ]  # fmt: skip

@@ -66,7 +66,30 @@ def dry_run(spec: Spec, out=print) -> int:
             f"at most {slots} at a time"
         )
     out(f"storage: {spec.storage}/{spec.name}   tracking: {describe_store(spec.tracking_uri)}")
+    if spec.seeds.adaptive is not None:
+        for line in adaptive_plan(spec):
+            out(line)
     return slots
+
+
+def adaptive_plan(spec: Spec) -> list[str]:
+    """What an adaptive-seeds sweep may cost, at least and at most, and what it can decide."""
+    from nlsweep.report import sequential as sq
+
+    plan = spec.seeds.adaptive
+    configs = spec.plan.trials // len(spec.space["train.seed"].values)
+    rows = configs - 1
+    power = {e: sq.simulated_power(plan, rows, e, sims=4000) for e in (1.0, 1.5, 2.0)}
+    claims = ", ".join(f"{e:g} sd: {p:.2f}" for e, (p, _, _) in power.items())
+    return [
+        f"adaptive seeds: {configs} configurations x {plan.min} to {plan.max} seeds (rounds "
+        f"of {plan.batch}: {', '.join(map(str, sq.looks(plan)))}): at least "
+        f"{configs * plan.min} trials (the first round, above), at most {configs * plan.max}",
+        f"  power to call a row different from the baseline (Holm across {rows}, alpha "
+        f"{plan.alpha:g}; simulated, paired differences normal, in their standard deviations):"
+        f" {claims}; mean trials at 1.5 sd: {power[1.5][1]:.0f}; a row needs at least "
+        f"{sq.fewest_to_decide(plan, rows)} seeds to be called different",
+    ]
 
 
 def print_cost(spec: Spec, slots: int, probe_step_s: float | None = None, out=print) -> None:
@@ -191,11 +214,12 @@ def print_summary(spec: Spec, rows, best, failed: int, parent_id: str, out=print
         out(f"{diverged} trial(s) diverged and stopped; tag {TAG_DIVERGED} says at which step")
 
 
-def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
-    """Rows for the summary table (one per trial), the best finished row, the failure count."""
+def summarize(spec: Spec, *rounds) -> tuple[list[dict], dict | None, int]:
+    """Rows for the summary table (one per trial of each round's results, round by round),
+    the best finished row, the failure count."""
     names = short_names(list(spec.space))
     rows, failed = [], 0
-    for r in results:
+    for i, r in ((i, r) for i, results in enumerate(rounds) for r in results):
         m = r.metrics or {}
         values = swept_values(spec, r.config or {})
         final_step = m.get("step")
@@ -214,8 +238,9 @@ def summarize(spec: Spec, results) -> tuple[list[dict], dict | None, int]:
         row["tokens/s"] = round(tps) if tps is not None and math.isfinite(tps) else None
         row["status"] = status
         row["label"] = trial_label(values)
-        rows.append(row)
-    rows.sort(key=lambda r: str(r["trial"]))  # creation order, also after a resume
+        rows.append((i, row))
+    # creation order, also after a resume (a round's trial ids share a prefix of their own)
+    rows = [row for _, row in sorted(rows, key=lambda x: (x[0], str(x[1]["trial"])))]
     done = [
         r for r in rows if r["status"] in ("FINISHED", "STOPPED") and math.isfinite(r[spec.metric])
     ]

@@ -200,18 +200,22 @@ def run_sweep(
             monitor = tracker.monitor_system(parent_id)
         planned = int(marker.trials) if marker is not None and marker.trials else spec.plan.trials
         again, first = resume_command, bool(growth and growth.unfinished)
+        points, ran, killed = growth.points if growth else None, [], 0
         while True:
             if first:  # the experiment's own trials end first, then the new ones start
                 planned, again = growth.ran, resume_command.replace("--resume", "--extend")
                 out(f"extending {path}: first the {growth.unfinished} trials it had not ended")
-            elif growth:  # the new trials, in the same Ray experiment and MLflow parent run
-                write_marker(path, new_marker(spec, parent_id, len(growth.points)))
-                planned, again = len(growth.points), resume_command
-                out(f"extending {path} by {len(growth.points)} trials")
+            elif points:  # new trials, in the same Ray experiment and MLflow parent run
+                write_marker(path, new_marker(spec, parent_id, len(points)))
+                planned, again = len(points), resume_command
+                if growth and points is growth.points:
+                    out(f"extending {path} by {len(points)} trials")
+                else:
+                    out(f"adding seeds to {path}: {len(points)} trials")
             try:
                 if tuner is None:
                     sealing = Seal(spec.tracking_uri, parent_id, path)
-                    tuner = make_tuner(spec, callback, sealing, growth and growth.points)
+                    tuner = make_tuner(spec, callback, sealing, points)
                     with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
                         sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
                 with stops.fitting():
@@ -230,17 +234,26 @@ def run_sweep(
                         f"are in {path}\nresume with: {again}")  # fmt: skip
                     return stops.exit_code
                 raise
-            killed = close_open_runs(tracker, parent_id)
+            killed += close_open_runs(tracker, parent_id)
             ended = results.num_terminated + results.num_errors
+            if spec.seeds.adaptive is not None:
+                # the rounds read what ran from the store, so a round's state that Tune never
+                # saved (killed as it began) is recomputed there, not waited for
+                planned = min(planned, len(results))
             if stops.signal is not None or ended < len(results) or len(results) < planned:
                 tracker.end(parent_id, "KILLED")
                 out(f"interrupted by {stops.name}: {tally(spec, results, planned)}; checkpoints "
                     f"and the experiment state are in {path}\nresume with: {again}")  # fmt: skip
                 return stops.exit_code
-            if not first:
+            ran.append(results)
+            if first:
+                tuner, first = None, False
+                continue
+            points = next_seeds(spec, parent_id, out)
+            if not points:
                 break
-            tuner, first = None, False
-        rows, best, failed = summarize(spec, results)
+            tuner = None
+        rows, best, failed = summarize(spec, *ran)
         tracker.end(parent_id, "KILLED" if killed else "FINISHED" if not failed else "FAILED")
         try:
             print_summary(spec, rows, best, failed, parent_id, out)
@@ -265,6 +278,18 @@ def run_sweep(
         if cluster is not None and cluster.started_here:
             ray.shutdown()
         lock.release()
+
+
+def next_seeds(spec: Spec, parent_id: str, out) -> list[dict] | None:
+    """An adaptive-seeds sweep's next round: the seeds its undecided rows (and the baseline
+    they are paired with) take next, read from the store (None: the seeds are fixed)."""
+    if spec.seeds.adaptive is None:
+        return None
+    from nlsweep.report.adaptive import next_round, round_line  # scipy: only now
+
+    prog = next_round(spec.tracking_uri, spec.name, parent_id)
+    out(round_line(prog))
+    return prog.points
 
 
 def start_checked_ray(spec: Spec):

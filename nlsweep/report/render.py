@@ -159,7 +159,10 @@ def _table(header: list[str], body: list[list[str]]) -> list[str]:
     return lines
 
 
-def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> list[str]:
+def grid_section(
+    rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path, notes: list[str] = ()
+) -> list[str]:
+    """The main table (`notes` go right under it), learning curves and the rows' runs."""
     names = short_names(ctx.factors)
     best = _best_row(rows, ctx.mode)
     m = ctx.metric
@@ -172,6 +175,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         "95% CI",
         "Δ vs baseline [95% CI]",
         "p (Holm)",
+        f"MDE ({ctx.power:.0%} power)",
         "best during training",
         "tokens/s",
         "wall s",
@@ -180,6 +184,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
     shown = shown_rows(rows, ctx.mode, MAX_ROWS)
     for i, r in ((i + 1, rows[i]) for i in shown):
         s, c = r.summary, r.comparison
+        mde = _fmt(r.detect.mde) if r.detect else "—"
         if r.is_baseline:
             delta, p = "baseline", "—"
         elif c is None:
@@ -198,6 +203,7 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
             _ci(s.ci),
             delta,
             p,
+            mde,
             _fmt(r.best.mean),
             _fmt(r.tokens_per_s, 0),
             _fmt(r.wall_s, 1),
@@ -214,13 +220,15 @@ def grid_section(rows: list[Row], ctx: Context, fig_dir: Path, md_dir: Path) -> 
         "difference contains 0, so the row is not distinguishable from the baseline. "
         "Intervals are per row (unadjusted); p-values are Holm-adjusted across the rows "
         "compared with the baseline, so a row can have an interval that excludes 0 and a "
-        "p-value above 0.05.",
+        "p-value above 0.05. MDE: the smallest difference the row's comparison detects with "
+        f"{ctx.power:.0%} power at the level Holm tests it at, given its seeds and spread.",
         "",
     ]
     if len(shown) < len(rows):
         out += [f"{len(rows)} rows: the baseline and the best {MAX_ROWS} are shown; every row, "
                 f"with its run ids, is in {rel(fig_dir / 'table.csv', md_dir)}.", ""]  # fmt: skip
     out += _table(header, body)
+    out += notes
     drawn = shown_rows(rows, ctx.mode, MAX_CURVES)
     curves = {
         rows[i].label: [t.run.history.get(m, []) for t in rows[i].trials if t.final is not None]
@@ -392,7 +400,7 @@ def data_rows(trials: list[Trial]) -> list[list[str]]:
     return [["data", "<br>".join(seen)]] if seen else []
 
 
-def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
+def header_section(ctx: Context, trials: list[Trial], extra: list[list[str]] = ()) -> list[str]:
     p = ctx.sweep.parent
     hw = sorted({t.run.tags[TAG_HARDWARE] for t in trials if TAG_HARDWARE in t.run.tags})
     compute = sum(t.run.metrics.get("perf/elapsed_s", 0.0) for t in trials)
@@ -409,6 +417,7 @@ def header_section(ctx: Context, trials: list[Trial]) -> list[str]:
         ["hardware", "; ".join(hw) or "not recorded"],
         *data_rows(trials),
         ["compute", f"{len(trials)} trials, {compute:.1f} trial-seconds ({compute / 3600:.3f} h)"],
+        *extra,
         ["wall time, forecast vs actual", forecast_vs_actual(p)],
         [
             "objective",
@@ -488,6 +497,7 @@ def write_csv(rows: list[Row], ctx: Context, path: Path) -> None:
                 "paired": c.paired if c else None,
                 "p": c.p if c else None,
                 "p_holm": r.p_holm,
+                "mde": r.detect.mde if r.detect else None,
                 "best_mean": r.best.mean,
                 "tokens_per_s": r.tokens_per_s,
                 "wall_s": r.wall_s,

@@ -16,7 +16,8 @@ import yaml
 
 from nlsweep.config.builder import as_number
 from nlsweep.config.space import trial_label
-from nlsweep.report.stats import Comparison, Summary, compare, holm, summarize
+from nlsweep.report.power import Detectable, detectable, holm_levels
+from nlsweep.report.stats import LEVEL, Comparison, Summary, compare, holm, summarize
 from nlsweep.tracking.read import RunData, SweepData
 from nlsweep.tracking.tags import TAG_BASELINE, TAG_SPACE, TAG_STOPPED, TAG_TRIAL
 
@@ -53,6 +54,8 @@ class Row:
     is_baseline: bool = False
     tokens_per_s: float = math.nan
     wall_s: float = math.nan
+    detect: Detectable | None = None
+    """What the comparison with the baseline could detect (its MDE at the report's power)."""
 
     @property
     def label(self) -> str:
@@ -74,6 +77,10 @@ class Context:
     baseline: dict[str, Any]
     space: dict[str, dict]
     """Swept path -> its distribution in spec form, e.g. {'grid': [2, 8]}."""
+    effect_of_interest: float | None = None
+    """The spec's `report.effect_of_interest` (objective units), if it set one."""
+    power: float = 0.8
+    """The power minimum detectable effects and seeds needed are computed at."""
 
 
 def read_context(sweep: SweepData) -> Context:
@@ -88,7 +95,14 @@ def read_context(sweep: SweepData) -> Context:
         factors=[f for f in space if f != SEED],
         baseline=json.loads(p.tags.get(TAG_BASELINE, "{}")),
         space=space,
+        effect_of_interest=_number(p.params.get("report.effect_of_interest")),
+        power=_number(p.params.get("report.power")) or 0.8,
     )
+
+
+def _number(text: str | None) -> float | None:
+    value = _parse(text) if text is not None else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def read_trial(run: RunData, ctx: Context) -> Trial:
@@ -178,9 +192,11 @@ def build_rows(trials: list[Trial], ctx: Context) -> list[Row]:
         others = [r for r in rows if r is not base]
         for r in others:
             r.comparison = compare(r.by_seed, base.by_seed)
-        adjusted = holm([r.comparison.p if r.comparison else None for r in others])
-        for r, p in zip(others, adjusted):
+        raw = [r.comparison.p if r.comparison else None for r in others]
+        levels = holm_levels(raw, 1 - LEVEL)
+        for r, p, level in zip(others, holm(raw), levels):
             r.p_holm = p
+            r.detect = detectable(r.by_seed, base.by_seed, level, ctx.power)
     return rows
 
 

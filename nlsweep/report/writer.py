@@ -5,8 +5,12 @@ A report can be regenerated any time, from any machine that reaches the tracking
     header       spec, its sha256, project commit, dates, hardware, total compute
     main table   grid sweeps: one row per configuration of the swept factors (seeds pooled):
                  n, mean +- std, 95% CI, difference to the baseline row with its CI
-                 (paired by seed when the seeds match), Holm-adjusted p-value, the
-                 best-during-training mean, tokens/s and wall time; the best row in bold
+                 (paired by seed when the seeds match), Holm-adjusted p-value, the minimum
+                 detectable effect, the best-during-training mean, tokens/s and wall time;
+                 the best row in bold; under it, which comparisons are decided and which
+                 under-powered, and the seeds `report.effect_of_interest` needs
+    adaptive     sweeps with adaptive seeds: each row's sequential decision and the seeds
+                 spent (and in the header, against a fixed design of the same power)
                  random/optuna sweeps: the top trials; fANOVA importance and Optuna's
                  history, slice and contour plots on a study rebuilt from the runs
     effects      grid sweeps: each factor's marginal means and share of variance
@@ -25,7 +29,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from nlsweep.report.adaptive import progress_of
 from nlsweep.report.continual import continual_section
+from nlsweep.report.decisions import power_paragraph, seeds_row, sequential_section
 from nlsweep.report.evaluation import evaluation_section
 from nlsweep.report.render import (
     grid_section,
@@ -51,10 +57,14 @@ def write_report(
     out = Path(out)
     fig_dir = out.with_suffix("")
     fig_dir.mkdir(parents=True, exist_ok=True)
-    lines = header_section(ctx, trials) + ["", "## Results", ""]
+    rows = build_rows(trials, ctx) if ctx.algorithm == "grid" else []
+    prog = progress_of(rows, ctx) if rows else None
+    extra = [seeds_row(prog, rows, ctx)] if prog else []
+    lines = header_section(ctx, trials, extra) + ["", "## Results", ""]
     if ctx.algorithm == "grid":
-        rows = build_rows(trials, ctx)
-        lines += grid_section(rows, ctx, fig_dir, out.parent)
+        lines += grid_section(rows, ctx, fig_dir, out.parent, power_paragraph(rows, ctx))
+        if prog:
+            lines += sequential_section(prog, rows)
         lines += main_effects_section(rows, ctx)
         write_csv(rows, ctx, fig_dir / "table.csv")
         lines += [

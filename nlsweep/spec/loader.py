@@ -31,6 +31,7 @@ from nlsweep.config.plugins import (
     load_plugins,
 )
 from nlsweep.config.resources import Resources, check_resources, local_resources
+from nlsweep.config.seeds import ReportConfig, SeedsConfig, seed_sequence
 from nlsweep.config.space import (
     CONTINUOUS,
     Choice,
@@ -78,6 +79,8 @@ TOP_KEYS = (
     "tracking",
     "plugins",
     "eval",
+    "seeds",
+    "report",
 )
 DEFAULT_MAX_FAILURES = 1
 DEFAULT_PREEMPT_GRACE_S = 30.0
@@ -126,6 +129,11 @@ class Spec:
     eval: EvalConfig | None = None
     """lm-eval tasks run on each trial's final model (`nlsweep/evaluation/config.py`); not
     part of the fingerprint (no trial trains differently)."""
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    """`seeds.adaptive`: seeds added in rounds to undecided rows (`nlsweep/config/seeds.py`);
+    the space's `train.seed` grid then holds the first `min` seeds."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """What the report computes beyond its fixed statistics; not part of the fingerprint."""
     plan: SearchPlan = field(init=False)
 
     def __post_init__(self):
@@ -152,6 +160,8 @@ class Spec:
             "max_concurrent": self.max_concurrent,
             "max_failures": self.max_failures,
         }
+        if self.seeds.adaptive is not None:  # it decides which trials run
+            fixed["seeds"] = to_dict(self.seeds)
         if self.plugins:  # a plugin whose code changed runs other trials
             fixed["plugins"] = {p.name: p.digest for p in self.plugins}
         return json.loads(json.dumps(fixed, default=str))
@@ -314,6 +324,8 @@ def load_spec(
         ("scheduler", SchedulerConfig),
         ("resources", Resources),
         ("tracking", TrackingConfig),
+        ("seeds", SeedsConfig),
+        ("report", ReportConfig),
     ):
         try:
             sections[key] = build(cls, data.get(key), f"{key}.")
@@ -337,6 +349,8 @@ def load_spec(
     except ConfigError as e:
         err(f"space.{e.key}", e.expected)
     _check_batch_split(sections["resources"].workers, base, space, variants, err)
+    if sections["seeds"].adaptive is not None:
+        space = _adaptive_space(sections, space, data, err)
 
     concurrent = data.get("max_concurrent", 1)
     if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
@@ -393,7 +407,33 @@ def load_spec(
         text=text,
         variants=variants,
         eval=evaluation,
+        seeds=sections["seeds"],
+        report=sections["report"],
     )
+
+
+def _adaptive_space(sections: dict, space: dict, data: dict, err: Reporter) -> dict:
+    """The space of an adaptive-seeds sweep's first round: its `train.seed` grid cut or grown
+    to the first `min` seeds. Adaptive seeds need a grid search over seeds, a baseline to
+    compare with and trials that all run to the end."""
+    adaptive = sections["seeds"].adaptive
+    seeds = space.get(SEED_PATH)
+    if not isinstance(seeds, Grid):
+        err("seeds.adaptive", f"a space factor {SEED_PATH}: {{grid: [0, 1, 2]}} to add seeds to")
+    if any(not isinstance(s, int) or isinstance(s, bool) for s in seeds.values):
+        err(f"space.{SEED_PATH}", "integer seeds with seeds.adaptive")
+    if len(seeds.values) > adaptive.max:
+        err(f"space.{SEED_PATH}", f"at most seeds.adaptive.max ({adaptive.max}) seeds")
+    if data.get("baseline") is None:
+        err("seeds.adaptive", "a baseline: the configuration every row is compared with")
+    if sections["search"].algorithm != "grid":
+        err("seeds.adaptive", f"search.algorithm grid, got {sections['search'].algorithm}")
+    if sections["scheduler"].kind != "fifo":
+        err("seeds.adaptive", "scheduler fifo (a row is decided on its trials' final values)")
+    if not any(isinstance(d, Grid) and p != SEED_PATH for p, d in space.items()):
+        err("seeds.adaptive", "a grid factor besides train.seed (rows to compare)")
+    first = seed_sequence(list(seeds.values), adaptive.min)
+    return {**space, SEED_PATH: Grid(tuple(first))}
 
 
 def _parse_eval(raw, spec_dir: Path, err: Reporter) -> EvalConfig | None:
@@ -492,6 +532,8 @@ def describe(spec: Spec) -> dict[str, Any]:
     keys = ("name", "metric", "mode", "max_concurrent", "max_failures", "preempt_grace_s",
             "storage", "tracking_uri")  # fmt: skip
     out = {k: getattr(spec, k) for k in keys}
-    sections = ("search", "scheduler", "resources", "tracking")
+    sections = ("search", "scheduler", "resources", "tracking", "report")
     out.update(flatten({k: to_dict(getattr(spec, k)) for k in sections}))
+    if spec.seeds.adaptive is not None:
+        out.update(flatten({"seeds": to_dict(spec.seeds)}))
     return out

@@ -343,3 +343,38 @@ def test_the_header_names_the_data_and_a_mixtures_sources():
     )
     assert second == "`text` from `/d/c.jsonl`"
     assert data_rows([_trial({"data.corpus": "phases"}, {})]) == []
+
+
+def test_mde_column_and_the_decided_and_under_powered_paragraph(report):
+    from scipy import integrate, optimize
+
+    _, text, _ = report
+    rows = {(r["medium"], r["lr_unused"]): r for r in main_rows(text)}
+    base = [2.50, 2.56, 2.47]
+    x = [2.40, 2.49, 2.41]
+    d = [a - b for a, b in zip(x, base)]
+    sd = stats.tstd(d)
+    # its Holm level: the rank of its raw p among the five compared rows
+    raw = sorted(
+        [stats.ttest_rel(x, base).pvalue, stats.ttest_ind([2.60, 2.70], base, equal_var=False)
+         .pvalue, 1.0, stats.ttest_rel([FINAL[1][s] for s in (0, 1, 2)], base).pvalue,
+         stats.ttest_ind([2.60, 2.70], base, equal_var=False).pvalue]
+    )  # fmt: skip
+    level = 0.05 / (5 - raw.index(stats.ttest_rel(x, base).pvalue))
+    crit = stats.t.ppf(1 - level / 2, 2)
+
+    def power(delta):  # P(|Z + ncp| > crit sqrt(V / 2)), V ~ chi2(2): the t-test's power
+        ncp = delta / (sd / math.sqrt(3))
+
+        def tails(v):
+            c = crit * math.sqrt(v / 2)
+            return (stats.norm.sf(c - ncp) + stats.norm.cdf(-c - ncp)) * stats.chi2.pdf(v, 2)
+
+        return integrate.quad(tails, 0, math.inf, limit=200)[0]
+
+    mde = optimize.brentq(lambda v: power(v) - 0.8, 1e-9, 100.0)
+    assert rows[("1", "1")]["MDE (80% power)"] == f"{mde:.4f}"
+    assert rows[("4", "1")]["MDE (80% power)"] == "—"
+    para = next(ln for ln in text.splitlines() if ln.startswith("**Decided and under-powered**"))
+    assert "No comparison is decided" in para and "Under-powered: R" in para
+    assert f"MDE {mde:.4g} vs |Δ| {abs(sum(d) / 3):.4g}" in para
