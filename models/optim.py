@@ -5,6 +5,11 @@ Notation
     sgd:       v <- mu v + g;  theta <- theta - lr (v + wd theta)      (mu = momentum)
     adam/adamw: torch.optim.Adam / AdamW with (beta1, beta2, eps, weight_decay)
     delta_sgd / delta_adam: the delta rule, W <- W - alpha W (X^T X / N) - lr D (delta.py)
+    muon:      torch.optim.Muon on the hidden weight matrices M (2-D, neither an embedding
+               table nor the output projection to the vocabulary), AdamW on the rest:
+               B <- mu B + (1 - mu) g;  O = NS_5((1 - mu) g + mu B), mu = 0.95 (NS_5: five
+               quintic Newton-Schulz steps, in bfloat16, orthogonalizing the Nesterov update);
+               M <- M (1 - muon_lr wd) - muon_lr sqrt(max(1, rows/cols)) O
     wd         applies to matrices (ndim >= 2: linear weights, embeddings) only; biases and
                norm gains get none, as in GPT-2 / nanoGPT, since shrinking them is no prior
     lr(i)      the rate of the update made at outer step i (0-based), with W warmup steps,
@@ -50,6 +55,9 @@ class OptimConfig:
     """Heavy-ball momentum; sgd and delta_sgd only (raises for other kinds, not ignored)."""
     decay_rate: float = 0.0
     """alpha of the delta rule, W <- W - alpha W (X^T X / N) - lr D; delta kinds only."""
+    muon_lr: float = 0.0
+    """Muon's learning rate for the hidden matrices; kind muon only, where it is required
+    (`lr` is then AdamW's, for embeddings, the output layer, biases and gains)."""
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     """Learning rate over the run after warmup: constant, or a cosine or linear decay from
     lr to min_lr over decay_steps."""
@@ -71,12 +79,18 @@ class OptimConfig:
         require(self.weight_decay >= 0, "weight_decay", f">= 0, got {self.weight_decay}")
         require(0 <= self.momentum < 1, "momentum", f"a value in [0, 1), got {self.momentum}")
         require(self.decay_rate >= 0, "decay_rate", f">= 0, got {self.decay_rate}")
+        require(self.muon_lr >= 0, "muon_lr", f">= 0, got {self.muon_lr}")
         _check_kind(self)  # a registered kind, and no field set that it would ignore
         delta = self.kind.startswith("delta_")
         require(
             self.weight_decay == 0 or not delta,
             "weight_decay",
             f"0 with {self.kind} (its decay is the delta rule's decay_rate)",
+        )
+        require(
+            self.muon_lr > 0 or self.kind != "muon",
+            "muon_lr",
+            "a positive learning rate for Muon's matrices with kind muon (0.02 is usual)",
         )
         require(self.warmup_steps >= 0, "warmup_steps", f">= 0, got {self.warmup_steps}")
         require(self.decay_steps >= 0, "decay_steps", f">= 0, got {self.decay_steps}")
@@ -141,7 +155,7 @@ class OptimizerKind:
     source: str
 
 
-OPTIONAL_FIELDS = ("momentum", "decay_rate")
+OPTIONAL_FIELDS = ("momentum", "decay_rate", "muon_lr")
 """Fields that only some kinds read; a kind's `uses` declares which of them it reads."""
 _OPTIMIZERS: dict[str, OptimizerKind] = {}
 
@@ -211,8 +225,81 @@ def _adam(params, cfg, lr, modules):
     )
 
 
+class MuonAdamW:
+    """One level's `muon` optimizer: torch.optim.Muon for its hidden matrices and
+    torch.optim.AdamW for the rest, stepped together, with the param groups of both (so the
+    CMS rule's factor and the schedule scale both rates) and one state dict."""
+
+    def __init__(self, params, cfg, lr: float, modules):
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        outside = _embeddings_and_vocab_heads(modules)
+        muon, rest = [], []
+        for g in groups:
+            mats = [p for p in g["params"] if p.ndim == 2 and id(p) not in outside]
+            others = [p for p in g["params"] if p.ndim != 2 or id(p) in outside]
+            muon += mats
+            if others:
+                rest.append({**g, "params": others})
+        scale = lr / cfg.lr  # the CMS rule's factor, applied to Muon's rate too
+        self.parts = []
+        if muon:
+            self.parts.append(torch.optim.Muon(
+                muon, lr=cfg.muon_lr * scale, weight_decay=cfg.weight_decay,
+                adjust_lr_fn="original",
+            ))  # fmt: skip
+        if rest:
+            self.parts.append(torch.optim.AdamW(
+                rest, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+            ))  # fmt: skip
+        self.matrices = len(muon)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # read live: torch's load_state_dict replaces each part's group dicts
+        return [g for part in self.parts for g in part.param_groups]
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for part, state in zip(self.parts, sd["parts"], strict=True):
+            part.load_state_dict(state)
+
+    def metrics(self) -> dict[str, float]:
+        """The matrices Muon updates on this level (the count that proves it acted), and
+        AdamW's rate beside Muon's (the level's `lr` metric is its first group's: Muon's)."""
+        out = {"muon_matrices": float(self.matrices)}
+        if isinstance(self.parts[-1], torch.optim.AdamW):
+            out["adamw_lr"] = float(self.parts[-1].param_groups[0]["lr"])
+        return out
+
+
+def _embeddings_and_vocab_heads(modules) -> set[int]:
+    """Ids of the parameters Muon must leave to AdamW: embedding tables, and the weight of a
+    linear layer onto the vocabulary (out_features equal to an embedding's row count)."""
+    mods = [m for top in modules for m in top.modules()]
+    embeds = [m for m in mods if isinstance(m, torch.nn.Embedding)]
+    vocab = {e.num_embeddings for e in embeds}
+    heads = [m for m in mods if isinstance(m, torch.nn.Linear) and m.out_features in vocab]
+    return {id(m.weight) for m in embeds + heads}
+
+
+def _muon(params, cfg, lr, modules):
+    return MuonAdamW(params, cfg, lr, modules)
+
+
 register_optimizer("adam", _adam)
 register_optimizer("adamw", _adam)
 register_optimizer("sgd", _sgd, uses=("momentum",))
 register_optimizer("delta_sgd", _delta, uses=("momentum", "decay_rate"))
 register_optimizer("delta_adam", _delta, uses=("decay_rate",))
+register_optimizer("muon", _muon, uses=("muon_lr",))
