@@ -29,9 +29,11 @@ def _f(x: float) -> str:
     return f"{x:.4g}" if math.isfinite(x) else "n/a"
 
 
-def power_paragraph(rows: list[Row], ctx: Context) -> list[str]:
+def power_paragraph(rows: list[Row], ctx: Context, adaptive: bool = False) -> list[str]:
     """Under the main table: the decided comparisons, the under-powered ones, and (with
-    `report.effect_of_interest`) the seeds a fixed design needs to detect it."""
+    `report.effect_of_interest`) the seeds a fixed design needs to detect it. With adaptive
+    seeds these are the fixed-n tests' verdicts, and the paragraph says where the sequential
+    rule's decisions are."""
     compared = [(i, r) for i, r in enumerate(rows, 1) if not r.is_baseline and r.comparison]
     if not compared:
         return []
@@ -59,6 +61,11 @@ def power_paragraph(rows: list[Row], ctx: Context) -> list[str]:
     if powered:
         text.append(f"Powered but undecided: {', '.join(powered)}: these seeds would likely "
                     "have detected a difference of that size, and found none.")  # fmt: skip
+    if adaptive:
+        text.append(
+            "These are fixed-n t-tests, which ignore how the seeds were added; this sweep's "
+            "decisions are the sequential rule's, under 'Adaptive seeds'."
+        )
     out[-1] += " ".join(text)
     if eoi is not None:
         out += ["", f"Seeds per configuration a fixed design needs to detect Δ = {eoi:g} with "

@@ -62,7 +62,8 @@ def write_report(
     extra = [seeds_row(prog, rows, ctx)] if prog else []
     lines = header_section(ctx, trials, extra) + ["", "## Results", ""]
     if ctx.algorithm == "grid":
-        lines += grid_section(rows, ctx, fig_dir, out.parent, power_paragraph(rows, ctx))
+        notes = power_paragraph(rows, ctx, adaptive=prog is not None)
+        lines += grid_section(rows, ctx, fig_dir, out.parent, notes)
         if prog:
             lines += sequential_section(prog, rows)
         lines += main_effects_section(rows, ctx)

@@ -106,6 +106,7 @@ def test_adaptive_rounds_stop_on_the_rule_and_resume_after_kills(tmp_path):
     assert "| seeds | adaptive, 3 to 7 per configuration" in report and "14 trials spent" in report
     assert "MDE (80% power)" in report and "Decided: R2 `lr=1e-05` differs" in report
     assert "Seeds per configuration a fixed design needs to detect Δ = 0.5" in report
+    assert "this sweep's decisions are the sequential rule's" in report
 
     killed = Sweep(tmp_path / "killed")
 
