@@ -2,9 +2,10 @@
 (`sequential.py`), and the trials the next round runs.
 
 Everything is derived from the trial runs the store holds, so the sweep runner and the report
-compute the same state, and a sweep killed anywhere (within a round, between rounds) resumes
-to the same rounds: a seed counts as run once a trial of it FINISHED or FAILED (a failed
-seed's difference is unknown and bets nothing); any other trial is run again.
+compute the same state, and a resumed sweep continues to the same rounds (docs/seeds.md names
+the one moment a kill leaves an experiment state `--resume` refuses): a seed counts as run
+once a trial of it FINISHED or FAILED (a failed seed's difference is unknown and bets
+nothing); any other trial is run again.
 Seeds go in one order for every configuration: the `train.seed` grid of the first round, then
 the integers after its largest (`config.seeds.seed_sequence`). A row is compared on the seeds
 it and the baseline have both run, from the first, in whole rounds.
@@ -90,11 +91,12 @@ def progress(rows: list[Row], seeds_prefix: list[int], factors: list[str],
     looks = sq.looks(plan)
     base = next((r for r in rows if r.is_baseline), None)
     others = [r for r in rows if not r.is_baseline]
-    base_ran = _ran(base, order) if base else {}
+    ran = {id(r): _ran(r, order) for r in rows}
+    base_ran = ran[id(base)] if base else {}
     d = np.full((len(others), plan.max), np.nan)
     counts = []
     for j, r in enumerate(others):
-        mine, count = _ran(r, order), 0
+        mine, count = ran[id(r)], 0
         for i, s in enumerate(order):
             if s not in mine or s not in base_ran:
                 break
@@ -113,9 +115,8 @@ def progress(rows: list[Row], seeds_prefix: list[int], factors: list[str],
     wanted = [(s.row, s.target) for s in states]
     wanted.append((base, max([s.target for s in states], default=plan.min)))
     for row, target in wanted:
-        ran = _ran(row, order)
         for seed in order[:target]:
-            if seed not in ran:
+            if seed not in ran[id(row)]:
                 prog.points.append({**{f: row.factors[f] for f in factors}, SEED: seed})
     return prog
 

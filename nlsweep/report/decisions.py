@@ -83,13 +83,13 @@ def power_paragraph(rows: list[Row], ctx: Context, adaptive: bool = False) -> li
     return out
 
 
-def seeds_row(prog: Progress, rows: list[Row], ctx: Context) -> list[str]:
+def seeds_row(prog: Progress, ctx: Context) -> list[str]:
     """The header's `seeds` row of an adaptive sweep: what it spent, per row and in total,
     beside a fixed design of the same power."""
     spent = prog.spent
     total = sum(spent.values())
     per = ", ".join(f"{label} {n}" for label, n in spent.items())
-    fixed = fixed_design(prog, rows, ctx)
+    fixed = fixed_design(prog, ctx)
     return [
         "seeds",
         f"adaptive, {prog.plan.min} to {prog.plan.max} per configuration "
@@ -98,7 +98,7 @@ def seeds_row(prog: Progress, rows: list[Row], ctx: Context) -> list[str]:
     ]
 
 
-def fixed_design(prog: Progress, rows: list[Row], ctx: Context) -> str:
+def fixed_design(prog: Progress, ctx: Context) -> str:
     """What a fixed number of seeds per configuration would spend for the power the
     adaptive design has at the reference difference."""
     m = max(len(prog.rows), 1)

@@ -59,7 +59,7 @@ def write_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     rows = build_rows(trials, ctx) if ctx.algorithm == "grid" else []
     prog = progress_of(rows, ctx) if rows else None
-    extra = [seeds_row(prog, rows, ctx)] if prog else []
+    extra = [seeds_row(prog, ctx)] if prog else []
     lines = header_section(ctx, trials, extra) + ["", "## Results", ""]
     if ctx.algorithm == "grid":
         notes = power_paragraph(rows, ctx, adaptive=prog is not None)
