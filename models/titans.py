@@ -33,7 +33,7 @@ class TitansConfig(AttentionConfig, MemoryConfig):
 
     def __post_init__(self):
         AttentionConfig.__post_init__(self)
-        self.check_memory()
+        self.check_memory(self.d_model)
 
 
 class MemoryBlock(nn.Module):

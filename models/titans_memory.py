@@ -11,6 +11,16 @@ Notation (shared notes §1; per batch row, per token t)
     W_t       = (1 - alpha_t) W_{t-1} + S_t      (memory_forget_to init: W - W_0 on both sides)
     the write theta_t grad l_t is scaled down to Frobenius norm <= memory_max_write (bounded)
     y_t       = M_{W_t}(q_t) W_O
+memory_gates chunk (titans-pytorch's reading): momentum and forgetting act once per chunk, on
+the chunk's summed write, with the gates of the chunk's first token f (eta_c = eta_f,
+alpha_c = alpha_f), and a read inside the chunk sees the writes so far:
+    S_t       = eta_c S_{c-1} - sum_{f<=s<=t} theta_s grad l_s(W_{c(t)})
+    W_t       = (1 - alpha_c) W_{c-1} + S_t          (W_{c-1}, S_{c-1}: at the chunk's start)
+so at chunk 1 both readings are one recurrence. The first token decides because a read at t
+must not see later tokens; titans-pytorch pools the whole chunk and reads it a chunk late.
+memory_heads H: the memory is H memories side by side, head j reading k, v, q's j-th slice of
+width d/H with its own gates and its own learned W_0 (stored stacked, H*rows x cols, so one
+head is today's memory exactly); the read-outs are concatenated before W_O.
 c(t) is the memory at the start of t's chunk of `chunk` tokens: every gradient of a chunk is
 taken at one memory, so a chunk's gradients are one batched call and, the gradients being
 fixed, both recurrences unroll into products of the gates (`_ends`, `_reads`: cumulative
@@ -63,11 +73,17 @@ class MemoryConfig:
     S_t) or its learned initial memory W_0 (M_t - W_0 = (1 - alpha_t)(M_{t-1} - W_0) + S_t).
     init suits state.mode persistent: there W_0 is otherwise met once per stream, and a
     depth-2 memory forgotten to zero writes nothing again (every gradient at W = 0 is 0)."""
+    memory_gates: Literal["token", "chunk"] = "token"
+    """When momentum and forgetting act: at every token (token) or once per chunk on the
+    chunk's summed write, with the gates of its first token (chunk; the notation above)."""
+    memory_heads: int = 1
+    """Memories side by side, each on a d_model / memory_heads slice of k, v and q, with its
+    own gates and learned initial weights (1: one memory over the whole width)."""
     memory_max_write: float = 10.0
     """Largest Frobenius norm of one token's write theta_t grad l_t (all the memory's weights
     together); a larger write is scaled down to it and counted (memory/<i>/bounded). 0: none."""
 
-    def check_memory(self):
+    def check_memory(self, d_model: int | None = None):
         require(self.memory_depth in (1, 2), "memory_depth", f"1 or 2, got {self.memory_depth}")
         require(self.memory_hidden >= 0, "memory_hidden", f">= 0, got {self.memory_hidden}")
         require(self.memory_chunk >= 1, "memory_chunk", f">= 1, got {self.memory_chunk}")
@@ -76,6 +92,20 @@ class MemoryConfig:
             self.memory_forget_to in ("zero", "init"),
             "memory_forget_to",
             f"zero or init, got {self.memory_forget_to!r}",
+        )
+        require(self.memory_heads >= 1, "memory_heads", f">= 1, got {self.memory_heads}")
+        if d_model is not None:
+            hidden = self.memory_hidden or d_model
+            require(
+                d_model % self.memory_heads == 0 and hidden % self.memory_heads == 0,
+                "memory_heads",
+                f"a divisor of d_model ({d_model}) and of memory_hidden ({hidden}), "
+                f"got {self.memory_heads}",
+            )
+        require(
+            self.memory_gates in ("token", "chunk"),
+            "memory_gates",
+            f"token or chunk, got {self.memory_gates!r}",
         )
         require(
             self.memory_max_write >= 0, "memory_max_write", f">= 0, got {self.memory_max_write}"
@@ -91,16 +121,18 @@ class NeuralMemory(nn.Module):
     def __init__(self, d_model: int, cfg: MemoryConfig):
         super().__init__()
         self.cfg = cfg
-        d, h = d_model, cfg.memory_hidden or d_model
-        self.proj = nn.Linear(d, 3 * d, bias=False)  # k, v, q
-        self.out = nn.Linear(d, d, bias=False)
-        self.gates = nn.Linear(d, 3)  # theta, eta, alpha
-        shapes = [(d, d)] if cfg.memory_depth == 1 else [(d, h), (h, d)]
+        cfg.check_memory(d_model)
+        self.heads = H = cfg.memory_heads
+        d, h = d_model // H, (cfg.memory_hidden or d_model) // H  # per head
+        self.proj = nn.Linear(d_model, 3 * d_model, bias=False)  # k, v, q
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.gates = nn.Linear(d_model, 3 * H)  # theta, eta, alpha of each head
+        self.shapes = [(d, d)] if cfg.memory_depth == 1 else [(d, h), (h, d)]
         self.init_weights = nn.ParameterList(
-            [nn.Parameter(torch.randn(*s) / s[0] ** 0.5) for s in shapes]
+            [nn.Parameter(torch.randn(H * r, c) / r**0.5) for r, c in self.shapes]
         )
         with torch.no_grad():  # start with slow writes, strong momentum, little forgetting
-            self.gates.bias.copy_(torch.tensor([-2.0, 1.0, -4.0]))
+            self.gates.bias.copy_(torch.tensor([-2.0, 1.0, -4.0]).repeat(H))
         self.write_scale = 1.0
         self._last: list = []  # what `diagnostics` reads: of the last training batch
         # Training tokens written so far: a counter proving the memory acted; a buffer, so
@@ -111,7 +143,8 @@ class NeuralMemory(nn.Module):
 
     def init_state(self, batch: int):
         """(W..., S..., W_c..., pos): memory, momentum, the memory at the start of the
-        current chunk, and the tokens already in that chunk (per row; rows in lockstep)."""
+        current chunk, and the tokens already in that chunk (per row; rows in lockstep).
+        Each weight is (batch, heads * rows, cols): rows first, so resets can pick rows."""
         ws = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
         pos = torch.zeros(batch, dtype=torch.float64, device=ws[0].device)
         return (*ws, *[torch.zeros_like(w) for w in ws], *ws, pos)
@@ -122,16 +155,28 @@ class NeuralMemory(nn.Module):
         state = self.init_state(batch) if state is None else state
         n = len(self.init_weights)
         pos = int(state[3 * n][0].item())
-        return list(state[:n]), list(state[n : 2 * n]), list(state[2 * n : 3 * n]), pos
+        ws, ss, cs = ([self._by_head(w) for w in state[a * n : (a + 1) * n]] for a in range(3))
+        return ws, ss, cs, pos
 
-    @staticmethod
-    def _state(ws, ss, cs, pos: int):
-        p = torch.full((ws[0].shape[0],), float(pos), dtype=torch.float64, device=ws[0].device)
-        return (*ws, *ss, *cs, p)
+    def _by_head(self, w: torch.Tensor) -> torch.Tensor:
+        """(B, H*rows, cols) -> (B*H, rows, cols): a head is a row of the inner batch."""
+        if self.heads == 1:
+            return w
+        return w.reshape(w.shape[0] * self.heads, w.shape[1] // self.heads, w.shape[2])
+
+    def _state(self, ws, ss, cs, pos: int):
+        B = ws[0].shape[0] // self.heads
+        p = torch.full((B,), float(pos), dtype=torch.float64, device=ws[0].device)
+        return (*(w.reshape(B, -1, w.shape[-1]) for w in (*ws, *ss, *cs)), p)
 
     def _inputs(self, x: torch.Tensor):
+        """k, v, q (B*H, T, d/H) and the gates (B*H, T) of each head, a head a row."""
         k, v, q = self.proj(x).chunk(3, dim=-1)
         g = self.gates(x)
+        if self.heads > 1:
+            B, T, H = x.shape[0], x.shape[1], self.heads
+            k, v, q, g = (t.view(B, T, H, -1).transpose(1, 2).reshape(B * H, T, -1)
+                          for t in (k, v, q, g))  # fmt: skip
         theta = self.cfg.memory_theta_max * torch.sigmoid(g[..., 0]) * self.write_scale
         eta = torch.sigmoid(g[..., 1]) if self.cfg.memory_momentum else torch.zeros_like(theta)
         alpha = torch.sigmoid(g[..., 2]) if self.cfg.memory_forget else torch.zeros_like(theta)
@@ -165,7 +210,7 @@ class NeuralMemory(nn.Module):
         b, cuts = self.cfg.memory_chunk, [0]
         while cuts[-1] < T:  # segments: the rest of the current chunk, then whole chunks
             cuts.append(min(T, cuts[-1] + b - (pos + cuts[-1]) % b))
-        gates = self._segment_gates(cuts, eta, alpha)
+        gates = self._segment_gates(cuts, eta, alpha, pos == 0)
         # Two passes. Only the state is sequential (each chunk's gradients are taken at the
         # memory the chunk before left), so the first pass carries W, S from chunk to chunk
         # alone; the second reads every chunk in one batch from its start state. At small
@@ -185,6 +230,8 @@ class NeuralMemory(nn.Module):
             if pos == 0:
                 cs = ws
         y = self._reads(segs, q, cuts, gates)
+        if self.heads > 1:
+            y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
         if self.training and self.write_scale:
             self.writes += B * T
             with torch.no_grad():
@@ -242,21 +289,27 @@ class NeuralMemory(nn.Module):
         diff = logs.unsqueeze(-1) - logs.unsqueeze(-2)
         return torch.exp(diff.masked_fill(~lower, float("-inf"))), torch.exp(logs)
 
-    def _anchors(self):
-        """The point forgetting decays each weight toward (None: zero)."""
-        if self.cfg.memory_forget_to == "init":
+    def _anchors(self, rows: int):
+        """The point forgetting decays each weight toward (None: zero), for `rows` inner
+        rows: W_0 itself with one head, each head's W_0 per row (rows, r, c) with more."""
+        if self.cfg.memory_forget_to != "init":
+            return [None] * len(self.init_weights)
+        if self.heads == 1:
             return list(self.init_weights)
-        return [None] * len(self.init_weights)
+        H = self.heads
+        return [w.view(1, H, r, c).expand(rows // H, H, r, c).reshape(rows, r, c)
+                for w, (r, c) in zip(self.init_weights, self.shapes)]  # fmt: skip
 
     # Eager under torch.compile: compiled with bf16 autocast, the memory's backward gave NaN
     # at the second step of a titans trial (eager bf16 and compiled fp32 trained normally).
     @torch.compiler.disable
-    def _segment_gates(self, cuts: list[int], eta: torch.Tensor, alpha: torch.Tensor):
+    def _segment_gates(self, cuts: list[int], eta: torch.Tensor, alpha: torch.Tensor, whole: bool):
         """What the closed form (`_reads`) needs of the gates alone (they do not depend on
         the memory), per segment [cuts[i], cuts[i+1]): P = F E, A = F E0 and F0, for groups
         of equally long consecutive segments stacked as (B, segments, ...) (one group for a
         call on the chunk grid); and per segment, what its last W and S need (`_ends`): the
-        last rows of P and E, and A, F0, E0 at its last token."""
+        last rows of P and E, and A, F0, E0 at its last token. `whole`: the first segment
+        starts a chunk (every later one does)."""
         spans = list(zip(cuts, cuts[1:]))
         B, groups, i = eta.shape[0], [], 0
         while i < len(spans):
@@ -265,7 +318,12 @@ class NeuralMemory(nn.Module):
                 j += 1
             t0, t1 = spans[i][0], spans[j - 1][1]
             shape = (B, j - i, n)
-            both = self._gate_products(eta[:, t0:t1].reshape(shape), alpha[:, t0:t1].reshape(shape))
+            e, a = eta[:, t0:t1].reshape(shape), alpha[:, t0:t1].reshape(shape)
+            if self.cfg.memory_gates == "chunk":
+                starts = torch.tensor([k > 0 or whole for k in range(i, j)], device=e.device)
+                both = self._chunk_gate_products(e, a, starts)
+            else:
+                both = self._gate_products(e, a)
             groups.append((i, j, both))
             i = j
         ends = []
@@ -274,6 +332,22 @@ class NeuralMemory(nn.Module):
             ends += list(zip(zip(P[..., -1, :].unbind(1), E_last.unbind(1)),
                              (tuple(x.unbind(1)) for x in lasts.unbind(1))))  # fmt: skip
         return [(i, j, both[:3]) for i, j, both in groups], ends
+
+    @staticmethod
+    def _chunk_gate_products(eta: torch.Tensor, alpha: torch.Tensor, starts: torch.Tensor):
+        """`_gate_products` under memory_gates chunk, for segments (B, c, n) of which
+        `starts` (c,) begin a chunk: there S_t = eta_f S - sum_{s<=t} r_s g_s and
+        W_t = (1 - alpha_f) W + S_t, so P = E = 1 (lower), A = E0 = eta_f, F0 = 1 - alpha_f;
+        a segment that continues a chunk adds its writes to the carried W and S alone
+        (A = 0, E0 = F0 = 1)."""
+        B, c, n = eta.shape
+        st = starts.view(1, c, 1)
+        first_eta, first_keep = eta[..., :1], 1 - alpha[..., :1]
+        E0 = torch.where(st, first_eta, torch.ones_like(first_eta)).expand(B, c, n)
+        F0 = torch.where(st, first_keep, torch.ones_like(first_keep)).expand(B, c, n)
+        A = torch.where(st, first_eta, torch.zeros_like(first_eta)).expand(B, c, n)
+        P = torch.ones(n, n, dtype=eta.dtype, device=eta.device).tril().expand(B, c, n, n)
+        return P, A, F0, E0, torch.ones_like(eta)
 
     def _gate_products(self, eta: torch.Tensor, alpha: torch.Tensor):
         D, D0 = self._decay(torch.stack([eta, 1 - alpha]))  # both gates' decays in one pass
@@ -295,7 +369,7 @@ class NeuralMemory(nn.Module):
         (k_last, e_last), (A, F0, E0) = gates[1][i]
         k_last, e_last = k_last * -rate, e_last * -rate  # of x_s (x) y_s in the last W, S
         new_ws, new_ss = [], []
-        for (X, Y), w, s, w0 in zip(fs, ws, ss, self._anchors()):
+        for (X, Y), w, s, w0 in zip(fs, ws, ss, self._anchors(ws[0].shape[0])):
             Xt = X.transpose(-1, -2)
             last_w = Xt @ (k_last.unsqueeze(-1) * Y) + A * s + F0 * w
             last_s = Xt @ (e_last.unsqueeze(-1) * Y)
@@ -315,12 +389,13 @@ class NeuralMemory(nn.Module):
             c, n = j - i, (cuts[j] - cuts[i]) // (j - i)
             K = P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)
             h = q[:, cuts[i] : cuts[j]].reshape(B, c, n, -1)
-            for m, w0 in enumerate(self._anchors()):
+            for m, w0 in enumerate(self._anchors(B)):
                 X, Y, w, s = (torch.stack(t, dim=1) for t in zip(*(
                     (*fs[m], ws[m], ss[m]) for fs, _, ws, ss in part)))  # fmt: skip
                 z = ((h @ X.transpose(-1, -2)) * K) @ Y + A[..., None] * (h @ s)
                 z = z + F0[..., None] * (h @ w)
                 if w0 is not None:
+                    w0 = w0 if w0.dim() == 2 else w0.unsqueeze(1)  # (rows, segments, r, c)
                     z = z + (1 - F0[..., None]) * (h @ w0)
                 h = F.silu(z) if m + 1 < len(self.init_weights) else z
             out.append(h.reshape(B, c * n, -1))
@@ -334,6 +409,7 @@ class NeuralMemory(nn.Module):
         chunk = chunk or self.cfg.memory_chunk
         ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
+        R = k.shape[0]  # inner rows: a row per head of each sequence
         at = [c.detach().requires_grad_(True) for c in cs]
         ys = []
         for t in range(T):
@@ -344,12 +420,20 @@ class NeuralMemory(nn.Module):
                 loss = (pred - v[:, t : t + 1].detach()).pow(2).sum()
                 gs = torch.autograd.grad(loss, at)
             size = (theta[:, t] * sum(g.pow(2).sum((-1, -2)) for g in gs).sqrt()).detach()
-            rate = (theta[:, t] * self._bound(size)).view(B, 1, 1)
-            for j, w0 in enumerate(self._anchors()):
-                ss[j] = eta[:, t].view(B, 1, 1) * ss[j] - rate * gs[j]
-                a = alpha[:, t].view(B, 1, 1)
+            rate = (theta[:, t] * self._bound(size)).view(R, 1, 1)
+            gated = pos == 0 or self.cfg.memory_gates == "token"
+            for j, w0 in enumerate(self._anchors(R)):
+                if not gated:  # inside a chunk under memory_gates chunk: the write alone
+                    ss[j] = ss[j] - rate * gs[j]
+                    ws[j] = ws[j] - rate * gs[j]
+                    continue
+                ss[j] = eta[:, t].view(R, 1, 1) * ss[j] - rate * gs[j]
+                a = alpha[:, t].view(R, 1, 1)
                 ws[j] = (1 - a) * ws[j] + ss[j] + (0 if w0 is None else a * w0)
             ys.append(self.read(ws, q[:, t : t + 1]))
             pos = (pos + 1) % chunk
         cs = ws if pos == 0 else [a.detach() for a in at]
-        return self.out(torch.cat(ys, dim=1)), self._state(ws, ss, cs, pos)
+        y = torch.cat(ys, dim=1)
+        if self.heads > 1:
+            y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
+        return self.out(y), self._state(ws, ss, cs, pos)
