@@ -4,6 +4,10 @@ Notation
     x        (B, T, d) residual stream; H heads of width d_h = d / H
     Attn(x)  causal softmax attention through PyTorch SDPA; with `window` w > 0 position i
              attends to positions i-w+1 .. i only (a sliding window), else to 0 .. i
+    Attn(x | p)  the same with extra keys and values (never queries) before x: persistent
+             memory tokens, which have no position (under RoPE their scores use the
+             unrotated query), and a MAC segment's retrieved memory, a token per position
+             of x, rotated as x is (`models/titans.py`)
     RoPE     rotary positions: channel pairs of q and k rotated by angle pos * base^(-2j/d_h)
     MLP(x)   W_2 gelu(W_1 x),  W_1: d -> d_ff,  W_2: d_ff -> d
 All parameters here are outer parameters: they change only when the outer optimizer steps.
@@ -58,7 +62,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, persistent=None, aligned=None, visible=None):
+        """x (B, T, d) -> (B, T, d). Keys and values (never queries) may be added before x:
+        `persistent` (1, P, d), learned tokens without a position, and `aligned` (B, T, d),
+        one token per position of x (a MAC segment's retrieved memory). `visible`
+        (T, P + [T] + T) says which keys each query sees (default: every persistent token,
+        and x causally or in the window)."""
+        if persistent is not None or aligned is not None:
+            return self._with_context(x, persistent, aligned, visible)
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if self.rotary:
@@ -70,6 +81,47 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, d))
+
+    def _with_context(self, x, persistent, aligned, visible) -> torch.Tensor:
+        B, T, d = x.shape
+        H, dh = self.n_heads, d // self.n_heads
+
+        def heads(z: torch.Tensor):
+            return self.qkv(z).view(z.shape[0], z.shape[1], 3, H, dh).permute(2, 0, 3, 1, 4)
+
+        q, k, v = heads(x)
+        ks, vs = [k], [v]
+        if aligned is not None:
+            _, ka, va = heads(aligned)
+            ks, vs = [ka, k], [va, v]
+        if self.rotary:  # aligned tokens at their positions of x, the same as x's
+            q, ks = rotate(q), [rotate(t) for t in ks]
+        if persistent is not None:
+            _, kp, vp = heads(persistent)
+            kp, vp = kp.expand(B, -1, -1, -1), vp.expand(B, -1, -1, -1)
+            if self.rotary:
+                # Persistent tokens have no position: their scores take the unrotated query,
+                # the others the rotated one. Stacking both along the head width (zeros where
+                # a key has no part) gives each score its own query in one SDPA call.
+                q_plain = self.qkv(x)[..., :d].view(B, T, H, dh).transpose(1, 2)
+                q = torch.cat([q_plain, q], dim=-1)
+                kp = torch.cat([kp, torch.zeros_like(kp)], dim=-1)
+                ks = [torch.cat([torch.zeros_like(t), t], dim=-1) for t in ks]
+            ks, vs = [kp, *ks], [vp, *vs]
+        if visible is None:
+            visible = prefix_mask(T, 0 if persistent is None else persistent.shape[1],
+                                  self.window, x.device)  # fmt: skip
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(
+            q, torch.cat(ks, 2), torch.cat(vs, 2), attn_mask=visible, dropout_p=p, scale=dh**-0.5
+        )
+        return self.out(y.transpose(1, 2).reshape(B, T, d))
+
+
+def prefix_mask(T: int, P: int, window: int, device) -> torch.Tensor:
+    """(T, P + T): every query sees the P prefix tokens, and x causally (or in the window)."""
+    own = window_mask(T, window if window and window < T else T, device)
+    return torch.cat([torch.ones(T, P, dtype=torch.bool, device=device), own], dim=1)
 
 
 class MLP(nn.Module):

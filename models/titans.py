@@ -1,10 +1,28 @@
-"""TITAN: the Transformer with a Titans neural memory in every block (no CMS).
+"""TITAN: the Transformer with a Titans neural memory in every block (no CMS), used in one of
+the Titans paper's three ways (`memory_use`, sec. 4 of the paper).
 
-Notation (per block i; `models/titans_memory.py` defines Mem)
-    h'   = h + Attn_i(LN(h))
-    h''  = h' + Mem_i(LN(h'); W_i, S_i)        memory written token by token as it reads
+Notation (per block i; `models/titans_memory.py` defines Mem, Mem*(u; W) a read of the memory
+W without writing; `models/blocks.py` Attn(u | p), attention with prefix tokens p; P_i the
+block's `persistent_tokens` learned tokens, none when 0)
+  mal (memory as a layer, the default):
+    h'   = h + Attn_i(LN(h) | P_i)
+    h''  = h' + Mem_i(LN_m(h'); W_i, S_i)     memory written token by token as it reads
     h    = h'' + MLP_i(LN(h''))
-    logits = W_head LN(h_L)
+  mag (memory as a gate; Attn limited to `window`):
+    a    = Attn_i(LN(h) | P_i),  m = Mem_i(LN_m(h); W_i, S_i)     in parallel
+    h''  = h + LN_a(a) * sigmoid(LN_g(m)),  h = h'' + MLP_i(LN(h''))
+  mac (memory as context), per segment s of `mac_segment` tokens of the call:
+    r    = Mem*_i(LN_m(h_s); W_i)           retrieved with the memory before the segment
+    h'   = h_s + Attn_i(LN(h_s) | [P_i; r])  query t sees P_i, r_u and h_u for u <= t
+    h''  = h' + Mem_i(LN_m(h'); W_i, S_i)   the segment's attention output written
+    h_s  = h'' + MLP_i(LN(h''))
+  logits = W_head LN(h_L)
+The paper's MAL puts the memory before the attention and its MAC and MAG combine with a
+product written y (x) M(y); here mal keeps the block order this kind had before memory_use
+existed (attention, memory, MLP: over stacked blocks the order differs only at the ends), mac
+adds the memory's read-out to the residual stream, and mag's gate is the normalised product.
+Persistent tokens are attention keys and values only: they are never written to the memory,
+so a carried memory's state does not depend on how a stream is split into calls.
 Update frequencies: the memory weights W_i and momenta S_i are inner state, written at every
 token (gradients shared within chunks of `memory_chunk` tokens); everything else is an outer
 parameter on the single level "fast". Between batches the memory restarts from its learned
@@ -21,6 +39,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from models.blocks import window_mask
+from models.common import require
 from models.titans_memory import MemoryConfig, NeuralMemory
 from models.transformer import AttentionConfig, AttentionLM, Block
 
@@ -30,27 +50,101 @@ class TitansConfig(AttentionConfig, MemoryConfig):
     """`model:` section for `kind: titans`."""
 
     kind: Literal["titans"] = "titans"
+    memory_use: Literal["mal", "mac", "mag"] = "mal"
+    """How the blocks use the memory: as a layer after attention (mal), as context of the
+    attention per segment (mac) or as a gate beside sliding-window attention (mag)."""
+    persistent_tokens: int = 0
+    """Learned tokens every attention query sees first (keys and values only)."""
+    mac_segment: int = 0
+    """Tokens per segment with memory_use mac (required there, refused elsewhere)."""
 
     def __post_init__(self):
         AttentionConfig.__post_init__(self)
         self.check_memory(self.d_model)
+        require(
+            self.memory_use in ("mal", "mac", "mag"),
+            "memory_use",
+            f"mal, mac or mag, got {self.memory_use!r}",
+        )
+        require(
+            self.persistent_tokens >= 0,
+            "persistent_tokens",
+            f"0 (none) or a positive integer, got {self.persistent_tokens}",
+        )
+        if self.memory_use == "mac":
+            require(
+                self.mac_segment >= 1,
+                "mac_segment",
+                f"a positive number of tokens with memory_use mac, got {self.mac_segment}",
+            )
+        else:
+            require(
+                self.mac_segment == 0,
+                "mac_segment",
+                f"unset: it acts only with memory_use mac (memory_use is {self.memory_use})",
+            )
+        if self.memory_use == "mag":
+            require(
+                self.window >= 1,
+                "window",
+                "a sliding window (>= 1) with memory_use mag, which pairs the memory with "
+                f"sliding-window attention, got {self.window}",
+            )
 
 
 class MemoryBlock(nn.Module):
-    """A transformer block with a neural memory between attention and MLP."""
+    """A transformer block and a neural memory, combined as `memory_use` says."""
 
     def __init__(self, cfg: TitansConfig):
         super().__init__()
+        d = cfg.d_model
         self.block = Block(cfg)
-        self.norm_mem = nn.LayerNorm(cfg.d_model)
-        self.memory = NeuralMemory(cfg.d_model, cfg)
+        self.norm_mem = nn.LayerNorm(d)
+        self.memory = NeuralMemory(d, cfg)
+        self.use, self.segment = cfg.memory_use, cfg.mac_segment
+        self.window = cfg.window
+        n = cfg.persistent_tokens
+        # (1, N, d): a token table, so optimizers treat it as the embedding it is
+        self.persistent = nn.Parameter(torch.randn(1, n, d)) if n else None
+        if self.use == "mag":
+            self.norm_a, self.norm_g = nn.LayerNorm(d), nn.LayerNorm(d)
 
     def forward(self, h: torch.Tensor, state=None):
+        if self.use == "mac":
+            return self._mac(h, state)
         b = self.block
-        h = h + b.attn(b.norm_attn(h))
-        m, state = self.memory(self.norm_mem(h), state)
-        h = h + m
+        if self.use == "mag":
+            a = b.attn(b.norm_attn(h), self.persistent)
+            m, state = self.memory(self.norm_mem(h), state)
+            h = h + self.norm_a(a) * torch.sigmoid(self.norm_g(m))
+        else:
+            h = h + b.attn(b.norm_attn(h), self.persistent)
+            m, state = self.memory(self.norm_mem(h), state)
+            h = h + m
         return h + b.mlp(b.norm_mlp(h)), state
+
+    def _mac(self, h: torch.Tensor, state):
+        b, out = self.block, []
+        for t0 in range(0, h.shape[1], self.segment):
+            x = h[:, t0 : t0 + self.segment]
+            r = self.memory.recall(self.norm_mem(x), state)
+            n = 0 if self.persistent is None else self.persistent.shape[1]
+            seen = mac_mask(x.shape[1], n, self.window, x.device)
+            x = x + b.attn(b.norm_attn(x), self.persistent, r, seen)
+            m, state = self.memory(self.norm_mem(x), state)
+            x = x + m
+            out.append(x + b.mlp(b.norm_mlp(x)))
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0], state
+
+
+def mac_mask(n: int, persistent: int, window: int, device) -> torch.Tensor:
+    """(n, persistent + 2n): query t of a MAC segment sees every persistent token, the
+    retrieved memory r_u of its own and earlier positions (r_u is read with u's query, so a
+    later one would leak u's token), and the segment's tokens causally (or in the window)."""
+    own = window_mask(n, window if window and window < n else n, device)
+    causal = window_mask(n, n, device)
+    ones = torch.ones(n, persistent, dtype=torch.bool, device=device)
+    return torch.cat([ones, causal, own], dim=1)
 
 
 def memory_state_names(n_layers: int, depth: int) -> tuple[str, ...]:

@@ -243,6 +243,18 @@ class NeuralMemory(nn.Module):
                 self._last = [t.detach() for t in (*ws, v, theta, eta, alpha, size)] + [over]
         return self.out(y), self._state(ws, ss, cs, pos)
 
+    def recall(self, x: torch.Tensor, state=None) -> torch.Tensor:
+        """M_W(q_t) W_O for every token of x (B, T, d), W the memory in `state` (W_0 when
+        None), nothing written: what a MAC segment retrieves before attending."""
+        B, T, _ = x.shape
+        q = self.proj(x)[..., 2 * x.shape[-1] :]
+        if self.heads > 1:
+            q = q.view(B, T, self.heads, -1).transpose(1, 2).reshape(B * self.heads, T, -1)
+        y = self.read(self._split(B, state)[0], F.normalize(q, dim=-1))
+        if self.heads > 1:
+            y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
+        return self.out(y)
+
     @property
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """What a diverging memory shows first, of the last training batch: its weights'
