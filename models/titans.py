@@ -184,8 +184,9 @@ class MemoryLM(AttentionLM):
             out.extend(s)
         return h, tuple(out)
 
-    def memories(self) -> list[NeuralMemory]:
-        return [m for m in self.modules() if isinstance(m, NeuralMemory)]
+    def memories(self) -> list[nn.Module]:
+        """The blocks' test-time memories (Titans or self-modifying)."""
+        return [m for m in self.modules() if getattr(type(m), "is_memory", False)]
 
     def inner_metrics(self) -> dict[str, float]:
         """Counters that prove the memories wrote, per layer: training tokens written, writes
@@ -196,7 +197,8 @@ class MemoryLM(AttentionLM):
         for i, mem in enumerate(self.memories()):
             out[f"memory/{i}/writes"] = float(mem.writes.item())
             out[f"memory/{i}/update_norm"] = float(mem.update_norm.item())
-            out[f"memory/{i}/bounded"] = float(mem.bounded.item())  # writes cut to max_write
+            if hasattr(mem, "bounded"):  # writes cut to max_write (Titans memory)
+                out[f"memory/{i}/bounded"] = float(mem.bounded.item())
             for k, v in mem.diagnostics.items():
                 out[f"memory/{i}/{k}"] = float(v)
         return out
@@ -210,7 +212,7 @@ class MemoryLM(AttentionLM):
             if k.startswith("memory/") and k.endswith("/writes") and v == 0
         }
         mems = self.memories()
-        cap = mems[0].cfg.memory_max_write if mems else 0
+        cap = getattr(mems[0].cfg, "memory_max_write", 0) if mems else 0
         bounded = [v for k, v in last.items() if k.startswith("memory/") and k.endswith("/bounded")]
         if cap and bounded and not any(bounded):
             biggest = max(

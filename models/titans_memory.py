@@ -23,7 +23,7 @@ width d/H with its own gates and its own learned W_0 (stored stacked, H*rows x c
 head is today's memory exactly); the read-outs are concatenated before W_O.
 c(t) is the memory at the start of t's chunk of `chunk` tokens: every gradient of a chunk is
 taken at one memory, so a chunk's gradients are one batched call and, the gradients being
-fixed, both recurrences unroll into products of the gates (`_ends`, `_reads`: cumulative
+fixed, both recurrences unroll into products of the gates (`models/titans_scan.py`: cumulative
 log-gate sums, no loop over tokens); and each gradient being an outer product x_t (x) y_t, a read
 M_{W_t}(q_t) is an attention-like (n, n) product, so no per-token W_t is ever formed (the
 "dual form": memory B x d x h per weight, not B x chunk x d x h). With chunk 1
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import require
+from models.titans_scan import ends, reads, segment_gates
 
 
 @dataclass
@@ -118,6 +119,8 @@ def _silu_grad(z: torch.Tensor) -> torch.Tensor:
 
 
 class NeuralMemory(nn.Module):
+    is_memory = True  # what `MemoryLM.memories` collects
+
     def __init__(self, d_model: int, cfg: MemoryConfig):
         super().__init__()
         self.cfg = cfg
@@ -210,7 +213,7 @@ class NeuralMemory(nn.Module):
         b, cuts = self.cfg.memory_chunk, [0]
         while cuts[-1] < T:  # segments: the rest of the current chunk, then whole chunks
             cuts.append(min(T, cuts[-1] + b - (pos + cuts[-1]) % b))
-        gates = self._segment_gates(cuts, eta, alpha, pos == 0)
+        gates = segment_gates(cuts, eta, alpha, pos == 0, self.cfg.memory_gates == "chunk")
         # Two passes. Only the state is sequential (each chunk's gradients are taken at the
         # memory the chunk before left), so the first pass carries W, S from chunk to chunk
         # alone; the second reads every chunk in one batch from its start state. At small
@@ -224,12 +227,12 @@ class NeuralMemory(nn.Module):
                 size = theta[:, sl] * sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs).sqrt()
             rate = theta[:, sl] * self._bound(size)
             segs.append((fs, rate, ws, ss))
-            ws, ss = self._ends(ws, ss, fs, rate, gates, i)
+            ws, ss = ends(ws, ss, fs, rate, gates, i, self._anchors(ws[0].shape[0]))
             sizes.append(size)
             pos = (pos + t1 - t0) % b
             if pos == 0:
                 cs = ws
-        y = self._reads(segs, q, cuts, gates)
+        y = reads(segs, q, cuts, gates, self._anchors(q.shape[0]))
         if self.heads > 1:
             y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
         if self.training and self.write_scale:
@@ -291,16 +294,6 @@ class NeuralMemory(nn.Module):
             return torch.ones_like(size)
         return cap / torch.maximum(size, torch.full_like(size, cap))
 
-    @staticmethod
-    def _decay(rate: torch.Tensor):
-        """For per-token factors r (B, n): P[t, s] = prod_{s<u<=t} r_u (lower triangle) and
-        P0[t] = prod_{u<=t} r_u, through cumulative log sums."""
-        logs = torch.log(rate.clamp(min=1e-30)).cumsum(-1)
-        n = rate.shape[-1]
-        lower = torch.ones(n, n, dtype=torch.bool, device=rate.device).tril()
-        diff = logs.unsqueeze(-1) - logs.unsqueeze(-2)
-        return torch.exp(diff.masked_fill(~lower, float("-inf"))), torch.exp(logs)
-
     def _anchors(self, rows: int):
         """The point forgetting decays each weight toward (None: zero), for `rows` inner
         rows: W_0 itself with one head, each head's W_0 per row (rows, r, c) with more."""
@@ -311,107 +304,6 @@ class NeuralMemory(nn.Module):
         H = self.heads
         return [w.view(1, H, r, c).expand(rows // H, H, r, c).reshape(rows, r, c)
                 for w, (r, c) in zip(self.init_weights, self.shapes)]  # fmt: skip
-
-    # Eager under torch.compile: compiled with bf16 autocast, the memory's backward gave NaN
-    # at the second step of a titans trial (eager bf16 and compiled fp32 trained normally).
-    @torch.compiler.disable
-    def _segment_gates(self, cuts: list[int], eta: torch.Tensor, alpha: torch.Tensor, whole: bool):
-        """What the closed form (`_reads`) needs of the gates alone (they do not depend on
-        the memory), per segment [cuts[i], cuts[i+1]): P = F E, A = F E0 and F0, for groups
-        of equally long consecutive segments stacked as (B, segments, ...) (one group for a
-        call on the chunk grid); and per segment, what its last W and S need (`_ends`): the
-        last rows of P and E, and A, F0, E0 at its last token. `whole`: the first segment
-        starts a chunk (every later one does)."""
-        spans = list(zip(cuts, cuts[1:]))
-        B, groups, i = eta.shape[0], [], 0
-        while i < len(spans):
-            j, n = i + 1, spans[i][1] - spans[i][0]
-            while j < len(spans) and spans[j][1] - spans[j][0] == n:
-                j += 1
-            t0, t1 = spans[i][0], spans[j - 1][1]
-            shape = (B, j - i, n)
-            e, a = eta[:, t0:t1].reshape(shape), alpha[:, t0:t1].reshape(shape)
-            if self.cfg.memory_gates == "chunk":
-                starts = torch.tensor([k > 0 or whole for k in range(i, j)], device=e.device)
-                both = self._chunk_gate_products(e, a, starts)
-            else:
-                both = self._gate_products(e, a)
-            groups.append((i, j, both))
-            i = j
-        ends = []
-        for _, _, (P, A, F0, E0, E_last) in groups:
-            lasts = torch.stack([A[..., -1], F0[..., -1], E0[..., -1]], dim=-1)[..., None, None]
-            ends += list(zip(zip(P[..., -1, :].unbind(1), E_last.unbind(1)),
-                             (tuple(x.unbind(1)) for x in lasts.unbind(1))))  # fmt: skip
-        return [(i, j, both[:3]) for i, j, both in groups], ends
-
-    @staticmethod
-    def _chunk_gate_products(eta: torch.Tensor, alpha: torch.Tensor, starts: torch.Tensor):
-        """`_gate_products` under memory_gates chunk, for segments (B, c, n) of which
-        `starts` (c,) begin a chunk: there S_t = eta_f S - sum_{s<=t} r_s g_s and
-        W_t = (1 - alpha_f) W + S_t, so P = E = 1 (lower), A = E0 = eta_f, F0 = 1 - alpha_f;
-        a segment that continues a chunk adds its writes to the carried W and S alone
-        (A = 0, E0 = F0 = 1)."""
-        B, c, n = eta.shape
-        st = starts.view(1, c, 1)
-        first_eta, first_keep = eta[..., :1], 1 - alpha[..., :1]
-        E0 = torch.where(st, first_eta, torch.ones_like(first_eta)).expand(B, c, n)
-        F0 = torch.where(st, first_keep, torch.ones_like(first_keep)).expand(B, c, n)
-        A = torch.where(st, first_eta, torch.zeros_like(first_eta)).expand(B, c, n)
-        P = torch.ones(n, n, dtype=eta.dtype, device=eta.device).tril().expand(B, c, n, n)
-        return P, A, F0, E0, torch.ones_like(eta)
-
-    def _gate_products(self, eta: torch.Tensor, alpha: torch.Tensor):
-        D, D0 = self._decay(torch.stack([eta, 1 - alpha]))  # both gates' decays in one pass
-        (E, F_), (E0, F0) = D, D0
-        n = eta.shape[-1]
-        PA = F_ @ torch.cat([E, E0.unsqueeze(-1)], dim=-1)
-        return PA[..., :n], PA[..., n], F0, E0, E[..., -1, :]
-
-    # The closed form of a chunk, without forming any W_t (no loop over tokens). With
-    # u_s = -r_s x_s (x) y_s (r the bounded write rate) and the chunk's start W, S:
-    #   S_t = sum_s E[t,s] u_s + E0[t] S  (E from eta),  W_t = sum_tau F[t,tau] S_tau + F0[t] W
-    #   (F from 1 - alpha), so W_t = sum_s K[t,s] x_s (x) y_s + A[t] S + F0[t] W with
-    #   K = F E (-r), A = F E0; and a read h W_t = sum_s K[t,s] (h . x_s) y_s + A[t] h S +
-    #   F0[t] h W is an (n, n) matrix times Y: B x d x h per weight, not B x n x d x h.
-    # With forgetting toward W_0 the same holds for W - W_0.
-    @torch.compiler.disable
-    def _ends(self, ws, ss, fs, rate, gates, i: int):
-        """The W and S after segment i (from its start `ws`, `ss`, factors and rates)."""
-        (k_last, e_last), (A, F0, E0) = gates[1][i]
-        k_last, e_last = k_last * -rate, e_last * -rate  # of x_s (x) y_s in the last W, S
-        new_ws, new_ss = [], []
-        for (X, Y), w, s, w0 in zip(fs, ws, ss, self._anchors(ws[0].shape[0])):
-            Xt = X.transpose(-1, -2)
-            last_w = Xt @ (k_last.unsqueeze(-1) * Y) + A * s + F0 * w
-            last_s = Xt @ (e_last.unsqueeze(-1) * Y)
-            if w0 is not None:
-                last_w = last_w + (1 - F0) * w0
-            new_ws.append(last_w)
-            new_ss.append(last_s + E0 * s)
-        return new_ws, new_ss
-
-    @torch.compiler.disable
-    def _reads(self, segs, q: torch.Tensor, cuts: list[int], gates) -> torch.Tensor:
-        """Every read-out y_t = M_{W_t}(q_t), one batch per group of equally long segments:
-        `segs` holds each segment's factors, rates and start W, S."""
-        B, out = q.shape[0], []
-        for i, j, (P, A, F0) in gates[0]:
-            part = segs[i:j]
-            c, n = j - i, (cuts[j] - cuts[i]) // (j - i)
-            K = P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)
-            h = q[:, cuts[i] : cuts[j]].reshape(B, c, n, -1)
-            for m, w0 in enumerate(self._anchors(B)):
-                X, Y, w, s = (torch.stack(t, dim=1) for t in zip(*(
-                    (*fs[m], ws[m], ss[m]) for fs, _, ws, ss in part)))  # fmt: skip
-                z = ((h @ X.transpose(-1, -2)) * K) @ Y + A[..., None] * (h @ s)
-                z = z + F0[..., None] * (h @ w)
-                if w0 is not None:
-                    w0 = w0 if w0.dim() == 2 else w0.unsqueeze(1)  # (rows, segments, r, c)
-                    z = z + (1 - F0[..., None]) * (h @ w0)
-                h = F.silu(z) if m + 1 < len(self.init_weights) else z
-            out.append(h.reshape(B, c * n, -1))
-        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def reference_forward(self, x: torch.Tensor, state=None, chunk: int | None = None):
         """The recurrence token by token, each gradient by autograd at the memory of its
