@@ -18,6 +18,9 @@ Beside each speed: the kind's matrix-multiply FLOPs per training step (torch's
 FlopCounterMode, attention included) and the transformer's FLOPs over them, the ratio a kind
 would reach at the transformer's arithmetic efficiency: a kind that does 2.5 times the
 transformer's matrix work cannot reach 0.5x of its tokens/s by removing overhead.
+The speed table also has a row per mechanism of `VARIANTS` (memory_use mac and mag,
+persistent tokens, per-chunk gates, memory heads, hope_selfmod), each on top of its spec
+variant; the memory table has `--peak-kinds`.
 A figure to read, not a test: nothing here asserts a speed.
 """
 
@@ -37,13 +40,32 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "search_spaces" / "hope_vs_titan.yaml"
 
 
+# Rows beyond the spec's variants: (the spec variant they start from, model fields on top).
+# The mechanisms of issue #32, each alone, at the spec's size.
+VARIANTS = {
+    "titans, memory_use mac": ("titans", {"memory_use": "mac", "mac_segment": 16}),
+    "titans, memory_use mag": ("titans", {"memory_use": "mag", "window": 16}),
+    "titans, persistent_tokens 4": ("titans", {"persistent_tokens": 4}),
+    "titans, memory_gates chunk": ("titans", {"memory_gates": "chunk"}),
+    "titans, memory_heads 4": ("titans", {"memory_heads": 4}),
+    "hope_selfmod": ("hope", {"kind": "hope_selfmod"}),
+}
+
+
 def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
+    import dataclasses
+
+    import models.kinds  # noqa: F401 - the built-in kinds
+    from models.registry import model_kind
     from nlsweep.config.builder import to_dict
     from nlsweep.spec import load_spec
 
+    variant, extra = VARIANTS.get(variant, (variant, {}))
     spec = load_spec(SPEC, available={"CPU": float(os.cpu_count() or 1), "GPU": 0.0})
     raw = to_dict(spec.trial_config({"variant": variant, "train.seed": 0}))
-    raw["model"].update(model)
+    raw["model"].update({**extra, **model})
+    fields = {f.name for f in dataclasses.fields(model_kind(raw["model"]["kind"]).config_cls)}
+    raw["model"] = {k: v for k, v in raw["model"].items() if k in fields}
     if inner_chunk:
         raw["cms"]["inner_chunk"] = inner_chunk
     raw["train"].update(steps=steps + 1, eval_every=steps + 1, device="auto")
@@ -130,7 +152,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--widths", default="256,768")
     ap.add_argument("--chunks", default="16,64")
-    ap.add_argument("--kinds", default="transformer,titans,hope_attention,hope")
+    ap.add_argument("--kinds", default=",".join(["transformer", "titans", "hope_attention",
+                                                 "hope", *VARIANTS]))  # fmt: skip
+    ap.add_argument("--peak-kinds", default="transformer,titans,hope_attention,hope",
+                    help="the kinds of the memory table")  # fmt: skip
     ap.add_argument("--inner-chunk", type=int, default=16, help="hope rows also at this "
                     "cms.inner_chunk (0: the exact chain only)")  # fmt: skip
     ap.add_argument("--peak-child", nargs=4, metavar=("VARIANT", "D", "CHUNK", "INNER"))
@@ -146,7 +171,7 @@ def main() -> None:
     n = a.steps * a.rounds + 1  # each run long enough for all its timed steps
     configs = {k: trial(k, n) for k in kinds}
     for k in kinds if a.inner_chunk else ():
-        if k.startswith("hope"):  # the chunked chain beside the exact one
+        if k in ("hope", "hope_attention"):  # the chunked chain beside the exact one
             configs[f"{k}, cms.inner_chunk {a.inner_chunk}"] = trial(k, n, a.inner_chunk)
     rates = interleaved_rates(configs, a.steps, a.rounds)
     flops = {k: step_flops(trial(k.split(",")[0], 1, a.inner_chunk if "," in k else 0))
@@ -165,8 +190,9 @@ def main() -> None:
     print("| kind | " + " | ".join(f"d {d}, chunk {c}" for d, c in cols) + " |")
     print("|---|" + "---:|" * len(cols))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    rows = [(k, 0) for k in kinds]
-    rows += [(k, a.inner_chunk) for k in kinds if a.inner_chunk and k.startswith("hope")]
+    peak_kinds = a.peak_kinds.split(",") if a.peak_kinds else []
+    rows = [(k, 0) for k in peak_kinds]
+    rows += [(k, a.inner_chunk) for k in peak_kinds if a.inner_chunk and k.startswith("hope")]
     for k, inner in rows:
         cells = []
         for d, c in cols:

@@ -206,8 +206,12 @@ class CMSOptimizer:
         return (self.clock + 1) % self.periods[level] == 0
 
     @torch.no_grad()
-    def step(self) -> list[str]:
-        """Advance the clock after a backward pass; step the levels whose period divides it."""
+    def step(self, read_at: int | None = None) -> list[str]:
+        """Advance the clock after a backward pass; step the levels whose period divides it.
+        `read_at`: the clock at which `metrics()` is next read; a level's update norm is
+        measured only on its last step before then (None: on every step). Measuring costs a
+        copy of the level's weights and a reduction per step; a clock-only rule keeps the
+        logged values identical whatever the process or a restart."""
         self.clock += 1
         stepped = []
         for level, ps in self.params.items():
@@ -223,13 +227,15 @@ class CMSOptimizer:
             if self.accumulate == "mean" and self.pending[level] > 1:
                 for p in live:
                     p.grad.div_(self.pending[level])
-            before = [p.detach().clone() for p in live]
+            measure = read_at is None or self.clock + self.periods[level] > read_at
+            before = [p.detach().clone() for p in live] if measure else None
             scale = self.schedule(self.clock - 1)
             for group, base in zip(self.optimizers[level].param_groups, self.base_lrs[level]):
                 group["lr"] = base * scale
             self.optimizers[level].step()
-            sq = sum(float((p - b).pow(2).sum()) for p, b in zip(live, before))
-            self.last_update_norm[level] = math.sqrt(sq)
+            if before is not None:  # one host read for the level
+                sq = torch.stack([(p - b).pow(2).sum() for p, b in zip(live, before)]).sum()
+                self.last_update_norm[level] = math.sqrt(float(sq))
             for p in ps:
                 p.grad = None
             self.updates[level] += 1

@@ -132,7 +132,8 @@ class Trainer:
         ):
             self.state_resets += self.state is not None
             self.state = None
-        self.model.train()
+        if not self.model.training:  # train() walks every module: only after an evaluation
+            self.model.train()
         sp = self.cfg.surprise
         surprise = bool(sp.active) and self.step % sp.every_n == 0
         if self.targets:
@@ -165,7 +166,8 @@ class Trainer:
             else:
                 loss.backward()
         self.cms.flush_inputs(self.dp.sum_ if self.dp.active else None)
-        self.cms.step()
+        tc = self.cfg.train
+        self.cms.step(read_at=min((self.step // tc.eval_every + 1) * tc.eval_every, tc.steps))
         if sc.mode != "reset":
             self.state = detach_state(new_state)  # truncated BPTT: no gradient into the past
         self.step += 1

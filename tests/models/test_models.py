@@ -148,3 +148,26 @@ def test_config_error_survives_pickling():
         "at most 10, got 400000",
         "data.seq_len: at most 10, got 400000",
     )
+
+
+def test_update_norms_measured_only_before_a_read_equal_those_measured_always():
+    """`step(read_at=...)` skips the update-norm measurement (a copy of the weights and a
+    reduction) on steps whose value no read sees; every value a read sees is the same."""
+    runs = []
+    for lazy in (False, True):
+        torch.manual_seed(0)
+        model = NestedLSTM(NestedLSTMConfig(d_model=8, d_ff=16), 7)
+        cms = make_cms(model.level_parameters(), {"fast": 1, "medium": 2, "slow": 4},
+                       OptimConfig(kind="adam", lr=1e-2))  # fmt: skip
+        reads, every = [], 5  # metrics read at clocks 5, 10 and 12 (the end)
+        for i in range(12):
+            x, y = _batch(i)
+            logits, _ = model(x)
+            F.cross_entropy(logits.reshape(-1, 7), y.reshape(-1)).backward()
+            read_at = min((i // every + 1) * every, 12)
+            cms.step(read_at=read_at if lazy else None)
+            if cms.clock == read_at:
+                reads.append(dict(cms.last_update_norm))
+        runs.append(reads)
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+    assert all(v > 0 for r in runs[0] for v in r.values())
