@@ -236,3 +236,30 @@ def test_hope_vs_titan_eval(tmp_path, monkeypatch):
         assert ("nlsweep.warning.eval_needles_carry" in r.data.tags) == (not carries)
     report = (tmp_path / "reports" / "hope_vs_titan_eval.md").read_text()
     assert "### `shakespeare_mc`: acc" in report and "## Needle in a haystack" in report
+
+
+def test_titans_variants(tmp_path, monkeypatch):
+    runs = smoke(tmp_path, monkeypatch, "titans_variants")
+    seen = {(r.data.params["variant"], r.data.params["model.persistent_tokens"]) for r in runs}
+    assert seen == {(v, n) for v in ("mal", "mac", "mag") for n in ("0", "4")}
+    for r in runs:
+        p, m = r.data.params, r.data.metrics
+        assert p["model.memory_use"] == p["variant"] and m["memory/0/writes"] > 0
+        assert p["model.mac_segment"] == ("16" if p["variant"] == "mac" else "0")
+
+
+def test_titans_variants_passkey(tmp_path, monkeypatch):
+    runs = smoke(tmp_path, monkeypatch, "titans_variants_passkey")
+    assert {r.data.params["model.memory_use"] for r in runs} == {"mal", "mac", "mag"}
+    for r in runs:
+        assert 0 <= r.data.metrics["val/passkey_acc/len256"] <= 1
+        assert r.data.params["state.mode"] == "persistent"
+
+
+def test_optimizers(tmp_path, monkeypatch):
+    runs = smoke(tmp_path, monkeypatch, "optimizers")
+    assert {r.data.params["optim.lr"] for r in runs} == {"0.001", "0.003", "0.01"}
+    for r in runs:
+        p, m = r.data.params, r.data.metrics
+        assert (m.get("optim/fast/muon_matrices", 0) > 0) == (p["optim.kind"] == "muon")
+        assert (m.get("optim/fast/decay_norm", 0) > 0) == (p["optim.kind"] == "delta_adam")
