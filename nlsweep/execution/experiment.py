@@ -38,12 +38,17 @@ class Marker:
     `--extend` existed."""
     trials: str = ""
     """Trials the experiment's current Tune run plans (an extension: its new ones only)."""
+    opening: str = ""
+    """"1" while an adaptive sweep's next round is being created: until its tuner.pkl is
+    recorded, a kill can leave that file half written, so a resume recomputes the round from
+    the store instead of loading it."""
 
 
-def new_marker(spec, parent_run_id: str, trials: int) -> Marker:
+def new_marker(spec, parent_run_id: str, trials: int, opening: bool = False) -> Marker:
     """The marker of a sweep (`nlsweep.spec.Spec`) that starts, or grows, now."""
     fixed = json.dumps(spec.fixed, sort_keys=True)
-    return Marker(parent_run_id, spec.tracking_uri, spec.fingerprint, spec.path, fixed, str(trials))
+    return Marker(parent_run_id, spec.tracking_uri, spec.fingerprint, spec.path, fixed,
+                  str(trials), "1" if opening else "")  # fmt: skip
 
 
 def experiment_path(storage: str, name: str) -> str:
@@ -93,7 +98,7 @@ def read_marker(path: str) -> Marker | None:
     try:
         with fs.open_input_stream(f"{p.rstrip('/')}/{MARKER}") as f:
             raw = json.loads(f.read().decode())
-        optional = ("fixed", "trials")
+        optional = ("fixed", "trials", "opening")
         return Marker(**{k: str(raw[k] if k not in optional else raw.get(k, ""))
                          for k in Marker.__dataclass_fields__})  # fmt: skip
     except FileNotFoundError:

@@ -26,6 +26,7 @@ from nlsweep.data.load import load_corpus
 from nlsweep.data.registry import corpus_entry
 from nlsweep.execution import seal
 from nlsweep.execution.experiment import (
+    TUNER_FILE,
     ExperimentError,
     Marker,
     archive,
@@ -338,7 +339,10 @@ def prepare(
                     f"{spec.tracking_uri}; resume with the tracking URI it started with, or "
                     "--restart to archive the experiment and start over"
                 )
-            seal.verify(path, tracker, marker.parent_run_id)
+            # a round killed while Tune created it: its tuner.pkl is never loaded (the
+            # round is recomputed from the store and its Tune run made again)
+            unread = (TUNER_FILE,) if marker.opening else ()
+            seal.verify(path, tracker, marker.parent_run_id, unread)
     elif resume:
         out(f"nothing to resume at {path}: starting the sweep")
     if restart and restorable(path):

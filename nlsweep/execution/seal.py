@@ -96,11 +96,12 @@ def top_files(experiment: str) -> dict[str, bytes]:
     return out
 
 
-def verify(experiment: str, tracker, parent_id: str) -> None:
+def verify(experiment: str, tracker, parent_id: str, unread: tuple[str, ...] = ()) -> None:
     """Raise ExperimentError (one line) unless every file Ray would deserialise at the top
-    of `experiment` is a version this sweep recorded."""
+    of `experiment` is a version this sweep recorded; `unread`: files the resume will not
+    load (it writes them anew), left unchecked."""
     try:
-        files = top_files(experiment)
+        files = {k: v for k, v in top_files(experiment).items() if k not in unread}
     except OSError as e:
         raise ExperimentError(f"{experiment}: unreadable ({e})") from None
     known = read_local(experiment)

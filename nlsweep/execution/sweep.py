@@ -174,7 +174,8 @@ def run_sweep(
         stops.install()  # after Ray's own handlers (ray.init sets one for SIGTERM)
         # Tune reads the earlier run's state now, before any run is reopened: a file it
         # cannot read is one line, and the sweep stays as resumable as it was.
-        restore = marker is not None and (not growth or growth.unfinished)
+        reopen = marker is not None and bool(marker.opening) and not extend
+        restore = marker is not None and not reopen and (not growth or growth.unfinished)
         tuner = restore_tuner(spec, path) if restore else None
         if marker is None:
             parent_id, base_tags = open_sweep_run(tracker, spec)
@@ -201,12 +202,18 @@ def run_sweep(
         planned = int(marker.trials) if marker is not None and marker.trials else spec.plan.trials
         again, first = resume_command, bool(growth and growth.unfinished)
         points, ran, killed = growth.points if growth else None, [], 0
+        if reopen:  # killed while a round's Tune run was created: that round again
+            close_open_runs(tracker, parent_id)  # its trials died with that process
+            points = next_seeds(spec, parent_id, out)
         while True:
+            if reopen and not points:
+                break
             if first:  # the experiment's own trials end first, then the new ones start
                 planned, again = growth.ran, resume_command.replace("--resume", "--extend")
                 out(f"extending {path}: first the {growth.unfinished} trials it had not ended")
             elif points:  # new trials, in the same Ray experiment and MLflow parent run
-                write_marker(path, new_marker(spec, parent_id, len(points)))
+                rounds = spec.seeds.adaptive is not None and not growth
+                write_marker(path, new_marker(spec, parent_id, len(points), opening=rounds))
                 planned, again = len(points), resume_command
                 if growth and points is growth.points:
                     out(f"extending {path} by {len(points)} trials")
@@ -218,6 +225,8 @@ def run_sweep(
                     tuner = make_tuner(spec, callback, sealing, points)
                     with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
                         sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
+                        if points and spec.seeds.adaptive is not None and not growth:
+                            write_marker(path, new_marker(spec, parent_id, len(points)))
                 with stops.fitting():
                     results = tuner.fit()
                 record_preemption(tracker, parent_id, out)

@@ -3,6 +3,7 @@ the sequential rule, resumed after a SIGKILL within a round to the same trials, 
 decisions as a sweep that ran straight through (the rounds' state between rounds is
 recomputed from the store: tests/report/test_adaptive_rounds.py)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nlsweep.cli import main
+from nlsweep.execution.experiment import MARKER, TUNER_FILE
 from nlsweep.tracking.store import Tracker
 from nlsweep.tracking.tags import PARENT_TAG, TAG_RESUMED, TAG_ROLE
 from tests.helpers import ROOT
@@ -114,9 +116,7 @@ def test_adaptive_rounds_stop_on_the_rule_and_resume_after_kills(tmp_path):
     def second_round_started():  # (a run just created may not have its params logged yet)
         return any(int(r.data.params.get("train.seed", -1)) >= 3 for r in killed.trials())
 
-    # Within a round: once the second round has started its first trial. (A kill between
-    # rounds lands, on an idle machine, while Tune writes the next round's tuner.pkl, which
-    # the seal then refuses to load: not yet handled, so not tested here; see docs/seeds.md.)
+    # Within a round: once the second round has started its first trial.
     proc = killed.start()
     kill_when(proc, second_round_started, "a second-round trial")
     assert "adaptive seeds: different" not in killed.text()
@@ -128,6 +128,26 @@ def test_adaptive_rounds_stop_on_the_rule_and_resume_after_kills(tmp_path):
               if r.data.tags.get(TAG_ROLE) == "sweep"]  # fmt: skip
     assert len(parent) == 1 and parent[0].data.tags[TAG_RESUMED] == "1"
     assert parent[0].info.status == "FINISHED"
+
+    # Between rounds: killed while Tune wrote the next round's tuner.pkl, which the marker
+    # says is being made ("opening") and the seal has no digest of. Made here as that kill
+    # leaves it (a timed kill rarely lands in the window): the resume must not load the
+    # file but make the round again from the store, to the same trials and values.
+    between = Sweep(tmp_path / "between")
+    proc = between.start()
+    kill_when(proc, lambda: second_round_started_in(between), "a second-round trial")
+    folder = between.folder / "ray" / "adaptive"
+    marker = json.loads((folder / MARKER).read_text())
+    (folder / MARKER).write_text(json.dumps({**marker, "opening": "1"}))
+    (folder / TUNER_FILE).write_bytes(b"")  # half written: nothing of it is trusted
+    proc = between.start("--resume")
+    assert proc.wait(timeout=900) == 0, between.text()[-3000:]
+    assert between.finals() == pytest.approx(finals, rel=1e-9)
+    assert json.loads((folder / MARKER).read_text())["opening"] == ""
+
+
+def second_round_started_in(sweep: Sweep) -> bool:
+    return any(int(r.data.params.get("train.seed", -1)) >= 3 for r in sweep.trials())
 
 
 @pytest.mark.parametrize(
