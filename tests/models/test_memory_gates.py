@@ -6,6 +6,7 @@ import torch
 
 from models.errors import ConfigError
 from models.titans_memory import MemoryConfig, NeuralMemory
+from tests.models.streams import assert_same, in_pieces
 
 
 def linear_memory(gates: str, chunk: int, forget_to: str = "zero") -> NeuralMemory:
@@ -118,17 +119,12 @@ def test_chunk_gates_any_split_equals_one_pass(depth, pieces):
     mem = NeuralMemory(8, cfg).double()
     x = torch.randn(2, 16, 8, dtype=torch.double)
     full, s_full = mem(x)
-    outs, state, t = [], None, 0
-    for n in pieces:
-        y, state = mem(x[:, t : t + n], state)
-        outs.append(y)
-        t += n
-    assert torch.allclose(torch.cat(outs, 1), full, atol=1e-12, rtol=0)
-    for u, v in zip(state, s_full):
-        assert torch.allclose(u, v, atol=1e-12, rtol=0)
+    y, state = in_pieces(mem, x, pieces)
+    assert_same(y, full)
+    assert_same(state, s_full)
     head, s_head = mem(x[:, :3])  # the loop continues a carried mid-chunk state the same way
     ref, s_ref = mem.reference_forward(x[:, 3:], s_head)
-    assert torch.allclose(torch.cat([head, ref], 1), full, atol=1e-12, rtol=0)
+    assert_same(torch.cat([head, ref], 1), full)
 
 
 def test_an_unknown_reading_is_refused():

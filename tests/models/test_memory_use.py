@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from models.errors import ConfigError
 from models.titans import Titans, TitansConfig
+from tests.models.streams import assert_same, in_pieces
 
 V = 23
 
@@ -96,14 +97,9 @@ def test_mac_splits_at_segments_equal_one_pass(pieces):
     m = model(memory_use="mac", mac_segment=8, persistent_tokens=2, n_layers=2)
     x = ids(T=24)
     full, s_full = m(x)
-    outs, state, t = [], None, 0
-    for n in pieces:
-        y, state = m(x[:, t : t + n], state)
-        outs.append(y)
-        t += n
-    assert torch.allclose(torch.cat(outs, 1), full, atol=1e-12, rtol=0)
-    for u, v in zip(state, s_full):
-        assert torch.allclose(u, v, atol=1e-12, rtol=0)
+    y, state = in_pieces(m, x, pieces)
+    assert_same(y, full)
+    assert_same(state, s_full)
 
 
 def test_mag_memory_carries_exactly_and_attention_is_local():

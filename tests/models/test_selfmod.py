@@ -16,6 +16,7 @@ from models.selfmod import (
     inner_grads,
 )
 from models.teach import TeachConfig
+from tests.models.streams import assert_same, in_pieces
 
 
 def memory(chunk: int, d: int = 8, hidden: int = 0, seed: int = 0) -> SelfModMemory:
@@ -72,17 +73,13 @@ def test_any_split_equals_one_pass(pieces):
     mem = memory(4)
     x = torch.randn(2, 16, 8, dtype=torch.double)
     full, s_full = mem(x)
-    outs, state, t = [], None, 0
-    for n in pieces:
-        y, state = mem(x[:, t : t + n], state)
-        outs.append(y)
-        t += n
-    assert torch.allclose(torch.cat(outs, 1), full, atol=1e-12, rtol=0)
-    for u, v in zip(state, s_full):
-        assert torch.allclose(u, v, atol=1e-12, rtol=0)
+    y, state = in_pieces(mem, x, pieces)
+    assert_same(y, full)
+    assert_same(state, s_full)
     head, s_head = mem(x[:, :6])  # the loop continues a carried mid-chunk state the same way
     ref, s_ref = mem.reference_forward(x[:, 6:], s_head)
-    assert torch.allclose(torch.cat([head, ref], 1), full, atol=1e-12, rtol=0)
+    assert_same(torch.cat([head, ref], 1), full)
+    assert_same(s_ref, s_full)
 
 
 def test_rows_are_independent():
