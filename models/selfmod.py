@@ -53,6 +53,7 @@ from models.transformer import AttentionConfig, Block
 
 NAMES = ("k", "v", "eta", "alpha", "o")
 SCALAR = ("eta", "alpha")  # one output: their P is learned (d_out != d_in)
+SQUARE = ("k", "v", "o")  # P = I
 
 
 @dataclass
@@ -164,17 +165,40 @@ class SelfModMemory(nn.Module):
         return k, v, eta * s, 1 - s * (1 - a)
 
     @staticmethod
-    def _step(ws: list, fs, k, eta, a) -> list:
-        """One token's inner step of one memory (every weight (B, r, c); the token's
-        factors e, s(z), dz and k, eta, a per row)."""
-        e, s, dz = fs
-        eta_, a_ = eta.view(-1, 1, 1), a.view(-1, 1, 1)
-        kt = k.unsqueeze(-2)  # (B, 1, d)
-        w2 = a_ * ws[0] - eta_ * ((ws[0] @ k.unsqueeze(-1)) + dz.unsqueeze(-1)) @ kt
-        w1 = a_ * ws[1] - eta_ * e.unsqueeze(-1) * s.unsqueeze(-2)
-        if len(ws) == 2:
-            return [w2, w1]
-        return [w2, w1, a_ * ws[2] - eta_ * ((ws[2] @ k.unsqueeze(-1)) + e.unsqueeze(-1)) @ kt]
+    def _steps(cur: dict, fs: dict, k, eta, a) -> dict:
+        """Every memory's inner steps over one segment's tokens, token by token (each
+        preconditioner acts on the weight the token before left). The weights of one role
+        and shape are stacked across memories, so a token costs four updates, not twelve:
+        input side (W2, P):  W <- a W - eta (W k + l) k^T   (l = dz for W2, e for P)
+        output side (W1):    W <- a W - eta e (x) s(z)."""
+        roles = [  # (memories, weight index, factor of l or e, of s(z): None on the input side)
+            (NAMES, 0, 2, None),
+            (SQUARE, 1, 0, 1),
+            (SCALAR, 1, 0, 1),
+            (SCALAR, 2, 0, None),
+        ]
+        stacks = []
+        for names, w, left, right in roles:
+            W = torch.stack([cur[n][w] for n in names], 1)  # (B, m, r, c)
+            L = torch.stack([fs[n][left] for n in names], 1)  # (B, m, tokens, r)
+            R = None if right is None else torch.stack([fs[n][right] for n in names], 1)
+            stacks.append([W, L, R])
+        for i in range(k.shape[1]):
+            kt = k[:, None, i, None, :]  # (B, 1, 1, d)
+            e_, a_ = eta[:, i].view(-1, 1, 1, 1), a[:, i].view(-1, 1, 1, 1)
+            for st in stacks:
+                W, L, R = st
+                if R is None:
+                    st[0] = (
+                        a_ * W - e_ * ((W * kt).sum(-1, keepdim=True) + L[:, :, i, :, None]) * kt
+                    )
+                else:
+                    st[0] = a_ * W - e_ * L[:, :, i, :, None] * R[:, :, i, None, :]
+        out = {n: list(cur[n]) for n in NAMES}
+        for (names, w, _, _), (W, _, _) in zip(roles, stacks):
+            for j, n in enumerate(names):
+                out[n][w] = W[:, j]
+        return out
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, d) -> read-out (B, T, d) and the state after T."""
@@ -190,10 +214,7 @@ class SelfModMemory(nn.Module):
             k, v, eta, a = self._generate(xs, start)
             ys.append(apply(start["o"], q[:, t0:t1]))
             fs = {n: factors(start[n], k, apply(start[n], v)) for n in NAMES}
-            for i in range(t1 - t0):
-                for n in NAMES:
-                    cur[n] = self._step(cur[n], [f[:, i] for f in fs[n]], k[:, i], eta[:, i],
-                                        a[:, i])  # fmt: skip
+            cur = self._steps(cur, fs, k, eta, a)
             gates.append((eta, a, v))
             pos = (pos + t1 - t0) % b
             if pos == 0:
