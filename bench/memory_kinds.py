@@ -42,12 +42,13 @@ SPEC = ROOT / "search_spaces" / "hope_vs_titan.yaml"
 
 # Rows beyond the spec's variants: (the spec variant they start from, model fields on top).
 # The mechanisms of issue #32, each alone, at the spec's size.
+# (Names without commas: --kinds is a comma-separated list.)
 VARIANTS = {
-    "titans, memory_use mac": ("titans", {"memory_use": "mac", "mac_segment": 16}),
-    "titans, memory_use mag": ("titans", {"memory_use": "mag", "window": 16}),
-    "titans, persistent_tokens 4": ("titans", {"persistent_tokens": 4}),
-    "titans, memory_gates chunk": ("titans", {"memory_gates": "chunk"}),
-    "titans, memory_heads 4": ("titans", {"memory_heads": 4}),
+    "titans+mac": ("titans", {"memory_use": "mac", "mac_segment": 16}),
+    "titans+mag": ("titans", {"memory_use": "mag", "window": 16}),
+    "titans+persistent_tokens_4": ("titans", {"persistent_tokens": 4}),
+    "titans+memory_gates_chunk": ("titans", {"memory_gates": "chunk"}),
+    "titans+memory_heads_4": ("titans", {"memory_heads": 4}),
     "hope_selfmod": ("hope", {"kind": "hope_selfmod"}),
 }
 
@@ -62,6 +63,9 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
 
     variant, extra = VARIANTS.get(variant, (variant, {}))
     spec = load_spec(SPEC, available={"CPU": float(os.cpu_count() or 1), "GPU": 0.0})
+    if variant not in spec.variants:
+        raise SystemExit(f"--kinds: {variant!r} is neither a variant of {SPEC.name} nor one "
+                         f"of {', '.join(VARIANTS)}")  # fmt: skip
     raw = to_dict(spec.trial_config({"variant": variant, "train.seed": 0}))
     raw["model"].update({**extra, **model})
     fields = {f.name for f in dataclasses.fields(model_kind(raw["model"]["kind"]).config_cls)}
