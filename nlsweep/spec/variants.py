@@ -25,6 +25,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 def apply_point(base_raw: dict, variants: dict, values: dict[str, Any]) -> dict:
     """base with a trial's values applied: its variant's overrides first, then the rest."""
     raw = base_raw
+    if VARIANT in values and values[VARIANT] not in variants:  # never the base in its place
+        raise ValueError(f"variant {values[VARIANT]!r}: one of {', '.join(variants) or 'none'}")
     for path, value in variants.get(values.get(VARIANT), {}).items():
         raw = set_path(raw, path, value)
     for path, value in values.items():

@@ -81,3 +81,12 @@ def test_train_runs_a_variant_whose_overrides_would_break_the_others(write_spec,
     assert train_main([str(path), "--variant", "titan"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("--variant: one of transformer, titans, hope_attention, got 'titan'")
+
+
+def test_an_unknown_variant_is_never_the_base_in_its_place():
+    from nlsweep.spec.variants import apply_point
+
+    variants = {"a": {"optim.lr": 1.0}}
+    assert apply_point({"optim": {"lr": 2.0}}, variants, {"variant": "a"})["optim"]["lr"] == 1.0
+    with pytest.raises(ValueError, match="variant 'b': one of a"):
+        apply_point({"optim": {"lr": 2.0}}, variants, {"variant": "b"})
