@@ -62,14 +62,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, persistent=None, aligned=None, visible=None):
+    def forward(self, x: torch.Tensor, persistent=None, aligned=None):
         """x (B, T, d) -> (B, T, d). Keys and values (never queries) may be added before x:
-        `persistent` (1, P, d), learned tokens without a position, and `aligned` (B, T, d),
-        one token per position of x (a MAC segment's retrieved memory). `visible`
-        (T, P + [T] + T) says which keys each query sees (default: every persistent token,
-        and x causally or in the window)."""
+        `persistent` (1, P, d), learned tokens without a position, which every query sees,
+        and `aligned` (B, T, d), one token per position of x (a MAC segment's retrieved
+        memory), of which query t sees those at positions <= t (`context_mask`)."""
         if persistent is not None or aligned is not None:
-            return self._with_context(x, persistent, aligned, visible)
+            return self._with_context(x, persistent, aligned)
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if self.rotary:
@@ -82,20 +81,22 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, T, d))
 
-    def _with_context(self, x, persistent, aligned, visible) -> torch.Tensor:
+    def _with_context(self, x, persistent, aligned) -> torch.Tensor:
         B, T, d = x.shape
         H, dh = self.n_heads, d // self.n_heads
 
         def heads(z: torch.Tensor):
             return self.qkv(z).view(z.shape[0], z.shape[1], 3, H, dh).permute(2, 0, 3, 1, 4)
 
-        q, k, v = heads(x)
+        q_plain, k, v = heads(x)
         ks, vs = [k], [v]
         if aligned is not None:
             _, ka, va = heads(aligned)
             ks, vs = [ka, k], [va, v]
+        q = q_plain
         if self.rotary:  # aligned tokens at their positions of x, the same as x's
             q, ks = rotate(q), [rotate(t) for t in ks]
+        P = 0 if persistent is None else persistent.shape[1]
         if persistent is not None:
             _, kp, vp = heads(persistent)
             kp, vp = kp.expand(B, -1, -1, -1), vp.expand(B, -1, -1, -1)
@@ -103,14 +104,11 @@ class Attention(nn.Module):
                 # Persistent tokens have no position: their scores take the unrotated query,
                 # the others the rotated one. Stacking both along the head width (zeros where
                 # a key has no part) gives each score its own query in one SDPA call.
-                q_plain = self.qkv(x)[..., :d].view(B, T, H, dh).transpose(1, 2)
                 q = torch.cat([q_plain, q], dim=-1)
                 kp = torch.cat([kp, torch.zeros_like(kp)], dim=-1)
                 ks = [torch.cat([torch.zeros_like(t), t], dim=-1) for t in ks]
             ks, vs = [kp, *ks], [vp, *vs]
-        if visible is None:
-            visible = prefix_mask(T, 0 if persistent is None else persistent.shape[1],
-                                  self.window, x.device)  # fmt: skip
+        visible = context_mask(T, P, aligned is not None, self.window, x.device)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(
             q, torch.cat(ks, 2), torch.cat(vs, 2), attn_mask=visible, dropout_p=p, scale=dh**-0.5
@@ -118,10 +116,15 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, d))
 
 
-def prefix_mask(T: int, P: int, window: int, device) -> torch.Tensor:
-    """(T, P + T): every query sees the P prefix tokens, and x causally (or in the window)."""
-    own = window_mask(T, window if window and window < T else T, device)
-    return torch.cat([torch.ones(T, P, dtype=torch.bool, device=device), own], dim=1)
+def context_mask(T: int, P: int, aligned: bool, window: int, device) -> torch.Tensor:
+    """(T, P [+ T] + T): which keys query t sees: every one of the P persistent tokens; of
+    the aligned tokens, those at positions <= t (a MAC segment's retrieved memory r_u is read
+    with u's query, so a later one would leak u's token); and x causally (or in the window)."""
+    parts = [torch.ones(T, P, dtype=torch.bool, device=device)]
+    if aligned:
+        parts.append(window_mask(T, T, device))
+    parts.append(window_mask(T, window if window and window < T else T, device))
+    return torch.cat(parts, dim=1)
 
 
 class MLP(nn.Module):

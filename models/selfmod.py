@@ -49,6 +49,7 @@ from models.hope import _Hope
 from models.teach import TeachConfig
 from models.titans import MemoryLM
 from models.titans_memory import _silu_grad
+from models.titans_scan import chunk_cuts
 from models.transformer import AttentionConfig, Block
 
 NAMES = ("k", "v", "eta", "alpha", "o")
@@ -205,9 +206,8 @@ class SelfModMemory(nn.Module):
         B, T, _ = x.shape
         cur, start, pos = self._split(B, state)
         q = F.normalize(self.q(x), dim=-1)
-        b, cuts = self.cfg.memory_chunk, [0]
-        while cuts[-1] < T:  # the rest of the current chunk, then whole chunks
-            cuts.append(min(T, cuts[-1] + b - (pos + cuts[-1]) % b))
+        b = self.cfg.memory_chunk
+        cuts = chunk_cuts(T, pos, b)
         ys, gates = [], []
         for t0, t1 in zip(cuts, cuts[1:]):
             xs = x[:, t0:t1]
@@ -307,7 +307,6 @@ class HopeSelfMod(_Hope, MemoryLM):
 
     def __init__(self, cfg: HopeSelfModConfig, vocab_size: int, cms, teach: TeachConfig):
         blocks = [SelfModBlock(cfg) for _ in range(cfg.n_layers)]
-        per_block = 2 * sum(len(s) for s in memory_shapes(1, 1).values()) + 1
-        MemoryLM.__init__(self, cfg, vocab_size, blocks, per_block)
+        MemoryLM.__init__(self, cfg, vocab_size, blocks, len(selfmod_state_names(1)))
         self.state_names = selfmod_state_names(cfg.n_layers)
         self._hope_init(cfg, cms, teach)

@@ -39,7 +39,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from models.blocks import window_mask
 from models.common import require
 from models.titans_memory import MemoryConfig, NeuralMemory
 from models.transformer import AttentionConfig, AttentionLM, Block
@@ -102,7 +101,6 @@ class MemoryBlock(nn.Module):
         self.norm_mem = nn.LayerNorm(d)
         self.memory = NeuralMemory(d, cfg)
         self.use, self.segment = cfg.memory_use, cfg.mac_segment
-        self.window = cfg.window
         n = cfg.persistent_tokens
         # (1, N, d): a token table, so optimizers treat it as the embedding it is
         self.persistent = nn.Parameter(torch.randn(1, n, d)) if n else None
@@ -128,23 +126,11 @@ class MemoryBlock(nn.Module):
         for t0 in range(0, h.shape[1], self.segment):
             x = h[:, t0 : t0 + self.segment]
             r = self.memory.recall(self.norm_mem(x), state)
-            n = 0 if self.persistent is None else self.persistent.shape[1]
-            seen = mac_mask(x.shape[1], n, self.window, x.device)
-            x = x + b.attn(b.norm_attn(x), self.persistent, r, seen)
+            x = x + b.attn(b.norm_attn(x), self.persistent, r)
             m, state = self.memory(self.norm_mem(x), state)
             x = x + m
             out.append(x + b.mlp(b.norm_mlp(x)))
         return torch.cat(out, dim=1) if len(out) > 1 else out[0], state
-
-
-def mac_mask(n: int, persistent: int, window: int, device) -> torch.Tensor:
-    """(n, persistent + 2n): query t of a MAC segment sees every persistent token, the
-    retrieved memory r_u of its own and earlier positions (r_u is read with u's query, so a
-    later one would leak u's token), and the segment's tokens causally (or in the window)."""
-    own = window_mask(n, window if window and window < n else n, device)
-    causal = window_mask(n, n, device)
-    ones = torch.ones(n, persistent, dtype=torch.bool, device=device)
-    return torch.cat([ones, causal, own], dim=1)
 
 
 def memory_state_names(n_layers: int, depth: int) -> tuple[str, ...]:

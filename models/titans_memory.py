@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import require
-from models.titans_scan import ends, reads, segment_gates
+from models.titans_scan import chunk_cuts, ends, reads, segment_gates
 
 
 @dataclass
@@ -172,14 +172,28 @@ class NeuralMemory(nn.Module):
         p = torch.full((B,), float(pos), dtype=torch.float64, device=ws[0].device)
         return (*(w.reshape(B, -1, w.shape[-1]) for w in (*ws, *ss, *cs)), p)
 
+    def _to_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, H*w) -> (B*H, T, w): each head's slice a row of the inner batch."""
+        if self.heads == 1:
+            return t
+        B, T = t.shape[:2]
+        return t.view(B, T, self.heads, -1).transpose(1, 2).reshape(B * self.heads, T, -1)
+
+    def _from_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """(B*H, T, w) -> (B, T, H*w): the heads' read-outs side by side."""
+        if self.heads == 1:
+            return y
+        T = y.shape[1]
+        return (
+            y.view(-1, self.heads, T, y.shape[-1])
+            .transpose(1, 2)
+            .reshape(-1, T, self.heads * y.shape[-1])
+        )
+
     def _inputs(self, x: torch.Tensor):
         """k, v, q (B*H, T, d/H) and the gates (B*H, T) of each head, a head a row."""
-        k, v, q = self.proj(x).chunk(3, dim=-1)
-        g = self.gates(x)
-        if self.heads > 1:
-            B, T, H = x.shape[0], x.shape[1], self.heads
-            k, v, q, g = (t.view(B, T, H, -1).transpose(1, 2).reshape(B * H, T, -1)
-                          for t in (k, v, q, g))  # fmt: skip
+        k, v, q = (self._to_heads(t) for t in self.proj(x).chunk(3, dim=-1))
+        g = self._to_heads(self.gates(x))
         theta = self.cfg.memory_theta_max * torch.sigmoid(g[..., 0]) * self.write_scale
         eta = torch.sigmoid(g[..., 1]) if self.cfg.memory_momentum else torch.zeros_like(theta)
         alpha = torch.sigmoid(g[..., 2]) if self.cfg.memory_forget else torch.zeros_like(theta)
@@ -210,9 +224,9 @@ class NeuralMemory(nn.Module):
         B, T, _ = x.shape
         ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
-        b, cuts = self.cfg.memory_chunk, [0]
-        while cuts[-1] < T:  # segments: the rest of the current chunk, then whole chunks
-            cuts.append(min(T, cuts[-1] + b - (pos + cuts[-1]) % b))
+        b = self.cfg.memory_chunk
+        cuts = chunk_cuts(T, pos, b)
+        anchors = self._anchors(k.shape[0])
         gates = segment_gates(cuts, eta, alpha, pos == 0, self.cfg.memory_gates == "chunk")
         # Two passes. Only the state is sequential (each chunk's gradients are taken at the
         # memory the chunk before left), so the first pass carries W, S from chunk to chunk
@@ -227,14 +241,12 @@ class NeuralMemory(nn.Module):
                 size = theta[:, sl] * sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs).sqrt()
             rate = theta[:, sl] * self._bound(size)
             segs.append((fs, rate, ws, ss))
-            ws, ss = ends(ws, ss, fs, rate, gates, i, self._anchors(ws[0].shape[0]))
+            ws, ss = ends(ws, ss, fs, rate, gates, i, anchors)
             sizes.append(size)
             pos = (pos + t1 - t0) % b
             if pos == 0:
                 cs = ws
-        y = reads(segs, q, cuts, gates, self._anchors(q.shape[0]))
-        if self.heads > 1:
-            y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
+        y = self._from_heads(reads(segs, q, cuts, gates, anchors))
         if self.training and self.write_scale:
             self.writes += B * T
             with torch.no_grad():
@@ -249,14 +261,9 @@ class NeuralMemory(nn.Module):
     def recall(self, x: torch.Tensor, state=None) -> torch.Tensor:
         """M_W(q_t) W_O for every token of x (B, T, d), W the memory in `state` (W_0 when
         None), nothing written: what a MAC segment retrieves before attending."""
-        B, T, _ = x.shape
-        q = self.proj(x)[..., 2 * x.shape[-1] :]
-        if self.heads > 1:
-            q = q.view(B, T, self.heads, -1).transpose(1, 2).reshape(B * self.heads, T, -1)
-        y = self.read(self._split(B, state)[0], F.normalize(q, dim=-1))
-        if self.heads > 1:
-            y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
-        return self.out(y)
+        q = self._to_heads(self.proj(x)[..., 2 * x.shape[-1] :])
+        y = self.read(self._split(x.shape[0], state)[0], F.normalize(q, dim=-1))
+        return self.out(self._from_heads(y))
 
     @property
     def diagnostics(self) -> dict[str, torch.Tensor]:
@@ -314,6 +321,7 @@ class NeuralMemory(nn.Module):
         ws, ss, cs, pos = self._split(B, state)
         k, v, q, theta, eta, alpha = self._inputs(x)
         R = k.shape[0]  # inner rows: a row per head of each sequence
+        anchors = self._anchors(R)
         at = [c.detach().requires_grad_(True) for c in cs]
         ys = []
         for t in range(T):
@@ -326,7 +334,7 @@ class NeuralMemory(nn.Module):
             size = (theta[:, t] * sum(g.pow(2).sum((-1, -2)) for g in gs).sqrt()).detach()
             rate = (theta[:, t] * self._bound(size)).view(R, 1, 1)
             gated = pos == 0 or self.cfg.memory_gates == "token"
-            for j, w0 in enumerate(self._anchors(R)):
+            for j, w0 in enumerate(anchors):
                 if not gated:  # inside a chunk under memory_gates chunk: the write alone
                     ss[j] = ss[j] - rate * gs[j]
                     ws[j] = ws[j] - rate * gs[j]
@@ -337,7 +345,4 @@ class NeuralMemory(nn.Module):
             ys.append(self.read(ws, q[:, t : t + 1]))
             pos = (pos + 1) % chunk
         cs = ws if pos == 0 else [a.detach() for a in at]
-        y = torch.cat(ys, dim=1)
-        if self.heads > 1:
-            y = y.view(B, self.heads, T, -1).transpose(1, 2).reshape(B, T, -1)
-        return self.out(y), self._state(ws, ss, cs, pos)
+        return self.out(self._from_heads(torch.cat(ys, dim=1))), self._state(ws, ss, cs, pos)

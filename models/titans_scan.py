@@ -21,6 +21,16 @@ import torch
 import torch.nn.functional as F
 
 
+def chunk_cuts(T: int, pos: int, chunk: int) -> list[int]:
+    """The segment boundaries of a call of T tokens on a chunk grid that runs along the
+    stream, `pos` tokens into the current chunk: the rest of that chunk, then whole chunks
+    (the last one possibly cut short by the call's end)."""
+    cuts = [0]
+    while cuts[-1] < T:
+        cuts.append(min(T, cuts[-1] + chunk - (pos + cuts[-1]) % chunk))
+    return cuts
+
+
 def decay(rate: torch.Tensor):
     """For per-token factors r (B, n): P[t, s] = prod_{s<u<=t} r_u (lower triangle) and
     P0[t] = prod_{u<=t} r_u, through cumulative log sums."""
