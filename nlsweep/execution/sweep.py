@@ -202,6 +202,7 @@ def run_sweep(
         planned = int(marker.trials) if marker is not None and marker.trials else spec.plan.trials
         again, first = resume_command, bool(growth and growth.unfinished)
         points, ran, killed = growth.points if growth else None, [], 0
+        rounds = spec.seeds.adaptive is not None and not growth  # adaptive rounds, not --extend
         if reopen:  # killed while a round's Tune run was created: that round again
             close_open_runs(tracker, parent_id)  # its trials died with that process
             points = next_seeds(spec, parent_id, out)
@@ -212,7 +213,6 @@ def run_sweep(
                 planned, again = growth.ran, resume_command.replace("--resume", "--extend")
                 out(f"extending {path}: first the {growth.unfinished} trials it had not ended")
             elif points:  # new trials, in the same Ray experiment and MLflow parent run
-                rounds = spec.seeds.adaptive is not None and not growth
                 write_marker(path, new_marker(spec, parent_id, len(points), opening=rounds))
                 planned, again = len(points), resume_command
                 if growth and points is growth.points:
@@ -225,7 +225,7 @@ def run_sweep(
                     tuner = make_tuner(spec, callback, sealing, points)
                     with contextlib.suppress(OSError):  # under Ray Client: at Tune's first save
                         sealing.add({TUNER_FILE: read_bytes(f"{path}/{TUNER_FILE}")})
-                        if points and spec.seeds.adaptive is not None and not growth:
+                        if points and rounds:  # recorded: no longer a half-made round
                             write_marker(path, new_marker(spec, parent_id, len(points)))
                 with stops.fitting():
                     results = tuner.fit()

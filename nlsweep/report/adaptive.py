@@ -2,10 +2,10 @@
 (`sequential.py`), and the trials the next round runs.
 
 Everything is derived from the trial runs the store holds, so the sweep runner and the report
-compute the same state, and a resumed sweep continues to the same rounds (docs/seeds.md names
-the one moment a kill leaves an experiment state `--resume` refuses): a seed counts as run
-once a trial of it FINISHED or FAILED (a failed seed's difference is unknown and bets
-nothing); any other trial is run again.
+compute the same state, and a sweep killed anywhere, within a round or while the next one is
+made (docs/seeds.md), resumes to the same rounds: a seed counts as run once a trial of it
+FINISHED or FAILED (a failed seed's difference is unknown and bets nothing); any other trial
+is run again.
 Seeds go in one order for every configuration: the `train.seed` grid of the first round, then
 the integers after its largest (`config.seeds.seed_sequence`). A row is compared on the seeds
 it and the baseline have both run, from the first, in whole rounds.
