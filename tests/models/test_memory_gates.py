@@ -6,7 +6,7 @@ import torch
 
 from models.errors import ConfigError
 from models.titans_memory import MemoryConfig, NeuralMemory
-from tests.models.streams import assert_same, in_pieces
+from tests.models.streams import assert_stream_splits
 
 
 def linear_memory(gates: str, chunk: int, forget_to: str = "zero") -> NeuralMemory:
@@ -118,13 +118,7 @@ def test_chunk_gates_any_split_equals_one_pass(depth, pieces):
     cfg = MemoryConfig(memory_depth=depth, memory_chunk=4, memory_gates="chunk")
     mem = NeuralMemory(8, cfg).double()
     x = torch.randn(2, 16, 8, dtype=torch.double)
-    full, s_full = mem(x)
-    y, state = in_pieces(mem, x, pieces)
-    assert_same(y, full)
-    assert_same(state, s_full)
-    head, s_head = mem(x[:, :3])  # the loop continues a carried mid-chunk state the same way
-    ref, s_ref = mem.reference_forward(x[:, 3:], s_head)
-    assert_same(torch.cat([head, ref], 1), full)
+    assert_stream_splits(mem, x, pieces, loop_from=3)  # the loop continues mid-chunk too
 
 
 def test_an_unknown_reading_is_refused():

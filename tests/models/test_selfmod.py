@@ -16,7 +16,7 @@ from models.selfmod import (
     inner_grads,
 )
 from models.teach import TeachConfig
-from tests.models.streams import assert_same, in_pieces
+from tests.models.streams import assert_stream_splits
 
 
 def memory(chunk: int, d: int = 8, hidden: int = 0, seed: int = 0) -> SelfModMemory:
@@ -72,14 +72,7 @@ def test_chunking_is_a_different_rule_not_a_rounding():
 def test_any_split_equals_one_pass(pieces):
     mem = memory(4)
     x = torch.randn(2, 16, 8, dtype=torch.double)
-    full, s_full = mem(x)
-    y, state = in_pieces(mem, x, pieces)
-    assert_same(y, full)
-    assert_same(state, s_full)
-    head, s_head = mem(x[:, :6])  # the loop continues a carried mid-chunk state the same way
-    ref, s_ref = mem.reference_forward(x[:, 6:], s_head)
-    assert_same(torch.cat([head, ref], 1), full)
-    assert_same(s_ref, s_full)
+    assert_stream_splits(mem, x, pieces, loop_from=6)  # the loop continues mid-chunk too
 
 
 def test_rows_are_independent():
