@@ -58,6 +58,15 @@ class CMSConfig:
     active tokens N; 1e-3 per token equals their 1.0 at N ~ 1000, e.g. 16 x 64.)"""
     inner_momentum: float = 0.0
     """Momentum mu of the chain's inner updates (0: plain steps)."""
+    inner_optimizer: Literal["momentum", "deep_momentum"] = "momentum"
+    """The chain's inner optimizer: `momentum` (M <- mu M + G, dW <- dW - lr M) or
+    `deep_momentum`, whose momentum is an MLP memory trained in context on the momentum's
+    own dot-product objective (models/deep_momentum.py); mu is then its forgetting."""
+    deep_momentum_hidden: int = 0
+    """deep_momentum: hidden units h of each fast weight's momentum memory (required)."""
+    deep_momentum_lr: float = 1.0
+    """deep_momentum: step size eta of the momentum memory on its objective (1: its constant
+    part B follows classic momentum exactly)."""
     inner_chunk: int = 0
     """hope, hope_attention: tokens the chain reads with one set of fast weights (0: the
     fastest token period, the exact form). A larger multiple of it takes every inner gradient
@@ -85,6 +94,30 @@ class CMSConfig:
             0 <= self.inner_momentum < 1,
             "inner_momentum",
             f"in [0, 1), got {self.inner_momentum}",
+        )
+        deep = self.inner_optimizer == "deep_momentum"
+        require(
+            self.inner_optimizer in ("momentum", "deep_momentum"),
+            "inner_optimizer",
+            f"momentum or deep_momentum, got {self.inner_optimizer!r}",
+        )
+        require(
+            not deep or bool(tp),
+            "inner_optimizer",
+            "momentum unless token_periods defines a CMS chain (deep_momentum steps its "
+            "fast weights)",
+        )
+        require(
+            (self.deep_momentum_hidden >= 1) == deep,
+            "deep_momentum_hidden",
+            "a positive number of hidden units with inner_optimizer deep_momentum, and unset "
+            f"otherwise, got {self.deep_momentum_hidden}",
+        )
+        require(
+            self.deep_momentum_lr > 0 and (deep or self.deep_momentum_lr == 1.0),
+            "deep_momentum_lr",
+            f"a positive step size, set only with inner_optimizer deep_momentum, got "
+            f"{self.deep_momentum_lr}",
         )
         if self.inner_chunk:
             require(

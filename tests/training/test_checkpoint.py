@@ -196,8 +196,20 @@ TITANS = {
             "teach": {"scale": 1.0, "warmup_steps": 3, "clip": 1e-4},
             "state": {"mode": "persistent"},
         },
+        {
+            **TITANS,
+            "model": {**TITANS["model"], "kind": "hope"},
+            "cms": {
+                "token_periods": [1, 3],
+                "inner_lr": 0.5,
+                "inner_momentum": 0.5,
+                "inner_optimizer": "deep_momentum",
+                "deep_momentum_hidden": 4,
+            },
+            "state": {"mode": "persistent"},
+        },  # fmt: skip
     ],
-    ids=["titans-persistent-memory", "titans-mqar", "hope-persistent"],
+    ids=["titans-persistent-memory", "titans-mqar", "hope-persistent", "hope-deep-momentum"],
 )
 def test_titans_restore_is_bit_identical(corpus, tmp_path, raw):
     data = None if raw["data"]["corpus"] == "mqar" else corpus

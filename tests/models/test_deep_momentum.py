@@ -1,0 +1,206 @@
+"""Deep momentum for the CMS chain (`cms.inner_optimizer: deep_momentum`): the memory's step
+against its objective under autograd, the chain against its definition written out, the
+classic momentum it reduces to, rows, stream splits, the trainer and the refusals."""
+
+import pytest
+import torch
+
+from models.cms import CMSConfig
+from models.deep_momentum import deep_momentum_step, objective
+from models.errors import ConfigError
+from models.hope import HopeAttention, HopeAttentionConfig
+from models.teach import IGNORE, TeachConfig
+from tests.models.streams import assert_same, in_pieces
+
+V = 19
+torch.set_default_dtype(torch.float32)
+
+
+def test_one_step_is_gradient_descent_on_the_dot_product_objective():
+    """phi_k = phi_0 + mu (phi_(k-1) - phi_0) - eta grad L2(phi_(k-1); u), with the gradient
+    taken by autograd in float64, and the read is m_(phi_k)(u)."""
+    g = torch.Generator().manual_seed(0)
+    n, r, c, h, mu, eta = 3, 5, 4, 6, 0.7, 0.3
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    u, b, a1, a2, a1_0 = rand(n, r, c), rand(n, r, c), rand(n, h, c), rand(n, c, h), rand(h, c)
+    u[1, 2] = 0  # a zero gradient row: a zero key, no NaN
+    phi = [t.clone().requires_grad_(True) for t in (b, a1, a2)]
+    grads = torch.autograd.grad(objective(u, *phi), phi)
+    zero = torch.zeros_like(b)
+    want = [p0 + mu * (p - p0) - eta * gr for p, p0, gr in zip((b, a1, a2), (zero, a1_0, 0), grads)]
+    read, *got, share = deep_momentum_step(u, b, a1, a2, a1_0, mu, eta)
+    for w, x in zip(want, got):
+        assert torch.allclose(w, x, atol=1e-12, rtol=0)
+    key = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    deep = torch.tanh(key @ want[1].transpose(1, 2)) @ want[2].transpose(1, 2) / h
+    assert torch.allclose(read, want[0] + deep, atol=1e-12, rtol=0)
+    assert torch.allclose(share, deep.flatten(1).norm(dim=1) / read.flatten(1).norm(dim=1))
+    assert not torch.isnan(read).any() and (share > 0).all()
+
+
+def make(deep=4, eta=1.0, periods=(2, 4), chunk=0, mu=0.5, zero_keys=False, seed=4):
+    torch.manual_seed(seed)
+    extra = {"inner_optimizer": "deep_momentum", "deep_momentum_hidden": deep,
+             "deep_momentum_lr": eta} if deep else {}  # fmt: skip
+    cms = CMSConfig(token_periods=list(periods), inner_lr=0.05, inner_momentum=mu,
+                    inner_chunk=chunk, **extra)  # fmt: skip
+    cfg = HopeAttentionConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32)
+    model = HopeAttention(cfg, V, cms, TeachConfig()).double()
+    with torch.no_grad():
+        for name, t in model.chain.named_buffers():
+            if name.startswith("keys") and zero_keys:
+                t.zero_()
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def data(B=2, T=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+    y[0, 5] = IGNORE
+    return x, y
+
+
+def test_with_a_zero_key_layer_and_unit_step_it_is_classic_momentum():
+    x, y = data()
+    model = make(zero_keys=True)
+    classic = make(deep=0)
+    missing, unexpected = classic.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("chain.keys", "chain.deep")) for k in unexpected)
+    deep, state = model(x, targets=y)
+    ref, s_ref = classic(x, targets=y)
+    assert torch.allclose(deep, ref, atol=1e-12, rtol=0)
+    n = model.chain.stride
+    for i in range(2):  # dW, M (= B), G of both weights agree; the deep part stays 0
+        for k in range(6):
+            assert torch.allclose(state[n * i + k], s_ref[6 * i + k], atol=1e-12, rtol=0)
+        assert state[n * i + 7].abs().sum() == 0 and state[n * i + 9].abs().sum() == 0
+    model.load_state_dict(make().state_dict())  # the same weights with a random key layer
+    with_keys, _ = model(x, targets=y)
+    assert not torch.allclose(with_keys, ref, atol=1e-6)  # the deep part acts
+
+
+@pytest.mark.parametrize(("chunk", "eta"), [(0, 1.0), (8, 0.5)])
+def test_chain_equals_its_definition_written_with_autograd(chunk, eta):
+    """Each segment read with the fast weights of its start, every inner gradient taken there
+    by autograd, and each level step done by gradient descent on the momentum memory's
+    objective (autograd again), float64."""
+    model = make(eta=eta, chunk=chunk)
+    x, y = data()
+    got, s_got = model(x, targets=y)
+    chain, n, h, mu = model.chain, model.chain.stride, 4, 0.5
+    hid, _ = model.body(x)
+    hid = hid.detach()
+    fast = [[t.clone() for t in chain.init_state(2, "cpu", torch.float64)[n * i : n * i + n]]
+            for i in range(2)]  # fmt: skip
+    seg = chunk or 2
+    want = []
+    for c in range(0, 16, seg):
+        leaves = [f[k].clone().requires_grad_(True) for f in fast for k in (0, 3)]
+        out = hid[:, c : c + seg]
+        for i, blk in enumerate(chain.blocks):
+            out, _ = blk(out, leaves[2 * i], leaves[2 * i + 1])
+        logits = model.head(model.norm_out(out))
+        want.append(logits.detach())
+        losses = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, V), y[:, c : c + seg].reshape(-1), ignore_index=IGNORE,
+            reduction="none",
+        ).view(2, seg)  # fmt: skip
+        for s in range(0, seg, 2):  # the fastest period's windows, in order
+            gs = torch.autograd.grad(losses[:, s : s + 2].sum(), leaves, retain_graph=True)
+            for i, f in enumerate(fast):
+                f[2], f[5] = f[2] + gs[2 * i], f[5] + gs[2 * i + 1]
+            for i, (p, f) in enumerate(zip(chain.periods, fast)):
+                if (c + s + 2) % p:
+                    continue
+                for dw, m, g, k, v, j in ((0, 1, 2, 6, 7, 1), (3, 4, 5, 8, 9, 2)):
+                    a1_0 = getattr(chain, f"keys{i}_{j}")
+                    phi = [f[m].clone().requires_grad_(True), f[k].clone().requires_grad_(True),
+                           f[v].clone().requires_grad_(True)]  # fmt: skip
+                    grads = torch.autograd.grad(objective(f[g], *phi), phi)
+                    f[m] = mu * f[m] - eta * grads[0]
+                    f[k] = a1_0 + mu * (f[k] - a1_0) - eta * grads[1]
+                    f[v] = mu * f[v] - eta * grads[2]
+                    key = f[g] / f[g].norm(dim=-1, keepdim=True)
+                    read = f[m] + torch.tanh(key @ f[k].transpose(1, 2)) @ f[v].transpose(1, 2) / h
+                    f[dw] = f[dw] - 0.05 * read
+                    f[g] = torch.zeros_like(f[g])
+    assert torch.allclose(got, torch.cat(want, 1), atol=1e-10, rtol=0)
+    for i, f in enumerate(fast):
+        for k in range(n):
+            assert torch.allclose(s_got[n * i + k], f[k], atol=1e-10, rtol=0), (i, k)
+    assert chain.updates.tolist() == [8, 4] and (chain.deep_share > 0).all()
+
+
+def test_any_split_of_a_stream_equals_one_pass_and_rows_are_independent():
+    """The chain's state (fast weights, momentum memories, pending sums, clock) carries a
+    stream across calls (the attention before it sees one call, so the chain is split)."""
+    model = make(periods=(1, 4))
+    x, y = data(T=13)
+    h = model.body(x)[0].detach()
+    chain = model.chain
+
+    def call(piece, state):
+        t0 = 0 if state is None else int(state[-1][0])
+        return chain(piece, state, model.head, model.norm_out, y[:, t0 : t0 + piece.shape[1]], 1.0)
+
+    full, s_full = call(h, None)
+    for pieces in ((5, 8), (3, 1, 9), (1,) * 13):
+        got, s = in_pieces(call, h, pieces)
+        assert_same(got, full, atol=1e-10)
+        assert_same(s, s_full, atol=1e-10)
+    alone, _ = model(x[1:], targets=y[1:])
+    assert torch.allclose(alone[0], model(x, targets=y)[0][1], atol=1e-12, rtol=0)
+
+
+def test_the_trainer_logs_that_the_deep_part_acted():
+    from nlsweep.data.config import DataConfig
+    from nlsweep.data.load import load_corpus
+    from nlsweep.training.trainer import Trainer
+    from nlsweep.training.trial import TrialConfig
+
+    raw = {
+        "model": {"kind": "hope_attention", "d_model": 16, "n_heads": 2, "n_layers": 1,
+                  "d_ff": 32},
+        "cms": {"token_periods": [1, 4], "inner_lr": 0.5, "inner_momentum": 0.5,
+                "inner_optimizer": "deep_momentum", "deep_momentum_hidden": 4},
+        "data": {"corpus": "pydoc", "seq_len": 12, "batch_size": 3},
+        "train": {"steps": 4, "eval_every": 2, "eval_batches": 2, "seed": 2, "threads": 1,
+                  "final_eval": "sampled"},
+    }  # fmt: skip
+    corpus = load_corpus(DataConfig(corpus="pydoc"))
+    t = Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"), corpus=corpus)
+    last = list(t.run())[-1]
+    assert last["cms_inner/0_p1/updates"] == 4 * 12 and last["cms_inner/1_p4/updates"] == 12
+    assert 0 < last["cms_inner/0_p1/deep_share"] < 1
+    assert 0 < last["cms_inner/1_p4/deep_share"] < 1
+    assert t.warnings() == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"inner_optimizer": "deep_momentum"}, "deep_momentum_hidden"),
+        ({"deep_momentum_hidden": 4}, "deep_momentum_hidden"),
+        ({"deep_momentum_lr": 0.5}, "deep_momentum_lr"),
+        (
+            {
+                "inner_optimizer": "deep_momentum",
+                "deep_momentum_hidden": 4,
+                "deep_momentum_lr": 0.0,
+            },
+            "deep_momentum_lr",
+        ),  # fmt: skip
+        ({"inner_optimizer": "adam"}, "inner_optimizer"),
+    ],
+)
+def test_refusals(fields, key):
+    with pytest.raises(ConfigError) as e:
+        CMSConfig(token_periods=[1, 4], **fields)
+    assert e.value.key == key
+    with pytest.raises(ConfigError, match="inner_optimizer"):
+        CMSConfig(inner_optimizer="deep_momentum", deep_momentum_hidden=4)
