@@ -15,6 +15,8 @@ All parameters here are outer parameters: they change only when the outer optimi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,13 +38,26 @@ def check_widths(d_model: int, n_heads: int, n_layers: int, d_ff: int) -> None:
     require(d_ff >= 1, "d_ff", f"a positive integer, got {d_ff}")
 
 
+def _rope_angles(T: int, d_h: int, offset: int, device, dtype):
+    """cos and sin (T, d_h/2) of the angles pos * base^(-2j/d_h)."""
+    inv = ROPE_BASE ** (-torch.arange(0, d_h, 2, device=device, dtype=torch.float32) / d_h)
+    pos = torch.arange(offset, offset + T, device=device, dtype=torch.float32)
+    ang = torch.outer(pos, inv)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _rope_tables(T: int, d_h: int, offset: int, device, dtype):
+    """`_rope_angles`, built once per shape: a MAC call rotates every segment of every layer
+    at the same positions. Never inference tensors, which autograd could not save later."""
+    with torch.inference_mode(False):
+        return _rope_angles(T, d_h, offset, device, dtype)
+
+
 def rotate(x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """RoPE on (B, H, T, d_h), positions offset .. offset+T-1."""
-    d_h, T = x.shape[-1], x.shape[-2]
-    inv = ROPE_BASE ** (-torch.arange(0, d_h, 2, device=x.device, dtype=torch.float32) / d_h)
-    pos = torch.arange(offset, offset + T, device=x.device, dtype=torch.float32)
-    ang = torch.outer(pos, inv)  # (T, d_h/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    """RoPE on (..., T, d_h), positions offset .. offset+T-1."""
+    tables = _rope_angles if torch.compiler.is_compiling() else _rope_tables  # traced as code
+    cos, sin = tables(x.shape[-2], x.shape[-1], offset, x.device, x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.flatten(-2)
@@ -95,7 +110,7 @@ class Attention(nn.Module):
             ks, vs = [ka, k], [va, v]
         q = q_plain
         if self.rotary:  # aligned tokens at their positions of x, the same as x's
-            q, ks = rotate(q), [rotate(t) for t in ks]
+            q, *ks = rotate(torch.stack([q, *ks])).unbind(0)
         P = 0 if persistent is None else persistent.shape[1]
         if persistent is not None:
             _, kp, vp = heads(persistent)

@@ -167,38 +167,45 @@ class SelfModMemory(nn.Module):
 
     @staticmethod
     def _steps(cur: dict, fs: dict, k, eta, a) -> dict:
-        """Every memory's inner steps over one segment's tokens, token by token (each
-        preconditioner acts on the weight the token before left). The weights of one role
-        and shape are stacked across memories, so a token costs four updates, not twelve:
-        input side (W2, P):  W <- a W - eta (W k + l) k^T   (l = dz for W2, e for P)
-        output side (W1):    W <- a W - eta e (x) s(z)."""
+        """Every memory's inner steps over one segment's n tokens. Its gradients were all
+        taken at the chunk's start and only the weights at its end are read, so the token
+        recurrence is solved in closed form (a UT transform, as in chunkwise DeltaNet) rather
+        than stepped token by token. With g_i = a_1 ... a_i and r_i = eta_i g_n / g_i:
+        output side (W1):   W <- a W - eta e (x) s(z)  unrolls to  g_n W_0 - sum_i r_i e_i s_i^T;
+        input side (W2, P): W <- a W - eta u k^T with u_i = W_(i-1) k_i + l_i (l = dz for W2,
+        e for P) unrolls to g_n W_0 - sum_i r_i u_i k_i^T, where the u_i solve the unit
+        lower-triangular system u_i + sum_(j<i) eta_j (g_(i-1) / g_j) (k_i . k_j) u_j
+        = g_(i-1) W_0 k_i + l_i. The weights of one role and shape are stacked across
+        memories, so a segment costs four solves, not twelve."""
         roles = [  # (memories, weight index, factor of l or e, of s(z): None on the input side)
             (NAMES, 0, 2, None),
             (SQUARE, 1, 0, 1),
             (SCALAR, 1, 0, 1),
             (SCALAR, 2, 0, None),
         ]
-        stacks = []
+        n = k.shape[1]
+        log_a = torch.log(a.clamp_min(torch.finfo(a.dtype).tiny))
+        cum = log_a.cumsum(1)  # log g_i
+        g_n = torch.exp(cum[:, -1]).view(-1, 1, 1, 1)
+        r = (eta * torch.exp(cum[:, -1:] - cum))[:, None, :, None]  # (B, 1, n, 1)
+        before = cum - log_a  # log g_(i-1)
+        lower = torch.ones(n, n, dtype=torch.bool, device=k.device).tril(-1)
+        expo = (before[:, :, None] - cum[:, None, :]).masked_fill(~lower, float("-inf"))
+        A = (torch.exp(expo) * (k @ k.transpose(1, 2)) * eta[:, None, :])[:, None]
+        kb = k[:, None]  # (B, 1, n, d)
+        out = {nm: list(cur[nm]) for nm in NAMES}
         for names, w, left, right in roles:
-            W = torch.stack([cur[n][w] for n in names], 1)  # (B, m, r, c)
-            L = torch.stack([fs[n][left] for n in names], 1)  # (B, m, tokens, r)
-            R = None if right is None else torch.stack([fs[n][right] for n in names], 1)
-            stacks.append([W, L, R])
-        for i in range(k.shape[1]):
-            kt = k[:, None, i, None, :]  # (B, 1, 1, d)
-            e_, a_ = eta[:, i].view(-1, 1, 1, 1), a[:, i].view(-1, 1, 1, 1)
-            for st in stacks:
-                W, L, R = st
-                if R is None:
-                    st[0] = (
-                        a_ * W - e_ * ((W * kt).sum(-1, keepdim=True) + L[:, :, i, :, None]) * kt
-                    )
-                else:
-                    st[0] = a_ * W - e_ * L[:, :, i, :, None] * R[:, :, i, None, :]
-        out = {n: list(cur[n]) for n in NAMES}
-        for (names, w, _, _), (W, _, _) in zip(roles, stacks):
-            for j, n in enumerate(names):
-                out[n][w] = W[:, j]
+            W = torch.stack([cur[nm][w] for nm in names], 1)  # (B, m, r, c)
+            L = torch.stack([fs[nm][left] for nm in names], 1)  # (B, m, n, r)
+            if right is None:
+                rhs = torch.exp(before)[:, None, :, None] * (kb @ W.transpose(-1, -2)) + L
+                U = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+                W = g_n * W - (U * r).transpose(-1, -2) @ kb
+            else:
+                R = torch.stack([fs[nm][right] for nm in names], 1)  # (B, m, n, h)
+                W = g_n * W - (L * r).transpose(-1, -2) @ R
+            for j, nm in enumerate(names):
+                out[nm][w] = W[:, j]
         return out
 
     def forward(self, x: torch.Tensor, state=None):

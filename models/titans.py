@@ -122,15 +122,21 @@ class MemoryBlock(nn.Module):
         return h + b.mlp(b.norm_mlp(h)), state
 
     def _mac(self, h: torch.Tensor, state):
-        b, out = self.block, []
-        for t0 in range(0, h.shape[1], self.segment):
-            x = h[:, t0 : t0 + self.segment]
-            r = self.memory.recall(self.norm_mem(x), state)
-            x = x + b.attn(b.norm_attn(x), self.persistent, r)
-            m, state = self.memory(self.norm_mem(x), state)
-            x = x + m
-            out.append(x + b.mlp(b.norm_mlp(x)))
-        return torch.cat(out, dim=1) if len(out) > 1 else out[0], state
+        """Only the read, the attention and the write depend on the segment before; the
+        memory's read-outs, the norms of the block's input and its MLP are per token and
+        run once per call."""
+        b, xs = self.block, []
+        queries = self.memory.recall_queries(self.norm_mem(h))
+        hn = b.norm_attn(h)
+
+        def segment(t0: int, t1: int, ws):
+            r = self.memory.recall(queries[:, t0:t1], ws)
+            xs.append(h[:, t0:t1] + b.attn(hn[:, t0:t1], self.persistent, r))
+            return self.norm_mem(xs[-1])
+
+        m, state = self.memory.scan(h.shape[0], h.shape[1], self.segment, segment, state)
+        h = (torch.cat(xs, dim=1) if len(xs) > 1 else xs[0]) + m
+        return h + b.mlp(b.norm_mlp(h)), state
 
 
 def memory_state_names(n_layers: int, depth: int) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import require
-from models.titans_scan import chunk_cuts, ends, reads, segment_gates
+from models.titans_scan import chunk_cuts, ends, merge_groups, reads, segment_gates
 
 
 @dataclass
@@ -221,32 +221,47 @@ class NeuralMemory(nn.Module):
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, d) -> memory read-out (B, T, d) and the state after T."""
-        B, T, _ = x.shape
+        return self.scan(x.shape[0], x.shape[1], x.shape[1], lambda t0, t1, ws: x, state)
+
+    def scan(self, B: int, T: int, segment: int, inputs, state=None):
+        """The memory over a call of T tokens whose inputs come `segment` tokens at a time:
+        `inputs(t0, t1, ws)` returns x[:, t0:t1] (B, t1 - t0, d) and may read the memory
+        `ws` as the tokens before t0 left it (`recall`), as a MAC segment does. Returns the
+        read-outs (B, T, d) and the state after T.
+        Two passes. Only the state is sequential (each chunk's gradients are taken at the
+        memory the chunk before left), so the first pass carries W, S from chunk to chunk
+        alone; the second reads every chunk of the call in one batch from its start state.
+        At small widths the memory's time is its number of kernels, and the reads are most
+        of them."""
         ws, ss, cs, pos = self._split(B, state)
-        k, v, q, theta, eta, alpha = self._inputs(x)
-        b = self.cfg.memory_chunk
-        cuts = chunk_cuts(T, pos, b)
-        anchors = self._anchors(k.shape[0])
-        gates = segment_gates(cuts, eta, alpha, pos == 0, self.cfg.memory_gates == "chunk")
-        # Two passes. Only the state is sequential (each chunk's gradients are taken at the
-        # memory the chunk before left), so the first pass carries W, S from chunk to chunk
-        # alone; the second reads every chunk in one batch from its start state. At small
-        # widths the memory's time is its number of kernels, and the reads are most of them.
-        segs, sizes = [], []
-        for i, (t0, t1) in enumerate(zip(cuts, cuts[1:])):
-            sl = slice(t0, t1)
-            fs = self.factors(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
-            # ||x (x) y||_F = ||x|| ||y||: each token's gradient norm without forming it
-            with torch.no_grad():
-                size = theta[:, sl] * sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs).sqrt()
-            rate = theta[:, sl] * self._bound(size)
-            segs.append((fs, rate, ws, ss))
-            ws, ss = ends(ws, ss, fs, rate, gates, i, anchors)
-            sizes.append(size)
-            pos = (pos + t1 - t0) % b
-            if pos == 0:
-                cs = ws
-        y = self._from_heads(reads(segs, q, cuts, gates, anchors))
+        b, per_chunk = self.cfg.memory_chunk, self.cfg.memory_gates == "chunk"
+        anchors = self._anchors(B * self.heads)
+        segs, sizes, parts, cuts, groups = [], [], [], [0], []
+        for s0 in range(0, T, segment):
+            s1 = min(T, s0 + segment)
+            k, v, q, theta, eta, alpha = part = self._inputs(inputs(s0, s1, ws))
+            local = chunk_cuts(s1 - s0, pos, b)
+            gates = segment_gates(local, eta, alpha, pos == 0, per_chunk)
+            groups += [(len(segs) + i, len(segs) + j, g) for i, j, g in gates[0]]
+            for i, (t0, t1) in enumerate(zip(local, local[1:])):
+                sl = slice(t0, t1)
+                fs = self.factors(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
+                # ||x (x) y||_F = ||x|| ||y||: each token's gradient norm without forming it
+                with torch.no_grad():
+                    sq = sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs)
+                    size = theta[:, sl] * sq.sqrt()
+                rate = theta[:, sl] * self._bound(size)
+                segs.append((fs, rate, ws, ss))
+                ws, ss = ends(ws, ss, fs, rate, gates, i, anchors)
+                sizes.append(size)
+                pos = (pos + t1 - t0) % b
+                if pos == 0:
+                    cs = ws
+            parts.append(part)
+            cuts += [s0 + t for t in local[1:]]
+        k, v, q, theta, eta, alpha = (torch.cat(t, 1) if len(parts) > 1 else t[0]
+                                      for t in zip(*parts))  # fmt: skip
+        y = self._from_heads(reads(segs, q, cuts, (merge_groups(groups), None), anchors))
         if self.training and self.write_scale:
             self.writes += B * T
             with torch.no_grad():
@@ -258,12 +273,18 @@ class NeuralMemory(nn.Module):
                 self._last = [t.detach() for t in (*ws, v, theta, eta, alpha, size)] + [over]
         return self.out(y), self._state(ws, ss, cs, pos)
 
-    def recall(self, x: torch.Tensor, state=None) -> torch.Tensor:
-        """M_W(q_t) W_O for every token of x (B, T, d), W the memory in `state` (W_0 when
-        None), nothing written: what a MAC segment retrieves before attending."""
-        q = self._to_heads(self.proj(x)[..., 2 * x.shape[-1] :])
-        y = self.read(self._split(x.shape[0], state)[0], F.normalize(q, dim=-1))
-        return self.out(self._from_heads(y))
+    def recall_queries(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised queries q_t of x (B, T, d) in heads, for `recall` (the query third
+        of the projection only: a read writes nothing, so needs no keys or values)."""
+        d = x.shape[-1]
+        w = self.proj.weight[2 * d :]
+        bias = None if self.proj.bias is None else self.proj.bias[2 * d :]
+        return F.normalize(self._to_heads(F.linear(x, w, bias)), dim=-1)
+
+    def recall(self, q: torch.Tensor, ws) -> torch.Tensor:
+        """M_W(q_t) W_O for queries q from `recall_queries`, W the memory `ws` that `scan`
+        gives its inputs, nothing written: what a MAC segment retrieves before attending."""
+        return self.out(self._from_heads(self.read(ws, q)))
 
     @property
     def diagnostics(self) -> dict[str, torch.Tensor]:

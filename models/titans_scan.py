@@ -77,6 +77,21 @@ def segment_gates(
     return [(i, j, both[:3]) for i, j, both in groups], ends
 
 
+def merge_groups(groups: list) -> list:
+    """Groups of `segment_gates` from consecutive calls, their indices already offset to
+    one list of segments, with adjacent groups of equally long segments joined, so that
+    `reads` batches them: what a MAC call, which computes its gates segment by segment,
+    reads in one pass."""
+    out = []
+    for i, j, g in groups:
+        if out and out[-1][1] == i and out[-1][2][0].shape[-1] == g[0].shape[-1]:
+            _, _, h = out[-1]
+            out[-1] = (out[-1][0], j, tuple(torch.cat([a, c], 1) for a, c in zip(h, g)))
+        else:
+            out.append((i, j, g))
+    return out
+
+
 def chunk_gate_products(eta: torch.Tensor, alpha: torch.Tensor, starts: torch.Tensor):
     """`gate_products` under memory_gates chunk, for segments (B, c, n) of which
     `starts` (c,) begin a chunk: there S_t = eta_f S - sum_{s<=t} r_s g_s and
