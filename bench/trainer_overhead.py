@@ -8,11 +8,13 @@ $NLSWEEP_DATA has it, else pydoc) is built as a `Trainer`, and a copy of its mod
 same weights gets the loop nanoGPT's train.py runs: a batch of random windows of the training
 ids, forward, cross-entropy, `zero_grad(set_to_none=True)`, backward, `Adam.step()`, and the
 loss read once per step (as the trainer does for its divergence check). `--rounds` rounds each
-time `--steps` steps of both, alternating which goes first; printed per width: each side's
+time `--steps` steps of each, each going first in turn; printed per width: each side's
 tokens/s in its fastest round and the median and range of the per-round ratio trainer / loop.
-The difference is the trainer's bookkeeping alone (state handling, the CMS optimizer's levels
-and counters, metrics): the model and the optimizer are the same. A figure to read, not a
-test: nothing here asserts a speed.
+The trainer steps Adam with torch's fused kernel (models/optim.py), nanoGPT's loop on a CPU
+with the per-tensor one (nanoGPT fuses on CUDA only); the last columns give the loop the fused
+kernel too, so that their ratio is the trainer's bookkeeping alone (state handling, the CMS
+optimizer's levels and counters, metrics): the model and the optimizer are then the same.
+A figure to read, not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ def trainer(width: int, a) -> Trainer:
 class Loop:
     """nanoGPT's training loop around a model: random windows, forward, loss, backward, step."""
 
-    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, a):
+    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, a, fused: bool = False):
         self.model, self.ids, self.a = model, ids, a
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused or None)
         self.g = torch.Generator().manual_seed(0)
 
     def batch(self):
@@ -98,22 +100,31 @@ def main(argv=None) -> None:
     print(f"Trainer step vs a nanoGPT-style loop, same model and weights: {a.layers} layers, "
           f"batch {a.batch} x {a.seq}, {a.steps} steps x {a.rounds} rounds, "
           f"{a.threads} thread(s), torch {torch.__version__}")  # fmt: skip
-    print("| d_model | Trainer tok/s | loop tok/s | ratio median | ratio range |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| d_model | Trainer tok/s | loop tok/s | ratio median | ratio range "
+          "| loop, fused Adam, tok/s | ratio median | ratio range |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for width in (int(w) for w in a.widths.split(",")):
         t = trainer(width, a)
         ids = t.batcher.x.reshape(-1).long() if hasattr(t.batcher, "x") else None
-        loop = Loop(copy.deepcopy(t.model), ids, a)
-        t.train_step(), loop.step()  # allocation, first-call costs
-        ratios, best_t, best_l = [], 0.0, 0.0
+        loops = {"l": Loop(copy.deepcopy(t.model), ids, a),
+                 "f": Loop(copy.deepcopy(t.model), ids, a, fused=True)}  # fmt: skip
+        sides = [("t", t.train_step), *((k, lp.step) for k, lp in loops.items())]
+        for _, f in sides:
+            f()  # allocation, first-call costs
+        ratios, best = {"l": [], "f": []}, {"t": 0.0, "l": 0.0, "f": 0.0}
         for r in range(a.rounds):
-            sides = [("t", t.train_step), ("l", loop.step)]
-            times = dict((k, timed(f, a.steps)) for k, f in (sides if r % 2 else sides[::-1]))
-            best_t, best_l = max(best_t, tokens / times["t"]), max(best_l, tokens / times["l"])
-            ratios.append(times["l"] / times["t"])
-        print(f"| {width} | {best_t:,.0f} | {best_l:,.0f} | {statistics.median(ratios):.3f} | "
-              f"{min(ratios):.3f}-{max(ratios):.3f} |")  # fmt: skip
-
+            order = sides[r % 3 :] + sides[: r % 3]  # each side first in turn
+            times = dict((k, timed(f, a.steps)) for k, f in order)
+            for k in best:
+                best[k] = max(best[k], tokens / times[k])
+            for k in ratios:
+                ratios[k].append(times[k] / times["t"])
+        cells = [f"{best['t']:,.0f}"]
+        for k in ("l", "f"):
+            rs = ratios[k]
+            cells += [f"{best[k]:,.0f}", f"{statistics.median(rs):.3f}",
+                      f"{min(rs):.3f}-{max(rs):.3f}"]  # fmt: skip
+        print(f"| {width} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()
