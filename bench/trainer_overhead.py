@@ -126,5 +126,6 @@ def main(argv=None) -> None:
                       f"{min(rs):.3f}-{max(rs):.3f}"]  # fmt: skip
         print(f"| {width} | " + " | ".join(cells) + " |")
 
+
 if __name__ == "__main__":
     main()
