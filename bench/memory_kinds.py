@@ -19,7 +19,7 @@ FlopCounterMode, attention included) and the transformer's FLOPs over them, the 
 would reach at the transformer's arithmetic efficiency: a kind that does 2.5 times the
 transformer's matrix work cannot reach 0.5x of its tokens/s by removing overhead.
 The speed table also has a row per mechanism of `VARIANTS` (memory_use mac and mag,
-persistent tokens, per-chunk gates, memory heads, hope_selfmod), each on top of its spec
+persistent tokens, per-chunk gates, memory heads), each on top of its spec
 variant; the memory table has `--peak-kinds`.
 A figure to read, not a test: nothing here asserts a speed.
 """
@@ -49,7 +49,6 @@ VARIANTS = {
     "titans+persistent_tokens_4": ("titans", {"persistent_tokens": 4}),
     "titans+memory_gates_chunk": ("titans", {"memory_gates": "chunk"}),
     "titans+memory_heads_4": ("titans", {"memory_heads": 4}),
-    "hope_selfmod": ("hope", {"kind": "hope_selfmod"}),
 }
 
 
@@ -157,7 +156,7 @@ def main() -> None:
     ap.add_argument("--widths", default="256,768")
     ap.add_argument("--chunks", default="16,64")
     ap.add_argument("--kinds", default=",".join(["transformer", "titans", "hope_attention",
-                                                 "hope", *VARIANTS]))  # fmt: skip
+                                                 "hope", "hope_selfmod", *VARIANTS]))  # fmt: skip
     ap.add_argument("--peak-kinds", default="transformer,titans,hope_attention,hope",
                     help="the kinds of the memory table")  # fmt: skip
     ap.add_argument("--inner-chunk", type=int, default=16, help="hope rows also at this "

@@ -111,12 +111,12 @@ def test_teach_scale(tmp_path, monkeypatch):
 
 def test_hope_vs_titan(tmp_path, monkeypatch):
     runs = {r.data.params["variant"]: r for r in smoke(tmp_path, monkeypatch, "hope_vs_titan")}
-    kinds = {"transformer", "titans", "hope_attention", "hope"}
+    kinds = {"transformer", "titans", "hope_attention", "hope", "hope_selfmod"}
     assert set(runs) == kinds | {"titans_persistent", "hope_persistent"}
     assert {r.data.params["model.d_model"] for r in runs.values()} == {"32"}  # equal width
     for variant, r in runs.items():
         m, kind = r.data.metrics, variant.removesuffix("_persistent")
-        assert ("memory/0/writes" in m) == (kind in ("titans", "hope"))
+        assert ("memory/0/writes" in m) == (kind in ("titans", "hope", "hope_selfmod"))
         assert ("cms_inner/0_p4/updates" in m) == kind.startswith("hope")
         assert r.data.params["model.n_layers"] == "2"
         persistent = variant.endswith("_persistent")
