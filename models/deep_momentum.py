@@ -46,8 +46,8 @@ def deep_momentum_step(
     a1: torch.Tensor,
     a2: torch.Tensor,
     a1_0: torch.Tensor,
-    mu: float,
-    eta: float,
+    mu: float | torch.Tensor,
+    eta: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of the memory on gradients u (n, r, c) from phi = (b (n, r, c), a1 (n, h, c),
     a2 (n, c, h)); returns (m_(phi_k)(u), b', a1', a2', the deep part's share of the read
@@ -58,7 +58,9 @@ def deep_momentum_step(
     ua2 = (u @ a2) / h  # (n, r, h)
     g_a1 = ((ua2 * (1 - s * s)).transpose(-1, -2)) @ key  # -grad_A1
     g_a2 = (u.transpose(-1, -2) @ s) / h  # -grad_A2
-    b = torch.add(u, b, alpha=mu) if eta == 1 else mu * b + eta * u
+    numbers = isinstance(mu, (int, float)) and isinstance(eta, (int, float))
+    # (per-row tensors mu, eta for the Titans memory, whose gates are per token)
+    b = torch.add(u, b, alpha=mu) if numbers and eta == 1 else mu * b + eta * u
     a2 = mu * a2 + eta * g_a2
     a1 = a1_0 + mu * (a1 - a1_0) + eta * g_a1
     deep = torch.tanh(key @ a1.transpose(-1, -2)) @ a2.transpose(-1, -2) / h

@@ -125,6 +125,6 @@ class HopeAttention(_Hope, MemoryLM):
 class Hope(_Hope, MemoryLM):
     def __init__(self, cfg: HopeConfig, vocab_size: int, cms, teach: TeachConfig):
         blocks = [MemoryBlock(cfg) for _ in range(cfg.n_layers)]
-        MemoryLM.__init__(self, cfg, vocab_size, blocks, memory_state_size(cfg.memory_depth))
-        self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)
+        MemoryLM.__init__(self, cfg, vocab_size, blocks, memory_state_size(cfg))
+        self.state_names = memory_state_names(cfg.n_layers, cfg)
         self._hope_init(cfg, cms, teach)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from models.common import require
+from models.deep_memory import DeepMomentumMemory
 from models.titans_memory import MemoryConfig, NeuralMemory
 from models.transformer import AttentionConfig, AttentionLM, Block
 
@@ -72,6 +73,12 @@ class TitansConfig(AttentionConfig, MemoryConfig):
         )
         if self.memory_use == "mac":
             require(
+                self.memory_optimizer == "momentum",
+                "memory_optimizer",
+                "momentum with memory_use mac (deep_momentum reads its memory token by token, "
+                "and a MAC segment's reads go through the memory's chunk closed form)",
+            )
+            require(
                 self.mac_segment >= 1,
                 "mac_segment",
                 f"a positive number of tokens with memory_use mac, got {self.mac_segment}",
@@ -99,7 +106,7 @@ class MemoryBlock(nn.Module):
         d = cfg.d_model
         self.block = Block(cfg)
         self.norm_mem = nn.LayerNorm(d)
-        self.memory = NeuralMemory(d, cfg)
+        self.memory = make_memory(d, cfg)
         self.use, self.segment = cfg.memory_use, cfg.mac_segment
         n = cfg.persistent_tokens
         # (1, N, d): a token table, so optimizers treat it as the embedding it is
@@ -139,17 +146,29 @@ class MemoryBlock(nn.Module):
         return h + b.mlp(b.norm_mlp(h)), state
 
 
-def memory_state_names(n_layers: int, depth: int) -> tuple[str, ...]:
+def memory_state_names(n_layers: int, cfg: MemoryConfig) -> tuple[str, ...]:
+    depth = cfg.memory_depth
     ws = [f"w{j + 1}" for j in range(depth)]
     ss = [f"s{j + 1}" for j in range(depth)]
     cs = [f"c{j + 1}" for j in range(depth)]  # the memory at the current chunk's start
     names = (*ws, *ss, *cs, "pos")
+    if cfg.memory_optimizer == "deep_momentum":  # each weight's momentum memory A1, A2
+        names += (*(f"k{j + 1}" for j in range(depth)), *(f"v{j + 1}" for j in range(depth)))
     return tuple(f"mem{i}_{n}" for i in range(n_layers) for n in names)
 
 
-def memory_state_size(depth: int) -> int:
-    """State tensors per memory: W, S and W_c per layer of the memory, and the position."""
-    return 3 * depth + 1
+def memory_state_size(cfg: MemoryConfig) -> int:
+    """State tensors per memory: W, S and W_c per layer of the memory, and the position;
+    with deep momentum also A1 and A2 per layer."""
+    deep = cfg.memory_optimizer == "deep_momentum"
+    return (5 if deep else 3) * cfg.memory_depth + 1
+
+
+def make_memory(d_model: int, cfg: MemoryConfig) -> NeuralMemory:
+    """The Titans memory of `cfg`'s inner optimizer."""
+    if cfg.memory_optimizer == "deep_momentum":
+        return DeepMomentumMemory(d_model, cfg)
+    return NeuralMemory(d_model, cfg)
 
 
 class MemoryLM(AttentionLM):
@@ -223,6 +242,6 @@ class Titans(MemoryLM):
             cfg,
             vocab_size,
             [MemoryBlock(cfg) for _ in range(cfg.n_layers)],
-            memory_state_size(cfg.memory_depth),
+            memory_state_size(cfg),
         )
-        self.state_names = memory_state_names(cfg.n_layers, cfg.memory_depth)
+        self.state_names = memory_state_names(cfg.n_layers, cfg)

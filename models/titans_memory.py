@@ -83,6 +83,11 @@ class MemoryConfig:
     memory_max_write: float = 10.0
     """Largest Frobenius norm of one token's write theta_t grad l_t (all the memory's weights
     together); a larger write is scaled down to it and counted (memory/<i>/bounded). 0: none."""
+    memory_optimizer: Literal["momentum", "deep_momentum"] = "momentum"
+    """The memory's inner optimizer: momentum S (the notation above) or deep_momentum, where
+    S is read from a momentum memory trained in context (models/deep_memory.py)."""
+    memory_deep_hidden: int = 0
+    """deep_momentum: hidden units of each weight's momentum memory (required there)."""
 
     def check_memory(self, d_model: int | None = None):
         require(self.memory_depth in (1, 2), "memory_depth", f"1 or 2, got {self.memory_depth}")
@@ -95,6 +100,24 @@ class MemoryConfig:
             f"zero or init, got {self.memory_forget_to!r}",
         )
         require(self.memory_heads >= 1, "memory_heads", f">= 1, got {self.memory_heads}")
+        deep = self.memory_optimizer == "deep_momentum"
+        require(
+            self.memory_optimizer in ("momentum", "deep_momentum"),
+            "memory_optimizer",
+            f"momentum or deep_momentum, got {self.memory_optimizer!r}",
+        )
+        require(
+            (self.memory_deep_hidden >= 1) == deep,
+            "memory_deep_hidden",
+            "a positive number of hidden units with memory_optimizer deep_momentum, and unset "
+            f"otherwise, got {self.memory_deep_hidden}",
+        )
+        require(
+            not deep or (self.memory_momentum and self.memory_gates == "token"),
+            "memory_optimizer",
+            "momentum unless memory_momentum is on and memory_gates is token (deep_momentum "
+            "steps its momentum memory at every token, forgetting at the momentum gate eta_t)",
+        )
         if d_model is not None:
             hidden = self.memory_hidden or d_model
             require(

@@ -204,3 +204,153 @@ def test_refusals(fields, key):
     assert e.value.key == key
     with pytest.raises(ConfigError, match="inner_optimizer"):
         CMSConfig(inner_optimizer="deep_momentum", deep_momentum_hidden=4)
+
+
+# --- the Titans memory with deep momentum (`model.memory_optimizer: deep_momentum`) ---
+
+
+def memories(depth=2, heads=1, chunk=4, forget_to="init", seed=0):
+    from models.deep_memory import DeepMomentumMemory
+    from models.titans_memory import MemoryConfig, NeuralMemory
+
+    torch.manual_seed(seed)
+    common = {"memory_depth": depth, "memory_chunk": chunk, "memory_heads": heads,
+              "memory_forget_to": forget_to, "memory_max_write": 0.5}  # fmt: skip
+    deep = DeepMomentumMemory(8, MemoryConfig(**common, memory_optimizer="deep_momentum",
+                                              memory_deep_hidden=3)).double()  # fmt: skip
+    plain = NeuralMemory(8, MemoryConfig(**common)).double()
+    plain.load_state_dict(deep.state_dict(), strict=False)
+    return deep, plain
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize(("chunk", "forget_to"), [(1, "zero"), (4, "init")])
+def test_memory_with_a_zero_key_layer_is_the_titans_memory(depth, heads, chunk, forget_to):
+    deep, plain = memories(depth, heads, chunk, forget_to)
+    with torch.no_grad():
+        for name, b in deep.named_buffers():
+            if name.startswith("deep_keys"):
+                b.zero_()
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    y, state = deep(x)
+    y_ref, s_ref = plain(x)
+    assert_same(y, y_ref)
+    assert_same(state[: len(s_ref)], s_ref)
+    n = depth  # then A1 (still zero) and A2 (zero: nothing to learn from a zero key)
+    assert all(t.abs().sum() == 0 for t in state[len(s_ref) :][n:])
+    assert deep.writes == 2 * 11 and deep.deep_share == 0
+
+
+def test_memory_equals_its_definition_with_autograd():
+    """Every token: the gradient of ||M(k_t) - v_t||^2 at the chunk's start memory by
+    autograd, the momentum memory stepped on its objective by autograd, W_t formed, read."""
+    deep, _ = memories(depth=2, chunk=3)
+    x = torch.randn(2, 8, 8, dtype=torch.float64)
+    y, state = deep(x)
+    with torch.no_grad():
+        k, v, q, theta, eta, alpha = deep._inputs(x)
+        ws = [w.expand(2, *w.shape).clone() for w in deep.init_weights]
+        bs = [torch.zeros_like(w) for w in ws]
+        a1s = [getattr(deep, f"deep_keys{j}").expand(2, 3, -1).clone() for j in range(2)]
+        a2s = [torch.zeros(2, a.shape[-1], 3, dtype=x.dtype) for a in a1s]
+        cs, ys = [w.clone() for w in ws], []
+        for t in range(8):
+            with torch.enable_grad():
+                at = [c.clone().requires_grad_(True) for c in cs]
+                loss = (deep.read(at, k[:, t : t + 1]) - v[:, t : t + 1]).pow(2).sum()
+                gs = torch.autograd.grad(loss, at)
+            size = theta[:, t] * sum(g.pow(2).sum((-1, -2)) for g in gs).sqrt()
+            rate = (theta[:, t] * torch.clamp(0.5 / size, max=1.0)).view(2, 1, 1)
+            mu, a = eta[:, t].view(2, 1, 1), alpha[:, t].view(2, 1, 1)
+            for j in range(2):
+                a1_0 = getattr(deep, f"deep_keys{j}")
+                with torch.enable_grad():
+                    phi = [p.clone().requires_grad_(True) for p in (bs[j], a1s[j], a2s[j])]
+                    grads = torch.autograd.grad(objective(gs[j], *phi), phi)
+                bs[j] = mu * bs[j] - rate * grads[0]
+                a1s[j] = a1_0 + mu * (a1s[j] - a1_0) - rate * grads[1]
+                a2s[j] = mu * a2s[j] - rate * grads[2]
+                key = gs[j] / gs[j].norm(dim=-1, keepdim=True)
+                read = bs[j] + torch.tanh(key @ a1s[j].transpose(1, 2)) @ a2s[j].transpose(1, 2) / 3
+                w0 = deep.init_weights[j]
+                ws[j] = (1 - a) * ws[j] - read + a * w0
+            ys.append(deep.read(ws, q[:, t : t + 1]))
+            if (t + 1) % 3 == 0:
+                cs = [w.clone() for w in ws]
+        want = deep.out(torch.cat(ys, dim=1))
+    assert_same(y, want, atol=1e-12)
+    assert_same(state[:2], tuple(ws))
+    assert_same(state[2:4], tuple(-b for b in bs))
+    assert_same(state[7:], (*a1s, *a2s))
+    assert 0 < float(deep.deep_share) < 1
+
+
+def test_memory_stream_splits_and_rows():
+    deep, _ = memories(depth=2, heads=2, chunk=3)
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    full, s_full = deep(x)
+    for pieces in ((4, 6), (1, 2, 7), (5, 5)):
+        got, s = in_pieces(deep, x, pieces)
+        assert_same(got, full)
+        assert_same(s, s_full)
+    alone, _ = deep(x[1:])
+    assert_same(alone[0], full[1])
+
+
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        ({"memory_optimizer": "deep_momentum"}, "memory_deep_hidden"),
+        ({"memory_deep_hidden": 4}, "memory_deep_hidden"),
+        (
+            {"memory_optimizer": "deep_momentum", "memory_deep_hidden": 4, "memory_gates": "chunk"},
+            "memory_optimizer",
+        ),  # fmt: skip
+        (
+            {
+                "memory_optimizer": "deep_momentum",
+                "memory_deep_hidden": 4,
+                "memory_momentum": False,
+            },
+            "memory_optimizer",
+        ),  # fmt: skip
+        (
+            {
+                "memory_optimizer": "deep_momentum",
+                "memory_deep_hidden": 4,
+                "memory_use": "mac",
+                "mac_segment": 8,
+            },
+            "memory_optimizer",
+        ),  # fmt: skip
+    ],
+)
+def test_memory_refusals(model, key):
+    from models.titans import TitansConfig
+
+    with pytest.raises(ConfigError) as e:
+        TitansConfig(d_model=16, n_heads=2, **model)
+    assert e.value.key == key
+
+
+def test_titans_with_deep_momentum_trains_and_logs_it():
+    from nlsweep.data.config import DataConfig
+    from nlsweep.data.load import load_corpus
+    from nlsweep.training.trainer import Trainer
+    from nlsweep.training.trial import TrialConfig
+
+    raw = {
+        "model": {"kind": "titans", "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32,
+                  "memory_chunk": 4, "memory_optimizer": "deep_momentum",
+                  "memory_deep_hidden": 4, "memory_max_write": 0},
+        "data": {"corpus": "pydoc", "seq_len": 12, "batch_size": 3},
+        "train": {"steps": 4, "eval_every": 2, "eval_batches": 2, "seed": 2, "threads": 1,
+                  "final_eval": "sampled"},
+    }  # fmt: skip
+    t = Trainer(TrialConfig.from_dict(raw), device=torch.device("cpu"),
+                corpus=load_corpus(DataConfig(corpus="pydoc")))  # fmt: skip
+    last = list(t.run())[-1]
+    assert last["memory/0/writes"] == 4 * 3 * 12
+    assert 0 < last["memory/0/deep_share"] < 1
+    assert t.warnings() == {}

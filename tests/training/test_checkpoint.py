@@ -207,9 +207,24 @@ TITANS = {
                 "deep_momentum_hidden": 4,
             },
             "state": {"mode": "persistent"},
+        },
+        {
+            **TITANS,
+            "model": {
+                **TITANS["model"],
+                "memory_optimizer": "deep_momentum",
+                "memory_deep_hidden": 4,
+            },
+            "state": {"mode": "persistent"},
         },  # fmt: skip
     ],
-    ids=["titans-persistent-memory", "titans-mqar", "hope-persistent", "hope-deep-momentum"],
+    ids=[
+        "titans-persistent-memory",
+        "titans-mqar",
+        "hope-persistent",
+        "hope-deep-momentum",
+        "titans-deep-momentum",
+    ],
 )
 def test_titans_restore_is_bit_identical(corpus, tmp_path, raw):
     data = None if raw["data"]["corpus"] == "mqar" else corpus
