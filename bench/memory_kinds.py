@@ -17,7 +17,8 @@ dual form grows with B x d^2 only, so the rows for two chunk sizes should match.
 Beside each speed: the kind's matrix-multiply FLOPs per training step (torch's
 FlopCounterMode, attention included) and the transformer's FLOPs over them, the ratio a kind
 would reach at the transformer's arithmetic efficiency: a kind that does 2.5 times the
-transformer's matrix work cannot reach 0.5x of its tokens/s by removing overhead.
+transformer's matrix work cannot reach 0.5x of its tokens/s by removing overhead. The last
+column is the speed ratio over that bound ratio: the share of the bound a kind reaches.
 The speed table also has a row per mechanism of `VARIANTS` (memory_use mac and mag,
 persistent tokens, per-chunk gates, memory heads), each on top of its spec
 variant; the memory table has `--peak-kinds`.
@@ -40,15 +41,25 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "search_spaces" / "hope_vs_titan.yaml"
 
 
-# Rows beyond the spec's variants: (the spec variant they start from, model fields on top).
-# The mechanisms of issue #32, each alone, at the spec's size.
+# Rows beyond the spec's variants: (the spec variant they start from, fields on top, as
+# "section.field"). The mechanisms of issue #32, each alone, at the spec's size; and MAC with
+# one segment per call, which has MAC's work without its segment-to-segment recurrence.
 # (Names without commas: --kinds is a comma-separated list.)
 VARIANTS = {
-    "titans+mac": ("titans", {"memory_use": "mac", "mac_segment": 16}),
-    "titans+mag": ("titans", {"memory_use": "mag", "window": 16}),
-    "titans+persistent_tokens_4": ("titans", {"persistent_tokens": 4}),
-    "titans+memory_gates_chunk": ("titans", {"memory_gates": "chunk"}),
-    "titans+memory_heads_4": ("titans", {"memory_heads": 4}),
+    "titans+mac": ("titans", {"model.memory_use": "mac", "model.mac_segment": 16}),
+    "titans+mac_one_segment": ("titans", {"model.memory_use": "mac", "model.mac_segment": 64}),
+    "titans+mag": ("titans", {"model.memory_use": "mag", "model.window": 16}),
+    "titans+persistent_tokens_4": ("titans", {"model.persistent_tokens": 4}),
+    "titans+memory_gates_chunk": ("titans", {"model.memory_gates": "chunk"}),
+    "titans+memory_heads_4": ("titans", {"model.memory_heads": 4}),
+    "titans+deep_momentum": (
+        "titans",
+        {"model.memory_optimizer": "deep_momentum", "model.memory_deep_hidden": 16},
+    ),  # fmt: skip
+    "hope+cms_deep_momentum": (
+        "hope",
+        {"cms.inner_optimizer": "deep_momentum", "cms.deep_momentum_hidden": 16},
+    ),  # fmt: skip
 }
 
 
@@ -66,7 +77,10 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
         raise SystemExit(f"--kinds: {variant!r} is neither a variant of {SPEC.name} nor one "
                          f"of {', '.join(VARIANTS)}")  # fmt: skip
     raw = to_dict(spec.trial_config({"variant": variant, "train.seed": 0}))
-    raw["model"].update({**extra, **model})
+    for key, value in extra.items():
+        section, field = key.split(".")
+        raw[section][field] = value
+    raw["model"].update(model)
     fields = {f.name for f in dataclasses.fields(model_kind(raw["model"]["kind"]).config_cls)}
     raw["model"] = {k: v for k, v in raw["model"].items() if k in fields}
     if inner_chunk:
@@ -180,12 +194,14 @@ def main() -> None:
     flops = {k: step_flops(trial(k.split(",")[0], 1, a.inner_chunk if "," in k else 0))
              for k in rates}  # fmt: skip
     base, fbase = rates.get("transformer"), flops.get("transformer")
-    print("| kind | training tokens/s | / transformer | MFLOP / step | transformer FLOPs / these |")
-    print("|---|---:|---:|---:|---:|")
+    print("| kind | training tokens/s | / transformer | MFLOP / step | transformer FLOPs / these "
+          "| share of the bound |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
     for k, r in rates.items():
         ratio = f"{r / base:.2f}" if base else "-"
         bound = f"{fbase / flops[k]:.2f}" if fbase else "-"
-        print(f"| {k} | {r:,.0f} | {ratio} | {flops[k] / 1e6:,.0f} | {bound} |")
+        share = f"{(r / base) / (fbase / flops[k]):.2f}" if base and fbase else "-"
+        print(f"| {k} | {r:,.0f} | {ratio} | {flops[k] / 1e6:,.0f} | {bound} | {share} |")
     unit = "peak GPU allocation" if gpu else "peak resident set"
     widths, chunks = [int(w) for w in a.widths.split(",")], [int(c) for c in a.chunks.split(",")]
     print(f"\n{unit}, MiB, after 2 training steps (batch x seq of the spec, d_ff = 4 d):\n")
