@@ -85,7 +85,9 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
     raw["model"] = {k: v for k, v in raw["model"].items() if k in fields}
     if inner_chunk:
         raw["cms"]["inner_chunk"] = inner_chunk
-    raw["train"].update(steps=steps + 1, eval_every=steps + 1, device="auto")
+    # one thread, as each of a sweep's trials on a CPU gets (resources: {cpu: 1}); it also
+    # keeps the ratios steady on a busy machine, where spinning OpenMP threads are not
+    raw["train"].update(steps=steps + 1, eval_every=steps + 1, device="auto", threads=1)
     if not raw["model"]["kind"].startswith("hope"):
         raw.pop("teach")  # only the hope kinds take a teach section
     return raw
