@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 
 from models.common import ConfigError, require
+from models.deep_momentum import check_choice
 
 
 @dataclass
@@ -95,23 +96,17 @@ class CMSConfig:
             "inner_momentum",
             f"in [0, 1), got {self.inner_momentum}",
         )
-        deep = self.inner_optimizer == "deep_momentum"
-        require(
-            self.inner_optimizer in ("momentum", "deep_momentum"),
+        deep = check_choice(
             "inner_optimizer",
-            f"momentum or deep_momentum, got {self.inner_optimizer!r}",
+            self.inner_optimizer,
+            "deep_momentum_hidden",
+            self.deep_momentum_hidden,
         )
         require(
             not deep or bool(tp),
             "inner_optimizer",
             "momentum unless token_periods defines a CMS chain (deep_momentum steps its "
             "fast weights)",
-        )
-        require(
-            (self.deep_momentum_hidden >= 1) == deep,
-            "deep_momentum_hidden",
-            "a positive number of hidden units with inner_optimizer deep_momentum, and unset "
-            f"otherwise, got {self.deep_momentum_hidden}",
         )
         require(
             self.deep_momentum_lr > 0 and (deep or self.deep_momentum_lr == 1.0),

@@ -80,16 +80,9 @@ class DeepMomentumMemory(NeuralMemory):
             pos = (pos + 1) % self.cfg.memory_chunk
             if pos == 0:
                 cs = list(ws)  # a copy: ws's entries are replaced token by token
+        self._record(B * T, sizes, ws, ss, (v, theta, eta, alpha))
         if self.training and self.write_scale:
-            self.writes += B * T
-            with torch.no_grad():
-                size = torch.cat(sizes, dim=1)
-                over = size > self.cfg.memory_max_write if self.cfg.memory_max_write else None
-                if over is not None:
-                    self.bounded += over.sum()
-                self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
-                self.deep_share.copy_(torch.stack(shares).mean())
-                self._last = [t.detach() for t in (*ws, v, theta, eta, alpha, size)] + [over]
+            self.deep_share.copy_(torch.stack(shares).mean().detach())
         y = self.out(self._from_heads(torch.cat(ys, dim=1)))
         rows = lambda ts: (t.reshape(B, -1, t.shape[-1]) for t in ts)  # noqa: E731
         return y, (*self._state(ws, ss, cs, pos), *rows(a1s), *rows(a2s))

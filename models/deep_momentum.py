@@ -34,6 +34,24 @@ from __future__ import annotations
 
 import torch
 
+from models.common import require
+
+
+def check_choice(key: str, choice: str, hidden_key: str, hidden: int) -> bool:
+    """The refusals shared by the config fields that choose an inner optimizer (`key`) and
+    size its momentum memory (`hidden_key`); whether deep momentum is chosen."""
+    require(
+        choice in ("momentum", "deep_momentum"), key, f"momentum or deep_momentum, got {choice!r}"
+    )
+    deep = choice == "deep_momentum"
+    require(
+        (hidden >= 1) == deep,
+        hidden_key,
+        f"a positive number of hidden units with {key} deep_momentum, and unset otherwise, "
+        f"got {hidden}",
+    )
+    return deep
+
 
 def init_keys(h: int, c: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A1_0: the memory's initial input layer, (h, c)."""

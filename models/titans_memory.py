@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import require
+from models.deep_momentum import check_choice
 from models.titans_scan import chunk_cuts, ends, merge_groups, reads, segment_gates
 
 
@@ -100,17 +101,8 @@ class MemoryConfig:
             f"zero or init, got {self.memory_forget_to!r}",
         )
         require(self.memory_heads >= 1, "memory_heads", f">= 1, got {self.memory_heads}")
-        deep = self.memory_optimizer == "deep_momentum"
-        require(
-            self.memory_optimizer in ("momentum", "deep_momentum"),
-            "memory_optimizer",
-            f"momentum or deep_momentum, got {self.memory_optimizer!r}",
-        )
-        require(
-            (self.memory_deep_hidden >= 1) == deep,
-            "memory_deep_hidden",
-            "a positive number of hidden units with memory_optimizer deep_momentum, and unset "
-            f"otherwise, got {self.memory_deep_hidden}",
+        deep = check_choice(
+            "memory_optimizer", self.memory_optimizer, "memory_deep_hidden", self.memory_deep_hidden
         )
         require(
             not deep or (self.memory_momentum and self.memory_gates == "token"),
@@ -285,16 +277,21 @@ class NeuralMemory(nn.Module):
         k, v, q, theta, eta, alpha = (torch.cat(t, 1) if len(parts) > 1 else t[0]
                                       for t in zip(*parts))  # fmt: skip
         y = self._from_heads(reads(segs, q, cuts, (merge_groups(groups), None), anchors))
-        if self.training and self.write_scale:
-            self.writes += B * T
-            with torch.no_grad():
-                size = torch.cat(sizes, dim=1)
-                over = size > self.cfg.memory_max_write if self.cfg.memory_max_write else None
-                if over is not None:
-                    self.bounded += over.sum()
-                self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
-                self._last = [t.detach() for t in (*ws, v, theta, eta, alpha, size)] + [over]
+        self._record(B * T, sizes, ws, ss, (v, theta, eta, alpha))
         return self.out(y), self._state(ws, ss, cs, pos)
+
+    @torch.no_grad()
+    def _record(self, tokens: int, sizes: list, ws, ss, inputs) -> None:
+        """After a training call that wrote: the counters and what `diagnostics` reads."""
+        if not (self.training and self.write_scale):
+            return
+        self.writes += tokens
+        size = torch.cat(sizes, dim=1)
+        over = size > self.cfg.memory_max_write if self.cfg.memory_max_write else None
+        if over is not None:
+            self.bounded += over.sum()
+        self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
+        self._last = [t.detach() for t in (*ws, *inputs, size)] + [over]
 
     def recall_queries(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised queries q_t of x (B, T, d) in heads, for `recall` (the query third
