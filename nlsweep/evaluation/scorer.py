@@ -75,29 +75,34 @@ class Scorer:
         inputs x (B, L) with targets y, in calls of W with the state carried. With `need`
         (a (B, L) mask), only those positions are scored (the others read 0 and True): the
         softmax over the vocabulary then costs the continuation's tokens, not the context's."""
-        lp, hit, kept = [], [], []
+        kept, lp, hit, lo, hi = [], None, None, 0, 0
+        if need is not None:
+            # Written in place, and only in the windows that hold scored positions (one host
+            # read finds them): a haystack's other windows allocate nothing, where a pair of
+            # small tensors per window grew memory with the haystack (about 200 bytes a token).
+            lp = torch.zeros(y.shape, device=y.device)
+            hit = torch.ones(y.shape, dtype=torch.bool, device=y.device)
+            cols = need.any(0).nonzero()
+            lo, hi = (int(cols[0]), int(cols[-1]) + 1) if len(cols) else (0, 0)
         for s in range(0, x.shape[1], self.window):
             xs, ys = x[:, s : s + self.window], y[:, s : s + self.window]
             kw = {"targets": ys} if self.targets else {}
             logits, state = self.model(xs, state, **kw)
             self.calls += 1
-            logits = logits.float()
             if need is None:
-                kept.append(logits)
+                kept.append(logits.float())
+                continue
+            if s + self.window <= lo or s >= hi:
                 continue
             m = need[:, s : s + self.window]
-            sel, t = logits[m], ys[m]
+            sel, t = logits.float()[m], ys[m]
             # log_softmax picked at the targets, without writing a (N, V) tensor of it
-            chunk_lp = torch.zeros(ys.shape, device=ys.device)
-            chunk_lp[m] = sel.gather(-1, t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(sel, -1)
-            chunk_hit = torch.ones(ys.shape, dtype=torch.bool, device=ys.device)
-            chunk_hit[m] = sel.argmax(-1) == t
-            lp.append(chunk_lp)
-            hit.append(chunk_hit)
+            lp[:, s : s + self.window][m] = sel.gather(-1, t.unsqueeze(-1)).squeeze(
+                -1
+            ) - torch.logsumexp(sel, -1)
+            hit[:, s : s + self.window][m] = sel.argmax(-1) == t
         self.last_state = state
-        if need is None:
-            return None, None, kept
-        return torch.cat(lp, 1), torch.cat(hit, 1), kept
+        return lp, hit, kept
 
     def _rows(self, seqs: list[list[int]]):
         """Inputs and targets of `seqs`, right-padded into (B, L) tensors (one numpy fill:
