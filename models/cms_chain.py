@@ -186,7 +186,7 @@ class CMSChain(nn.Module):
         self.register_buffer("updates", torch.zeros(len(periods), dtype=torch.long))
         self.register_buffer("last_norm", torch.zeros(len(periods)))
         self.register_buffer("deep_share", torch.zeros(len(periods)))
-        self.applied: dict[int, torch.Tensor] = {}  # level -> its last W2 step direction
+        self.applied: dict[int, tuple] = {}  # level -> its last W2 step, the deep share
         self.stats: dict[str, float] = {}
 
     def init_state(self, B: int, device, dtype=None) -> tuple:

@@ -71,7 +71,7 @@ def deep_momentum_step(
     a2 (n, c, h)); returns (m_(phi_k)(u), b', a1', a2', the deep part's share of the read
     per row (n,))."""
     h = a1.shape[-2]
-    key = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    key = _key(u)
     s = torch.tanh(key @ a1.transpose(-1, -2))  # (n, r, h) at phi_(k-1)
     ua2 = (u @ a2) / h  # (n, r, h)
     g_a1 = ((ua2 * (1 - s * s)).transpose(-1, -2)) @ key  # -grad_A1
@@ -81,15 +81,22 @@ def deep_momentum_step(
     b = torch.add(u, b, alpha=mu) if numbers and eta == 1 else mu * b + eta * u
     a2 = mu * a2 + eta * g_a2
     a1 = a1_0 + mu * (a1 - a1_0) + eta * g_a1
-    deep = torch.tanh(key @ a1.transpose(-1, -2)) @ a2.transpose(-1, -2) / h
+    deep = _deep_part(key, a1, a2)
     read = b + deep
     share = deep.flatten(1).norm(dim=1) / read.flatten(1).norm(dim=1).clamp_min(1e-30)
     return read, b, a1, a2, share
 
 
+def _key(u: torch.Tensor) -> torch.Tensor:
+    """The gradient's rows at unit length (a zero row stays zero)."""
+    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def _deep_part(key: torch.Tensor, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    """tanh(key A1^T) A2^T / h: the read of the memory beyond its constant part B."""
+    return torch.tanh(key @ a1.transpose(-1, -2)) @ a2.transpose(-1, -2) / a1.shape[-2]
+
+
 def objective(u, b, a1, a2) -> torch.Tensor:
     """L2(phi; u) = -<m_phi(u), u>, summed over the batch (for checks against autograd)."""
-    h = a1.shape[-2]
-    key = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    m = b + torch.tanh(key @ a1.transpose(-1, -2)) @ a2.transpose(-1, -2) / h
-    return -(m * u).sum()
+    return -((b + _deep_part(_key(u), a1, a2)) * u).sum()

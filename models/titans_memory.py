@@ -274,8 +274,9 @@ class NeuralMemory(nn.Module):
                     cs = ws
             parts.append(part)
             cuts += [s0 + t for t in local[1:]]
-        k, v, q, theta, eta, alpha = (torch.cat(t, 1) if len(parts) > 1 else t[0]
-                                      for t in zip(*parts))  # fmt: skip
+        # the call's inputs but the keys, which only the first pass reads
+        v, q, theta, eta, alpha = (torch.cat(t, 1) if len(parts) > 1 else t[0]
+                                   for t in list(zip(*parts))[1:])  # fmt: skip
         y = self._from_heads(reads(segs, q, cuts, (merge_groups(groups), None), anchors))
         self._record(B * T, sizes, ws, ss, (v, theta, eta, alpha))
         return self.out(y), self._state(ws, ss, cs, pos)
