@@ -57,14 +57,14 @@ class DeepMomentumMemory(NeuralMemory):
         k, v, q, theta, eta, alpha = self._inputs(x)
         R = k.shape[0]
         anchors = self._anchors(R)
+        with torch.no_grad():
+            k_norm = torch.linalg.vector_norm(k, dim=-1)
         keys0 = [getattr(self, f"deep_keys{j}").to(x.dtype) for j in range(n)]
         ys, sizes, shares = [], [], []
         for t in range(T):
             fs = self.factors(cs, k[:, t : t + 1], v[:, t : t + 1])  # at the chunk's start
-            with torch.no_grad():
-                sq = sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs)
-                size = theta[:, t : t + 1] * sq.sqrt()
-            rate = (theta[:, t : t + 1] * self._bound(size)).view(R, 1, 1)
+            size = self.write_size(fs, k_norm[:, t : t + 1], theta[:, t : t + 1])
+            rate = self._rate(theta[:, t : t + 1], size).view(R, 1, 1)
             mu, a = eta[:, t].view(R, 1, 1), alpha[:, t].view(R, 1, 1)
             shares = []
             for j, ((X, Y), w0) in enumerate(zip(fs, anchors)):

@@ -48,7 +48,7 @@ from models.common import require
 from models.hope import _Hope
 from models.teach import TeachConfig
 from models.titans import MemoryLM
-from models.titans_memory import _silu_grad
+from models.titans_memory import silu_grad
 from models.titans_scan import chunk_cuts
 from models.transformer import AttentionConfig, Block
 
@@ -96,7 +96,7 @@ def factors(ws: list[torch.Tensor], k: torch.Tensor, target: torch.Tensor):
     a = F.silu(z)
     out = a @ ws[1].transpose(-1, -2) + (k if len(ws) == 2 else k @ ws[2].transpose(-1, -2))
     e = 2 * (out - target)
-    dz = (e @ ws[1]) * _silu_grad(z)
+    dz = (e @ ws[1]) * silu_grad(z)
     return e, a, dz
 
 

@@ -128,7 +128,9 @@ class MemoryConfig:
         )
 
 
-def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+def silu_grad(z: torch.Tensor) -> torch.Tensor:
+    """silu'(z), written out: differentiable (torch's fused silu_backward is not, and a
+    custom autograd function around it measured slower forward and backward together)."""
     s = torch.sigmoid(z)
     return s * (1 + z * (1 - s))
 
@@ -231,8 +233,19 @@ class NeuralMemory(nn.Module):
         z = k @ ws[0]
         a = F.silu(z)
         e = 2 * (a @ ws[1] - v)
-        dz = (e @ ws[1].transpose(-1, -2)) * _silu_grad(z)
+        dz = (e @ ws[1].transpose(-1, -2)) * silu_grad(z)
         return [(k, dz), (a, e)]
+
+    @staticmethod
+    @torch.no_grad()
+    def write_size(fs, k_norm: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """||theta_t grad l_t||_F over all the memory's weights, from the factors `fs` and
+        the keys' norms: ||x (x) y||_F = ||x|| ||y||, so no gradient is formed (the first
+        factor of every memory is the key, whose norm a call computes once)."""
+        norm = torch.linalg.vector_norm
+        parts = [k_norm * norm(fs[0][1], dim=-1)]
+        parts += [norm(X, dim=-1) * norm(Y, dim=-1) for X, Y in fs[1:]]
+        return theta * (parts[0] if len(parts) == 1 else torch.hypot(*parts))
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, d) -> memory read-out (B, T, d) and the state after T."""
@@ -258,14 +271,16 @@ class NeuralMemory(nn.Module):
             local = chunk_cuts(s1 - s0, pos, b)
             gates = segment_gates(local, eta, alpha, pos == 0, per_chunk)
             groups += [(len(segs) + i, len(segs) + j, g) for i, j, g in gates[0]]
-            for i, (t0, t1) in enumerate(zip(local, local[1:])):
-                sl = slice(t0, t1)
-                fs = self.factors(cs, k[:, sl], v[:, sl])  # all at the chunk-start memory
-                # ||x (x) y||_F = ||x|| ||y||: each token's gradient norm without forming it
-                with torch.no_grad():
-                    sq = sum(X.pow(2).sum(-1) * Y.pow(2).sum(-1) for X, Y in fs)
-                    size = theta[:, sl] * sq.sqrt()
-                rate = theta[:, sl] * self._bound(size)
+            with torch.no_grad():
+                k_norm = torch.linalg.vector_norm(k, dim=-1)
+            # split, not sliced: a split's backward is one concatenation, where each slice's
+            # would add a zero tensor of the whole call
+            spans = [t1 - t0 for t0, t1 in zip(local, local[1:])]
+            per = zip(*(t.split(spans, dim=1) for t in (k, v, theta, k_norm)))
+            for i, (t0, t1, (k_c, v_c, theta_c, norm_c)) in enumerate(zip(local, local[1:], per)):
+                fs = self.factors(cs, k_c, v_c)  # all at the chunk-start memory
+                size = self.write_size(fs, norm_c, theta_c)
+                rate = self._rate(theta_c, size)
                 segs.append((fs, rate, ws, ss))
                 ws, ss = ends(ws, ss, fs, rate, gates, i, anchors)
                 sizes.append(size)
@@ -328,20 +343,18 @@ class NeuralMemory(nn.Module):
             "bound_rate": over.float().mean() if over is not None else size.new_zeros(()),
         }
 
-    def _bound(self, size: torch.Tensor) -> torch.Tensor:
-        """The factor (<= 1) that scales each token's write theta_t grad l_t, of Frobenius norm
-        `size`, down to at most memory_max_write. Why: every gradient of a chunk is taken at
-        the chunk's first memory, so a chunk writes up to `memory_chunk` full steps at once;
-        a depth-2 memory's curvature grows with its weights, and past 2 / (chunk's summed
-        rate) the next chunk's errors grow instead of shrink, squaring the weights' growth:
-        carried along a stream (state.mode persistent) the weights reached 1e28 within three
-        chunks and the loss NaN (titans, hope_vs_titan size, seed 0, step 54). A bounded write
-        keeps the growth per chunk at most linear, and forgetting then pulls it back. The
-        factor is a constant to backpropagation, as a clipped gradient's scale is."""
+    def _rate(self, theta: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """The bounded write rate: theta_t times the factor (<= 1) that scales each token's write
+        theta_t grad l_t, of Frobenius norm `size`, down to at most memory_max_write. Why: every
+        gradient of a chunk is taken at the chunk's first memory, so a chunk writes up to
+        `memory_chunk` full steps at once; a depth-2 memory's curvature grows with its weights, and
+        past 2 / (chunk's summed rate) the next chunk's errors grow instead of shrink, squaring the
+        weights' growth: carried along a stream (state.mode persistent) the weights reached 1e28
+        within three chunks and the loss NaN (titans, hope_vs_titan size, seed 0, step 54). A
+        bounded write keeps the growth per chunk at most linear, and forgetting then pulls it back.
+        The factor is a constant to backpropagation, as a clipped gradient's scale is."""
         cap = self.cfg.memory_max_write
-        if not cap:
-            return torch.ones_like(size)
-        return cap / torch.maximum(size, torch.full_like(size, cap))
+        return theta / (size / cap).clamp_(min=1) if cap else theta
 
     def _anchors(self, rows: int):
         """The point forgetting decays each weight toward (None: zero), for `rows` inner
@@ -374,7 +387,7 @@ class NeuralMemory(nn.Module):
                 loss = (pred - v[:, t : t + 1].detach()).pow(2).sum()
                 gs = torch.autograd.grad(loss, at)
             size = (theta[:, t] * sum(g.pow(2).sum((-1, -2)) for g in gs).sqrt()).detach()
-            rate = (theta[:, t] * self._bound(size)).view(R, 1, 1)
+            rate = self._rate(theta[:, t], size).view(R, 1, 1)
             gated = pos == 0 or self.cfg.memory_gates == "token"
             for j, w0 in enumerate(anchors):
                 if not gated:  # inside a chunk under memory_gates chunk: the write alone

@@ -71,9 +71,11 @@ def segment_gates(
         i = j
     ends = []
     for _, _, (P, A, F0, E0, E_last) in groups:
+        # of each token's x_s (x) y_s, times its rate, in the last W and the last S: negated,
+        # as a write is -r_s x_s (x) y_s, and paired, as `ends` reads both in one product
+        pair = -torch.stack([P[..., -1, :], E_last], dim=-1)  # (B, segments, n, 2)
         lasts = torch.stack([A[..., -1], F0[..., -1], E0[..., -1]], dim=-1)[..., None, None]
-        ends += list(zip(zip(P[..., -1, :].unbind(1), E_last.unbind(1)),
-                         (tuple(x.unbind(1)) for x in lasts.unbind(1))))  # fmt: skip
+        ends += list(zip(pair.unbind(1), (tuple(x.unbind(1)) for x in lasts.unbind(1))))
     return [(i, j, both[:3]) for i, j, both in groups], ends
 
 
@@ -119,18 +121,22 @@ def gate_products(eta: torch.Tensor, alpha: torch.Tensor):
 
 @torch.compiler.disable
 def ends(ws, ss, fs, rate, gates, i: int, anchors):
-    """The W and S after segment i (from its start `ws`, `ss`, factors and rates)."""
-    (k_last, e_last), (A, F0, E0) = gates[1][i]
-    k_last, e_last = k_last * -rate, e_last * -rate  # of x_s (x) y_s in the last W, S
+    """The W and S after segment i (from its start `ws`, `ss`, factors and rates). Both
+    are X^T (c_s y_s) plus the carried W, S: one product of X^T with the two coefficient
+    columns side by side (at the memory's sizes the number of kernels, not their work,
+    sets the time)."""
+    pair, (A, F0, E0) = gates[1][i]
+    coef = (pair * rate.unsqueeze(-1)).unsqueeze(-1)  # (B, n, 2, 1)
     new_ws, new_ss = [], []
     for (X, Y), w, s, w0 in zip(fs, ws, ss, anchors):
-        Xt = X.transpose(-1, -2)
-        last_w = Xt @ (k_last.unsqueeze(-1) * Y) + A * s + F0 * w
-        last_s = Xt @ (e_last.unsqueeze(-1) * Y)
+        B, n, c = Y.shape
+        Z = X.transpose(-1, -2) @ (coef * Y.unsqueeze(-2)).view(B, n, 2 * c)
+        to_w, to_s = Z.view(B, -1, 2, c).unbind(2)  # unbind: one node backward, not two
+        last_w = to_w + A * s + F0 * w
         if w0 is not None:
             last_w = last_w + (1 - F0) * w0
         new_ws.append(last_w)
-        new_ss.append(last_s + E0 * s)
+        new_ss.append(to_s + E0 * s)
     return new_ws, new_ss
 
 
