@@ -96,7 +96,7 @@ def factors(ws: list[torch.Tensor], k: torch.Tensor, target: torch.Tensor):
     a = F.silu(z)
     out = a @ ws[1].transpose(-1, -2) + (k if len(ws) == 2 else k @ ws[2].transpose(-1, -2))
     e = 2 * (out - target)
-    dz = (e @ ws[1]) * silu_grad(z)
+    dz = (e @ ws[1]) * silu_grad(z, a)
     return e, a, dz
 
 

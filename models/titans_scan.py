@@ -130,7 +130,7 @@ def ends(ws, ss, fs, rate, gates, i: int, anchors):
     new_ws, new_ss = [], []
     for (X, Y), w, s, w0 in zip(fs, ws, ss, anchors):
         B, n, c = Y.shape
-        Z = X.transpose(-1, -2) @ (coef * Y.unsqueeze(-2)).view(B, n, 2 * c)
+        Z = torch.bmm(X.transpose(1, 2), (coef * Y.unsqueeze(-2)).view(B, n, 2 * c))
         to_w, to_s = Z.view(B, -1, 2, c).unbind(2)  # unbind: one node backward, not two
         last_w = to_w + A * s + F0 * w
         if w0 is not None:
@@ -149,16 +149,18 @@ def reads(segs, q: torch.Tensor, cuts: list[int], gates, anchors) -> torch.Tenso
     for i, j, (P, A, F0) in gates[0]:
         part = segs[i:j]
         c, n = j - i, (cuts[j] - cuts[i]) // (j - i)
-        K = P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)
-        h = q[:, cuts[i] : cuts[j]].reshape(B, c, n, -1)
+        R = B * c  # a segment of a row is a row of the products, which are 3-D (`bmm`)
+        K = (P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)).view(R, n, n)
+        A_, F0_ = A.reshape(R, n, 1), F0.reshape(R, n, 1)
+        h = q[:, cuts[i] : cuts[j]].reshape(R, n, -1)
         for m, w0 in enumerate(anchors):
-            X, Y, w, s = (torch.stack(t, dim=1) for t in zip(*(
+            X, Y, w, s = (torch.stack(t, dim=1).flatten(0, 1) for t in zip(*(
                 (*fs[m], ws[m], ss[m]) for fs, _, ws, ss in part)))  # fmt: skip
-            z = ((h @ X.transpose(-1, -2)) * K) @ Y + A[..., None] * (h @ s)
-            z = z + F0[..., None] * (h @ w)
-            if w0 is not None:
-                w0 = w0 if w0.dim() == 2 else w0.unsqueeze(1)  # (rows, segments, r, c)
-                z = z + (1 - F0[..., None]) * (h @ w0)
+            z = torch.bmm(torch.bmm(h, X.transpose(1, 2)) * K, Y) + A_ * torch.bmm(h, s)
+            z = z + F0_ * torch.bmm(h, w)
+            if w0 is not None:  # W_0 (r, c), or per row (rows, r, c) with heads
+                h0 = h @ w0 if w0.dim() == 2 else torch.bmm(h.view(B, c * n, -1), w0)
+                z = z + (1 - F0_) * h0.view(R, n, -1)
             h = F.silu(z) if m + 1 < len(anchors) else z
-        out.append(h.reshape(B, c * n, -1))
+        out.append(h.view(B, c * n, -1))
     return torch.cat(out, dim=1) if len(out) > 1 else out[0]
