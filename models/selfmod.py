@@ -84,19 +84,21 @@ def memory_shapes(d: int, h: int) -> dict[str, list[tuple[int, int]]]:
 
 
 def apply(ws: list[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
-    """M(u) for u (B, n, d_in) and weights with a leading batch dim."""
-    out = F.silu(u @ ws[0].transpose(-1, -2)) @ ws[1].transpose(-1, -2)
-    return out + (u if len(ws) == 2 else u @ ws[2].transpose(-1, -2))
+    """M(u) for u (B, n, d_in) and weights with a leading batch dim (products as `bmm`, as
+    the Titans memory's are)."""
+    out = torch.bmm(F.silu(torch.bmm(u, ws[0].transpose(1, 2))), ws[1].transpose(1, 2))
+    return out + (u if len(ws) == 2 else torch.bmm(u, ws[2].transpose(1, 2)))
 
 
 def factors(ws: list[torch.Tensor], k: torch.Tensor, target: torch.Tensor):
     """Per-token factors of grad ||M(k_t; W) - target_t||^2 at W: (e, s(z), dz), so that
     grad_W1 = e (x) s(z), grad_W2 = dz (x) k, grad_P = e (x) k."""
-    z = k @ ws[0].transpose(-1, -2)
+    z = torch.bmm(k, ws[0].transpose(1, 2))
     a = F.silu(z)
-    out = a @ ws[1].transpose(-1, -2) + (k if len(ws) == 2 else k @ ws[2].transpose(-1, -2))
+    out = torch.bmm(a, ws[1].transpose(1, 2))
+    out = out + (k if len(ws) == 2 else torch.bmm(k, ws[2].transpose(1, 2)))
     e = 2 * (out - target)
-    dz = (e @ ws[1]) * silu_grad(z, a)
+    dz = torch.bmm(e, ws[1]) * silu_grad(z, a)
     return e, a, dz
 
 
