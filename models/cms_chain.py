@@ -42,19 +42,25 @@ from models.deep_momentum import deep_momentum_step, init_keys
 from models.teach import IGNORE, TeachConfig, shape_signal, token_error
 
 
-def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
-    cdf = 0.5 * (1 + torch.erf(z / 2**0.5))
-    return cdf + z * torch.exp(-0.5 * z * z) / (2 * torch.pi) ** 0.5
+def _gelu_vjp(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """g * gelu'(z), by torch's GELU backward kernel (one kernel where the formula written
+    out is eight; it has a derivative of its own), in the two inputs' common dtype."""
+    dt = torch.promote_types(g.dtype, z.dtype)
+    return torch.ops.aten.gelu_backward(g.to(dt), z.to(dt))
 
 
 def layernorm_vjp(x: torch.Tensor, g: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """g J_LN(x) per token: the error at LayerNorm's input given the error g at its output."""
-    xc = x - x.mean(-1, keepdim=True)
-    rstd = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + norm.eps)
-    xhat = xc * rstd
-    if norm.weight is not None:
-        g = g * norm.weight.detach()
-    return rstd * (g - g.mean(-1, keepdim=True) - xhat * (g * xhat).mean(-1, keepdim=True))
+    """g J_LN(x) per token: the error at LayerNorm's input given the error g at its output,
+    by torch's LayerNorm backward kernel (differentiable), in the inputs' common dtype."""
+    dt = torch.promote_types(x.dtype, g.dtype)
+    x, g = x.to(dt), g.to(dt)
+    w = None if norm.weight is None else norm.weight.detach().to(dt)
+    shape = norm.normalized_shape
+    _, mean, rstd = torch.native_layer_norm(x, shape, w, None, norm.eps)
+    grads = torch.ops.aten.native_layer_norm_backward(
+        g, x, shape, mean, rstd, w, None, [True, False, False]
+    )
+    return grads[0]
 
 
 def _read(x: torch.Tensor, dw: torch.Tensor, which: int) -> torch.Tensor:
@@ -150,7 +156,7 @@ class CMSBlock(nn.Module):
         block's input, g + g J_{MLP o LN}."""
         y, u, z, a = (c.detach() for c in cache)
         w2 = self.w2.weight.detach() + dw2
-        back = torch.bmm(g, w2) * _gelu_grad(z)
+        back = _gelu_vjp(torch.bmm(g, w2), z)
         if not carry:
             return (back, u), (g, a), None
         du = torch.bmm(back, self.w1.weight.detach() + dw1)
