@@ -85,8 +85,10 @@ def token_error(
     active = targets != IGNORE
     # float32 at least (bf16 logits), float64 when the model is
     p = F.softmax(logits.detach().to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    onehot = F.one_hot(targets.clamp(min=0), logits.shape[-1]).to(p.dtype)
-    err = (p - onehot) * active.unsqueeze(-1)
+    # p - onehot(y) as p with 1 taken off at y: one_hot reads the targets' range on the host
+    # at every call (a sync per segment of the CMS chain)
+    off = -active.unsqueeze(-1).to(p.dtype)  # ignored positions take nothing off
+    err = p.scatter_add(-1, targets.clamp(min=0).unsqueeze(-1), off) * active.unsqueeze(-1)
     return err @ head_weight.detach().to(p.dtype)
 
 
