@@ -211,11 +211,14 @@ class NeuralMemory(nn.Module):
     def _inputs(self, x: torch.Tensor):
         """k, v, q (B*H, T, d/H) and the gates (B*H, T) of each head, a head a row."""
         k, v, q = (self._to_heads(t) for t in self.proj(x).chunk(3, dim=-1))
-        g = self._to_heads(self.gates(x))
-        theta = self.cfg.memory_theta_max * torch.sigmoid(g[..., 0]) * self.write_scale
-        eta = torch.sigmoid(g[..., 1]) if self.cfg.memory_momentum else torch.zeros_like(theta)
-        alpha = torch.sigmoid(g[..., 2]) if self.cfg.memory_forget else torch.zeros_like(theta)
-        alpha = (alpha * self.write_scale).clamp(max=1.0)  # forgetting is a write too
+        # one sigmoid and one unbind for the three gates: their backward is one node each,
+        # where a sigmoid per column read through `[..., j]` took three and three zero fills
+        theta, eta, alpha = torch.sigmoid(self._to_heads(self.gates(x))).unbind(-1)
+        theta = theta * (self.cfg.memory_theta_max * self.write_scale)
+        eta = eta if self.cfg.memory_momentum else torch.zeros_like(theta)
+        alpha = alpha if self.cfg.memory_forget else torch.zeros_like(theta)
+        if self.write_scale != 1:  # forgetting is a write too
+            alpha = (alpha * self.write_scale).clamp(max=1.0)
         return F.normalize(k, dim=-1), v, F.normalize(q, dim=-1), theta, eta, alpha
 
     @staticmethod
