@@ -224,6 +224,17 @@ class MemoryLM(AttentionLM):
         }
         mems = self.memories()
         cap = getattr(mems[0].cfg, "memory_max_write", 0) if mems else 0
+        for i, mem in enumerate(mems):
+            # a memory whose writes are mostly cut is saturated: it stays finite, as the bound
+            # is there for, but it no longer stores what it reads (its loss, not a NaN, shows it)
+            bounded, writes = last.get(f"memory/{i}/bounded"), last.get(f"memory/{i}/writes")
+            share = bounded / (writes * mem.heads) if bounded and writes else 0.0
+            if share > 0.5:
+                out[f"memory.{i}.bounded"] = (
+                    f"memory of layer {i}: {share:.0%} of its writes cut to memory_max_write "
+                    f"{cap:g} (a saturated memory; weight norm "
+                    f"{last.get(f'memory/{i}/weight_norm', float('nan')):.3g})"
+                )
         bounded = [v for k, v in last.items() if k.startswith("memory/") and k.endswith("/bounded")]
         if cap and bounded and not any(bounded):
             biggest = max(

@@ -104,7 +104,7 @@ def test_never_firing_paths_become_warnings(corpus):
 
 
 @pytest.mark.parametrize("cap", [1e9, 1e-4])
-def test_a_memory_write_bound_that_never_binds_is_a_warning(corpus, cap):
+def test_a_memory_write_bound_that_never_binds_or_mostly_binds_is_a_warning(corpus, cap):
     t, hist = run(corpus, model={"memory_max_write": cap})
     bounded = hist[-1]["memory/0/bounded"]  # one layer
     assert (bounded == 0) == (cap == 1e9)
@@ -114,6 +114,10 @@ def test_a_memory_write_bound_that_never_binds_is_a_warning(corpus, cap):
         assert "never bound" in w["memory.max_write"]
     else:
         assert 0 < hist[-1]["memory/0/bound_rate"] <= 1
+    # a bound that cuts most writes is a saturated memory, and says so
+    assert ("memory.0.bounded" in w) == (cap == 1e-4)
+    if cap == 1e-4:
+        assert "saturated" in w["memory.0.bounded"]
 
 
 def test_hope_requires_a_chain_and_others_refuse_one():
