@@ -215,7 +215,8 @@ class MemoryLM(AttentionLM):
         return out
 
     def warnings(self, history: list[dict]) -> dict[str, str]:
-        """Inner-update paths that were configured but never fired in a run (pitfall 6)."""
+        """Inner-update paths that were configured but never fired in a run (pitfall 6), and
+        memories the write bound saturated."""
         last = history[-1] if history else {}
         out = {
             f"memory.{k.split('/')[1]}": f"memory of layer {k.split('/')[1]} wrote no token"
@@ -224,18 +225,21 @@ class MemoryLM(AttentionLM):
         }
         mems = self.memories()
         cap = getattr(mems[0].cfg, "memory_max_write", 0) if mems else 0
+        bounded = []  # each memory's count of writes the bound cut, where it keeps one
         for i, mem in enumerate(mems):
+            count, writes = last.get(f"memory/{i}/bounded"), last.get(f"memory/{i}/writes")
+            if count is None:
+                continue
+            bounded.append(count)
             # a memory whose writes are mostly cut is saturated: it stays finite, as the bound
             # is there for, but it no longer stores what it reads (its loss, not a NaN, shows it)
-            bounded, writes = last.get(f"memory/{i}/bounded"), last.get(f"memory/{i}/writes")
-            share = bounded / (writes * mem.heads) if bounded and writes else 0.0
+            share = count / (writes * mem.heads) if count and writes else 0.0
             if share > 0.5:
                 out[f"memory.{i}.bounded"] = (
                     f"memory of layer {i}: {share:.0%} of its writes cut to memory_max_write "
                     f"{cap:g} (a saturated memory; weight norm "
                     f"{last.get(f'memory/{i}/weight_norm', float('nan')):.3g})"
                 )
-        bounded = [v for k, v in last.items() if k.startswith("memory/") and k.endswith("/bounded")]
         if cap and bounded and not any(bounded):
             biggest = max(
                 (v for m in history for k, v in m.items() if k.endswith("/write_max")), default=0

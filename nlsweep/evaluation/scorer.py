@@ -97,9 +97,8 @@ class Scorer:
             m = need[:, s : s + self.window]
             sel, t = logits.float()[m], ys[m]
             # log_softmax picked at the targets, without writing a (N, V) tensor of it
-            lp[:, s : s + self.window][m] = sel.gather(-1, t.unsqueeze(-1)).squeeze(
-                -1
-            ) - torch.logsumexp(sel, -1)
+            picked = sel.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            lp[:, s : s + self.window][m] = picked - torch.logsumexp(sel, -1)
             hit[:, s : s + self.window][m] = sel.argmax(-1) == t
         self.last_state = state
         return lp, hit, kept
