@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +156,12 @@ def start_ray(plugins: list[str] | tuple = ()) -> Cluster:
 # SIGTERM; one keeps listening). Each local instance nlsweep starts is recorded in this user's
 # state folder: the driver and the processes Ray started, each with its start time (a reused
 # pid never matches). The next local start stops those of records whose driver is gone.
+# The raylet starts its agents on its own schedule, after `ray.init` may have returned (on a
+# loaded machine, seconds after), so the record is kept up to date while the instance runs.
+
+RECORD_EVERY_S = 2.0
+_recording = {"generation": 0}
+_record_lock = threading.Lock()
 
 
 def _records() -> Path:
@@ -179,18 +187,46 @@ def _same(ident: dict):
     return None
 
 
-def record_local_instance() -> None:
+def _write_record(path: Path, known: list[dict]) -> list[dict]:
+    """Add this driver's current descendants to `known` and write the record; the new list."""
     import psutil
 
     me = psutil.Process()
+    seen = {(d["pid"], d["started"]) for d in known}
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            ident = _ident(child)
+            if (ident["pid"], ident["started"]) not in seen:
+                known = [*known, ident]
+    with _record_lock:
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps({"driver": _ident(me), "processes": known}))
+        tmp.replace(path)
+    return known
+
+
+def record_local_instance() -> None:
+    """Record this driver's local instance, and keep the record current while Ray runs."""
+    import psutil
+
     folder = _records()
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"driver": _ident(me), "processes": [_ident(c) for c in me.children(recursive=True)]}
-    path = folder / f"{me.pid}.json"
-    tmp = path.with_suffix(".part")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
+    path = folder / f"{psutil.Process().pid}.json"
+    known = _write_record(path, [])
     atexit.register(lambda: path.unlink(missing_ok=True))
+    _recording["generation"] += 1
+    generation = _recording["generation"]
+
+    def keep_recording(known=known):
+        # ends with the instance (shutdown, or a newer instance's record replaces this one)
+        while _recording["generation"] == generation and ray.is_initialized():
+            time.sleep(RECORD_EVERY_S)
+            if not path.exists() or _recording["generation"] != generation:
+                return
+            with contextlib.suppress(OSError):
+                known = _write_record(path, known)
+
+    threading.Thread(target=keep_recording, name="nlsweep-ray-record", daemon=True).start()
 
 
 def stop_leftovers() -> int:

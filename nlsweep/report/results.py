@@ -166,7 +166,12 @@ def trial_table(sweep: SweepData) -> pd.DataFrame:
 
 
 def build_rows(trials: list[Trial], ctx: Context) -> list[Row]:
-    """One row per configuration (seeds pooled), compared with the baseline row."""
+    """One row per configuration (seeds pooled), compared with the baseline row.
+
+    A run killed between its creation and its first parameters names no configuration:
+    it belongs to no row (the sanity section still lists it as not finished), and a resumed
+    adaptive sweep runs its trial again."""
+    trials = [t for t in trials if all(f in t.factors for f in ctx.factors)]
     frame = trials_frame(trials, ctx)
     rows = []
     for _, g in frame.groupby("config", sort=False):

@@ -424,6 +424,10 @@ import psutil, ray
 from nlsweep.execution.cluster import start_ray
 start_ray()
 ray.get(ray.remote(lambda: 1).remote())
+if sys.argv[1] == "wait":  # a process started after the instance was recorded (as Ray's
+    import subprocess       # agents may be on a loaded machine) is stopped all the same
+    subprocess.Popen(["sleep", "600"])
+    time.sleep(3)
 me = psutil.Process()
 procs = [me, *me.children(recursive=True)]
 listening = set()

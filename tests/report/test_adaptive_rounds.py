@@ -8,7 +8,7 @@ import numpy as np
 from nlsweep.config.seeds import AdaptiveSeeds, seed_sequence
 from nlsweep.report import sequential as sq
 from nlsweep.report.adaptive import progress
-from nlsweep.report.results import Row, Trial
+from nlsweep.report.results import Context, Row, Trial, build_rows
 from nlsweep.report.stats import summarize
 from nlsweep.tracking.read import RunData
 
@@ -65,6 +65,19 @@ def test_failed_seeds_count_as_run_and_killed_ones_run_again():
     prog = progress([base, other], [0, 1, 2], ["variant"], PLAN)
     assert points(prog) == {("other", 2)}  # seed 1 failed: not again; seed 2 was killed
     assert prog.rows[0].n == 0 and prog.rows[0].state == sq.RUNNING
+
+
+def test_a_run_killed_before_its_parameters_belongs_to_no_row_and_its_trial_runs_again():
+    ctx = Context(None, "x", "val/bpc", "min", "grid", ["variant"], {"variant": "base"},
+                  {"variant": {"grid": ["base", "other"]}})  # fmt: skip
+    trials = [trial("base", s, 1.0 + s / 10) for s in range(3)]
+    trials += [trial("other", s, 2.0 + s / 7) for s in range(2)]
+    blank = RunData("r-blank", "x", "KILLED", 0, None, {}, {}, {})  # created, then killed
+    trials.append(Trial(blank, {}, None, None, None))
+    rows = build_rows(trials, ctx)
+    assert [r.label for r in rows] == ["variant=base", "variant=other"]
+    assert sum(len(r.trials) for r in rows) == 5
+    assert points(progress(rows, [0, 1, 2], ["variant"], PLAN)) == {("other", 2)}
 
 
 def test_seed_order_continues_after_the_largest_first_seed():
