@@ -2,7 +2,7 @@
 ratios measured in one run, and each kind's peak memory per trial at larger widths.
 
     python bench/memory_kinds.py [--steps 8] [--rounds 6] [--widths 256,768] [--chunks 16,64]
-                                 [--inner-chunk 16]
+                                 [--inner-chunk 16] [--compile]
 
 Speed: every variant of search_spaces/hope_vs_titan.yaml (its exact trial config, seed 0)
 is built in this process and trains one untimed step; then `--rounds` rounds each time
@@ -22,6 +22,8 @@ column is the speed ratio over that bound ratio: the share of the bound a kind r
 The speed table also has a row per mechanism of `VARIANTS` (memory_use mac and mag,
 persistent tokens, per-chunk gates, memory heads), each on top of its spec
 variant; the memory table has `--peak-kinds`.
+`--compile`: the speed table with every kind, the transformer included, under train.compile
+(compiled after untimed steps; the FLOPs are the same).
 A figure to read, not a test: nothing here asserts a speed.
 """
 
@@ -95,14 +97,16 @@ def trial(variant: str, steps: int, inner_chunk: int = 0, **model) -> dict:
 
 def interleaved_rates(configs: dict, steps: int, rounds: int) -> dict:
     """Training tokens/s of each config: the fastest of `rounds` rounds of `steps` steps,
-    the kinds taking turns within each round."""
+    the kinds taking turns within each round (after untimed steps: one, or under
+    train.compile two, as a carried state's first step compiles a second graph)."""
     from nlsweep.training.trainer import Trainer
     from nlsweep.training.trial import TrialConfig
 
     trainers = {k: Trainer(TrialConfig.from_dict(raw)) for k, raw in configs.items()}
     best = {}
-    for t in trainers.values():
-        t.train_step()
+    for k, t in trainers.items():
+        for _ in range(2 if configs[k]["train"].get("compile") else 1):
+            t.train_step()
     for _ in range(rounds):
         for k, t in trainers.items():
             t0 = time.perf_counter()
@@ -177,6 +181,8 @@ def main() -> None:
                     help="the kinds of the memory table")  # fmt: skip
     ap.add_argument("--inner-chunk", type=int, default=16, help="hope rows also at this "
                     "cms.inner_chunk (0: the exact chain only)")  # fmt: skip
+    ap.add_argument("--compile", action="store_true", help="every kind of the speed table, "
+                    "the transformer included, under train.compile (inductor)")  # fmt: skip
     ap.add_argument("--peak-child", nargs=4, metavar=("VARIANT", "D", "CHUNK", "INNER"))
     a = ap.parse_args()
     if a.peak_child:
@@ -185,13 +191,16 @@ def main() -> None:
     kinds = a.kinds.split(",")
     gpu = torch.cuda.is_available()
     where = torch.cuda.get_device_name(0) if gpu else f"CPU, {os.cpu_count()} cores"
-    print(f"device: {where}; torch {torch.__version__}; {SPEC.name} trial configs, seed 0, "
-          f"best of {a.rounds} rounds of {a.steps} steps, kinds in turn\n")  # fmt: skip
+    mode = ", train.compile" if a.compile else ""
+    print(f"device: {where}; torch {torch.__version__}; {SPEC.name} trial configs{mode}, seed "
+          f"0, best of {a.rounds} rounds of {a.steps} steps, kinds in turn\n")  # fmt: skip
     n = a.steps * a.rounds + 1  # each run long enough for all its timed steps
     configs = {k: trial(k, n) for k in kinds}
     for k in kinds if a.inner_chunk else ():
         if k in ("hope", "hope_attention"):  # the chunked chain beside the exact one
             configs[f"{k}, cms.inner_chunk {a.inner_chunk}"] = trial(k, n, a.inner_chunk)
+    for raw in configs.values() if a.compile else ():
+        raw["train"]["compile"] = True
     rates = interleaved_rates(configs, a.steps, a.rounds)
     flops = {k: step_flops(trial(k.split(",")[0], 1, a.inner_chunk if "," in k else 0))
              for k in rates}  # fmt: skip

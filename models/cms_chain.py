@@ -41,6 +41,10 @@ from torch import nn
 from models.deep_momentum import deep_momentum_step, init_keys
 from models.teach import IGNORE, TeachConfig, shape_signal, token_error
 
+# What `read_stats` logs of the teach signal (teach/<name>): the statistics of
+# `shape_signal`, then the teach scale, each a mean over active tokens; "tokens" weighs them.
+TEACH_STATS = ("norm", "clip_rate", "gate_rate", "scaled_norm", "scale", "tokens")
+
 
 def _gelu_vjp(g: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """g * gelu'(z), by torch's GELU backward kernel (one kernel where the formula written
@@ -195,7 +199,10 @@ class CMSChain(nn.Module):
         self.register_buffer("last_norm", torch.zeros(len(periods)))
         self.register_buffer("deep_share", torch.zeros(len(periods)))
         self.applied: dict[int, tuple] = {}  # level -> its last W2 step, the deep share
-        self.stats: dict[str, float] = {}
+        # the teach statistics times their tokens, summed since the last read (not saved:
+        # a restored run logs from its next read on)
+        self.register_buffer("teach_sums", torch.zeros(len(TEACH_STATS), dtype=torch.float64),
+                             persistent=False)  # fmt: skip
 
     def init_state(self, B: int, device, dtype=None) -> tuple:
         out = []
@@ -211,22 +218,24 @@ class CMSChain(nn.Module):
                     out += [keys.expand(B, *keys.shape).clone(), a2]
         return (*out, torch.zeros(B, dtype=torch.float64, device=device))
 
-    def _add_stats(self, st: dict, n: torch.Tensor) -> None:
-        """Accumulate per-token means weighted by the segment's active tokens `n`."""
-        w = float(n)
-        for k, v in st.items():
-            self.stats[k] = self.stats.get(k, 0.0) + float(v) * w
-        self.stats["tokens"] = self.stats.get("tokens", 0.0) + w
+    def _add_stats(self, st: dict, n: torch.Tensor, scale: float) -> None:
+        """Accumulate the teach signal's per-token means (`TEACH_STATS`), weighted by the
+        segment's active tokens `n`, on the device: read on the host when logged
+        (`read_stats`), not at every segment (under torch.compile a read splits the graph)."""
+        row = torch.stack([st[k] for k in TEACH_STATS[:-2]]).double()
+        self.teach_sums += torch.cat([row, row.new_tensor([scale, 1.0])]) * n
 
     def forward(self, h, state, head: nn.Linear, norm_out, targets, scale: float):
         """Logits of every position, predicting each segment with the fast weights of the
         tokens before it; with targets and scale > 0 the fast weights learn as they go."""
         B, T, _ = h.shape
+        # rows move in lockstep: one host read per call, none without a state (under
+        # torch.compile a host read splits the graph)
+        c0 = 0 if state is None else int(state[-1][0].item())
         state = self.init_state(B, h.device, h.dtype) if state is None else state
         n = self.stride
         fast = [list(state[n * i : n * i + n]) for i in range(len(self.blocks))]
         clock = state[-1]
-        c0 = int(clock[0].item())  # rows move in lockstep: one host read per call
         learn = targets is not None and scale > 0
         t0, logits_all, stepped = 0, [], {}
         banks = None
@@ -274,7 +283,7 @@ class CMSChain(nn.Module):
             err = token_error(logits, targets, head.weight).to(y.dtype)
             err, st = shape_signal(err, scale, self.teach, active)
             if self.training:
-                self._add_stats({**st, "scale": scale}, active.sum())
+                self._add_stats(st, active.sum(), scale)
             g = layernorm_vjp(y.detach(), err, norm_out)  # the error at y_L
             factors = [None] * len(self.blocks)
             for i in reversed(range(len(self.blocks))):
@@ -339,8 +348,8 @@ class CMSChain(nn.Module):
             out[f"cms_inner/{i}_p{p}/update_norm"] = float(self.last_norm[i].item())
             if self.deep:
                 out[f"cms_inner/{i}_p{p}/deep_share"] = float(self.deep_share[i].item())
-        n = self.stats.pop("tokens", 0.0)
-        for k, v in self.stats.items():
-            out[f"teach/{k}"] = v / max(n, 1)
-        self.stats = {}
+        sums = self.teach_sums.tolist()
+        if sums[-1]:  # tokens
+            out.update({f"teach/{k}": v / sums[-1] for k, v in zip(TEACH_STATS[:-1], sums)})
+        self.teach_sums.zero_()
         return out

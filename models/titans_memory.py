@@ -173,9 +173,10 @@ class NeuralMemory(nn.Module):
     def _split(self, batch: int, state):
         """(weights, momenta, chunk-start weights, position in chunk) from `state` or the
         initial memory; one host read of the position per call."""
-        state = self.init_state(batch) if state is None else state
         n = len(self.init_weights)
-        pos = int(state[3 * n][0].item())
+        # (no read without a state: under torch.compile a host read splits the graph)
+        pos = 0 if state is None else int(state[3 * n][0].item())
+        state = self.init_state(batch) if state is None else state
         ws, ss, cs = ([self._by_head(w) for w in state[a * n : (a + 1) * n]] for a in range(3))
         return ws, ss, cs, pos
 
@@ -313,7 +314,13 @@ class NeuralMemory(nn.Module):
         if over is not None:
             self.bounded += over.sum()
         self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
-        self._last = [t.detach() for t in (*ws, *inputs, size)] + [over]
+        last = [t.detach() for t in (*ws, *inputs, size)]
+        if torch.compiler.is_compiling():
+            # the graph that resumes after a host read (a carried state's chunk position)
+            # rebuilt the detached views kept here at the wrong shape (torch 2.13: "shape
+            # [16, 64, 96] is invalid for input of size 32768"); copies it hands out intact
+            last = [t.clone() for t in last]
+        self._last = last + [over]
 
     def recall_queries(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised queries q_t of x (B, T, d) in heads, for `recall` (the query third

@@ -17,6 +17,8 @@ products are those of one gate per chunk (`chunk_gate_products`); the rest is un
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -41,9 +43,22 @@ def decay(rate: torch.Tensor):
     return torch.exp(diff.masked_fill(~lower, float("-inf"))), torch.exp(logs)
 
 
-# Eager under torch.compile: compiled with bf16 autocast, the memory's backward gave NaN
-# at the second step of a titans trial (eager bf16 and compiled fp32 trained normally).
-@torch.compiler.disable
+def eager_under_autocast(fn):
+    """`fn`, compiled with the rest of a `torch.compile`d forward in full precision, run eagerly
+    under autocast: compiled with bf16 autocast, the memory's backward gave NaN at the second
+    step of a titans trial (eager bf16 and compiled fp32 trained normally)."""
+    eager = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+            return eager(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
+
+
+@eager_under_autocast
 def segment_gates(
     cuts: list[int], eta: torch.Tensor, alpha: torch.Tensor, whole: bool, per_chunk: bool
 ):
@@ -119,7 +134,7 @@ def gate_products(eta: torch.Tensor, alpha: torch.Tensor):
     return PA[..., :n], PA[..., n], F0, E0, E[..., -1, :]
 
 
-@torch.compiler.disable
+@eager_under_autocast
 def ends(ws, ss, fs, rate, gates, i: int, anchors):
     """The W and S after segment i (from its start `ws`, `ss`, factors and rates). Both
     are X^T (c_s y_s) plus the carried W, S: one product of X^T with the two coefficient
@@ -140,7 +155,7 @@ def ends(ws, ss, fs, rate, gates, i: int, anchors):
     return new_ws, new_ss
 
 
-@torch.compiler.disable
+@eager_under_autocast
 def reads(segs, q: torch.Tensor, cuts: list[int], gates, anchors) -> torch.Tensor:
     """Every read-out y_t = M_{W_t}(q_t), one batch per group of equally long segments:
     `segs` holds each segment's factors, rates and start W, S; `anchors` what forgetting

@@ -5,7 +5,7 @@ import torch
 
 from models.cms import CMSConfig
 from models.hope import Hope, HopeAttention, HopeAttentionConfig, HopeConfig
-from models.teach import IGNORE, TeachConfig
+from models.teach import IGNORE, TeachConfig, shape_signal
 from nlsweep.data.config import DataConfig
 from nlsweep.data.load import load_corpus
 from nlsweep.training.trainer import Trainer
@@ -39,6 +39,35 @@ def test_cms_blocks_update_exactly_at_their_token_periods():
     assert state[-1].tolist() == [30.0, 30.0]  # the token clock
     # pending sums: level 1 holds tokens 29..30 (2 since its last update at 28)
     assert state[6 + 2].abs().sum() > 0 and state[2].abs().sum() == 0
+
+
+def test_teach_statistics_are_token_weighted_means_over_the_segments_since_the_last_read(
+    monkeypatch,
+):
+    import models.cms_chain as chain_module
+
+    seen = []
+
+    def recording(err, scale, cfg, active):
+        out, st = shape_signal(err, scale, cfg, active)
+        seen.append(({k: float(v) for k, v in st.items()}, int(active.sum()), scale))
+        return out, st
+
+    monkeypatch.setattr(chain_module, "shape_signal", recording)
+    model = hope_attention(clip=0.2, threshold=0.55).train()
+    y = batch()[1]
+    y[0, :3] = IGNORE  # segments whose active tokens differ: the means are weighted
+    model.teach_scale = 0.5
+    model(batch()[0], None, targets=y)
+    model.teach_scale = 0.25
+    model(*batch(seed=1)[:1], None, targets=batch(seed=1)[1])
+    got, n = model.chain.read_stats(), sum(t for _, t, _ in seen)
+    assert len(seen) == 2 * 10 and n == 2 * 2 * 10 - 3
+    for k in ("norm", "clip_rate", "gate_rate", "scaled_norm"):
+        assert got[f"teach/{k}"] == pytest.approx(sum(st[k] * t for st, t, _ in seen) / n)
+    assert got["teach/scale"] == pytest.approx(sum(s * t for _, t, s in seen) / n)
+    assert 0 < got["teach/clip_rate"] < 1 and 0 < got["teach/gate_rate"] < 1
+    assert not any(k.startswith("teach/") for k in model.chain.read_stats())  # summed anew
 
 
 def test_a_prediction_never_uses_its_own_or_later_targets():

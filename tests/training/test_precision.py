@@ -1,6 +1,8 @@
 """bf16 autocast and torch.compile: what changes (the arithmetic) and what must not (the
 float32 training state, exact checkpoints)."""
 
+import math
+
 import pytest
 import torch
 
@@ -73,6 +75,50 @@ def test_compiled_equals_eager():
     assert compiled == pytest.approx(eager, rel=1e-5)
     for a, b in zip(e.model.parameters(), c.model.parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+TITANS = {
+    "model": {"kind": "titans", "d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0,
+              "memory_chunk": 8},
+    "optim": {"kind": "adamw", "lr": 3e-3},
+    "data": {"corpus": "pydoc", "seq_len": 16, "batch_size": 4},
+    "train": {"steps": 50, "eval_every": 25, "eval_batches": 2, "seed": 1, "threads": 1,
+              "final_eval": "sampled"},
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["reset", "persistent"])
+def test_a_compiled_titans_memory_equals_eager(mode):
+    """The memory compiles with the rest of the forward (one graph when no state is carried:
+    no graph break), and a carried state, whose chunk position is read on the host, still
+    trains as the eager model does."""
+    from torch._dynamo.utils import counters
+
+    raw = {**TITANS, "state": {"mode": mode}}
+    torch._dynamo.reset()
+    counters.clear()
+    e, c = trainer(raw, steps=4), trainer(raw, steps=4, compile=True)
+    eager = [e.train_step() for _ in range(4)]
+    compiled = [c.train_step() for _ in range(4)]
+    assert compiled == pytest.approx(eager, rel=1e-5)
+    for a, b in zip(e.model.parameters(), c.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert int(c.model.memories()[0].writes) == 4 * 4 * 16  # the compiled memory wrote
+    breaks = dict(counters["graph_break"])
+    if mode == "reset":
+        assert breaks == {}, breaks
+    else:
+        assert all("item" in reason for reason in breaks), breaks
+
+
+@pytest.mark.slow
+def test_a_compiled_titans_trains_in_bf16():
+    """Under bf16 autocast the memory runs eagerly inside the compiled forward (compiled, its
+    backward gave NaN at the second step)."""
+    t = trainer(TITANS, steps=4, compile=True, precision="bf16")
+    losses = [t.train_step() for _ in range(4)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize(
