@@ -144,14 +144,16 @@ class SelfModMemory(nn.Module):
         return (*ws, *ws, pos)
 
     def _split(self, batch: int, state):
-        state = self.init_state(batch) if state is None else state
         counts = [len(self.shapes[n]) for n in NAMES]
         half = sum(counts)
+        # (no read without a state: under torch.compile a host read splits the graph)
+        pos = 0 if state is None else int(state[2 * half][0].item())
+        state = self.init_state(batch) if state is None else state
         cur, start, i = {}, {}, 0
         for n, c in zip(NAMES, counts):
             cur[n], start[n] = list(state[i : i + c]), list(state[half + i : half + i + c])
             i += c
-        return cur, start, int(state[2 * half][0].item())
+        return cur, start, pos
 
     def _state(self, cur: dict, start: dict, pos: int):
         ws = [w for n in NAMES for w in cur[n]]
@@ -234,7 +236,10 @@ class SelfModMemory(nn.Module):
                 moved = cur["o"][1] - self.init_weights["o_1"]
                 self.update_norm.copy_(moved.flatten(1).norm(dim=1).mean())
                 eta, a, v = (torch.cat(t, dim=1) for t in zip(*gates))
-                self._last = {"eta": eta, "a": a, "v": v, "w": cur["o"][1].detach()}
+                last = {"eta": eta, "a": a, "v": v, "w": cur["o"][1].detach()}
+                if torch.compiler.is_compiling():  # as in NeuralMemory._record (torch 2.13)
+                    last = {k: t.clone() for k, t in last.items()}
+                self._last = last
         y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
         return self.out(y), self._state(cur, start, pos)
 

@@ -87,15 +87,25 @@ TITANS = {
 }  # fmt: skip
 
 
+SELFMOD = {
+    **TITANS,
+    "model": {**TITANS["model"], "kind": "hope_selfmod"},
+    "cms": {"token_periods": [4, 8], "inner_lr": 1e-3},
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["reset", "persistent"])
-def test_a_compiled_titans_memory_equals_eager(mode):
+@pytest.mark.parametrize(
+    "raw, mode", [(TITANS, "reset"), (TITANS, "persistent"), (SELFMOD, "reset")],
+    ids=["titans-reset", "titans-persistent", "hope_selfmod-reset"],
+)  # fmt: skip
+def test_a_compiled_memory_equals_eager(raw, mode):
     """The memory compiles with the rest of the forward (one graph when no state is carried:
     no graph break), and a carried state, whose chunk position is read on the host, still
     trains as the eager model does."""
     from torch._dynamo.utils import counters
 
-    raw = {**TITANS, "state": {"mode": mode}}
+    raw = {**raw, "state": {"mode": mode}}
     torch._dynamo.reset()
     counters.clear()
     e, c = trainer(raw, steps=4), trainer(raw, steps=4, compile=True)
