@@ -68,23 +68,27 @@ def test_bf16_lstm_is_refused_in_one_line_on_a_cpu_without_bf16_kernels():
         trainer(LSTM, precision="bf16")
 
 
-def test_compiled_equals_eager():
-    e, c = trainer(TRANSFORMER, steps=6), trainer(TRANSFORMER, steps=6, compile=True)
-    eager = [e.train_step() for _ in range(6)]
-    compiled = [c.train_step() for _ in range(6)]
+def compiled_against_eager(raw: dict, steps: int) -> Trainer:
+    """Train `raw` eagerly and compiled for `steps` steps: the same losses and weights; the
+    compiled trainer."""
+    e, c = trainer(raw, steps=steps), trainer(raw, steps=steps, compile=True)
+    eager = [e.train_step() for _ in range(steps)]
+    compiled = [c.train_step() for _ in range(steps)]
     assert compiled == pytest.approx(eager, rel=1e-5)
     for a, b in zip(e.model.parameters(), c.model.parameters()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    return c
 
 
-TITANS = {
-    "model": {"kind": "titans", "d_model": 32, "n_layers": 1, "n_heads": 2, "dropout": 0.0,
-              "memory_chunk": 8},
-    "optim": {"kind": "adamw", "lr": 3e-3},
-    "data": {"corpus": "pydoc", "seq_len": 16, "batch_size": 4},
-    "train": {"steps": 50, "eval_every": 25, "eval_batches": 2, "seed": 1, "threads": 1,
-              "final_eval": "sampled"},
-}  # fmt: skip
+def test_compiled_equals_eager():
+    compiled_against_eager(TRANSFORMER, 6)
+
+
+TITANS = {  # the transformer's settings, one layer, 16 tokens: each compile takes ~30 s
+    **TRANSFORMER,
+    "model": {**TRANSFORMER["model"], "kind": "titans", "n_layers": 1, "memory_chunk": 8},
+    "data": {**TRANSFORMER["data"], "seq_len": 16, "batch_size": 4},
+}
 
 
 SELFMOD = {
@@ -108,12 +112,7 @@ def test_a_compiled_memory_equals_eager(raw, mode):
     raw = {**raw, "state": {"mode": mode}}
     torch._dynamo.reset()
     counters.clear()
-    e, c = trainer(raw, steps=4), trainer(raw, steps=4, compile=True)
-    eager = [e.train_step() for _ in range(4)]
-    compiled = [c.train_step() for _ in range(4)]
-    assert compiled == pytest.approx(eager, rel=1e-5)
-    for a, b in zip(e.model.parameters(), c.model.parameters()):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    c = compiled_against_eager(raw, 4)
     assert int(c.model.memories()[0].writes) == 4 * 4 * 16  # the compiled memory wrote
     breaks = dict(counters["graph_break"])
     if mode == "reset":
