@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.common import position
 from models.deep_momentum import deep_momentum_step, init_keys
 from models.teach import IGNORE, TeachConfig, shape_signal, token_error
 
@@ -229,9 +230,7 @@ class CMSChain(nn.Module):
         """Logits of every position, predicting each segment with the fast weights of the
         tokens before it; with targets and scale > 0 the fast weights learn as they go."""
         B, T, _ = h.shape
-        # rows move in lockstep: one host read per call, none without a state (under
-        # torch.compile a host read splits the graph)
-        c0 = 0 if state is None else int(state[-1][0].item())
+        c0 = position(state, -1)
         state = self.init_state(B, h.device, h.dtype) if state is None else state
         n = self.stride
         fast = [list(state[n * i : n * i + n]) for i in range(len(self.blocks))]

@@ -1,4 +1,5 @@
-"""Shared pieces of the model package: ownership checks, parameter counts, state detaching.
+"""Shared pieces of the model package: ownership checks, parameter counts, state detaching,
+the position a state carries and the tensors a model keeps for its diagnostics.
 
 `models/` never imports yaml, ray or mlflow: configs here are plain dataclasses that check
 their own values in `__post_init__` and raise `ConfigError(key, expected)`; the harness adds
@@ -14,7 +15,15 @@ from torch import nn
 
 from models.errors import ConfigError, require
 
-__all__ = ["ConfigError", "check_ownership", "detach_state", "param_count", "require"]
+__all__ = [
+    "ConfigError",
+    "check_ownership",
+    "detach_state",
+    "kept",
+    "param_count",
+    "position",
+    "require",
+]
 
 
 def check_ownership(model: nn.Module, groups: Mapping[str, Iterable[nn.Parameter]]) -> None:
@@ -49,3 +58,18 @@ def detach_state(state):
     if isinstance(state, torch.Tensor):
         return state.detach()
     return type(state)(detach_state(s) for s in state)
+
+
+def position(state, i: int) -> int:
+    """The token position a recurrent state carries at `state[i]` (per row; rows move in
+    lockstep, so row 0's), 0 without a state: one host read per call, and none without a
+    state, since under torch.compile a host read splits the graph."""
+    return 0 if state is None else int(state[i][0].item())
+
+
+def kept(t: torch.Tensor) -> torch.Tensor:
+    """`t` detached, kept past the call for diagnostics. A copy under torch.compile: the graph
+    that resumes after a host read (`position`) rebuilt such detached views at the wrong shape
+    (torch 2.13: "shape [16, 64, 96] is invalid for input of size 32768")."""
+    t = t.detach()
+    return t.clone() if torch.compiler.is_compiling() else t

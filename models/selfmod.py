@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import require
+from models.common import kept, position, require
 from models.hope import _Hope
 from models.teach import TeachConfig
 from models.titans import MemoryLM
@@ -146,8 +146,7 @@ class SelfModMemory(nn.Module):
     def _split(self, batch: int, state):
         counts = [len(self.shapes[n]) for n in NAMES]
         half = sum(counts)
-        # (no read without a state: under torch.compile a host read splits the graph)
-        pos = 0 if state is None else int(state[2 * half][0].item())
+        pos = position(state, 2 * half)
         state = self.init_state(batch) if state is None else state
         cur, start, i = {}, {}, 0
         for n, c in zip(NAMES, counts):
@@ -236,10 +235,8 @@ class SelfModMemory(nn.Module):
                 moved = cur["o"][1] - self.init_weights["o_1"]
                 self.update_norm.copy_(moved.flatten(1).norm(dim=1).mean())
                 eta, a, v = (torch.cat(t, dim=1) for t in zip(*gates))
-                last = {"eta": eta, "a": a, "v": v, "w": cur["o"][1].detach()}
-                if torch.compiler.is_compiling():  # as in NeuralMemory._record (torch 2.13)
-                    last = {k: t.clone() for k, t in last.items()}
-                self._last = last
+                self._last = {k: kept(t) for k, t in zip(("eta", "a", "v", "w"),
+                                                         (eta, a, v, cur["o"][1]))}  # fmt: skip
         y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
         return self.out(y), self._state(cur, start, pos)
 

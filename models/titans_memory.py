@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.common import require
+from models.common import kept, position, require
 from models.deep_momentum import check_choice
 from models.titans_scan import chunk_cuts, ends, merge_groups, reads, segment_gates
 
@@ -174,8 +174,7 @@ class NeuralMemory(nn.Module):
         """(weights, momenta, chunk-start weights, position in chunk) from `state` or the
         initial memory; one host read of the position per call."""
         n = len(self.init_weights)
-        # (no read without a state: under torch.compile a host read splits the graph)
-        pos = 0 if state is None else int(state[3 * n][0].item())
+        pos = position(state, 3 * n)
         state = self.init_state(batch) if state is None else state
         ws, ss, cs = ([self._by_head(w) for w in state[a * n : (a + 1) * n]] for a in range(3))
         return ws, ss, cs, pos
@@ -314,13 +313,7 @@ class NeuralMemory(nn.Module):
         if over is not None:
             self.bounded += over.sum()
         self.update_norm.copy_(sum(s.flatten(1).norm(dim=1).mean() for s in ss))
-        last = [t.detach() for t in (*ws, *inputs, size)]
-        if torch.compiler.is_compiling():
-            # the graph that resumes after a host read (a carried state's chunk position)
-            # rebuilt the detached views kept here at the wrong shape (torch 2.13: "shape
-            # [16, 64, 96] is invalid for input of size 32768"); copies it hands out intact
-            last = [t.clone() for t in last]
-        self._last = last + [over]
+        self._last = [kept(t) for t in (*ws, *inputs, size)] + [over]
 
     def recall_queries(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised queries q_t of x (B, T, d) in heads, for `recall` (the query third
