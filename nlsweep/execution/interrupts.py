@@ -73,6 +73,12 @@ class Interrupts:
         finally:
             self._in_fit = False
 
+    def check(self) -> None:
+        """KeyboardInterrupt if a signal came: the handler's own can be lost, where the
+        signal lands while Python runs a finalizer (it prints "Exception ignored in")."""
+        if self.signal is not None:
+            raise KeyboardInterrupt
+
     def _handle(self, sig: int, frame) -> None:
         first = self.signal is None
         self.signal = self.signal or sig

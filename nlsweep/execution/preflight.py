@@ -342,7 +342,9 @@ def prepare(
             # a round killed while Tune created it: its tuner.pkl is never loaded (the
             # round is recomputed from the store and its Tune run made again)
             unread = (TUNER_FILE,) if marker.opening else ()
-            seal.verify(path, tracker, marker.parent_run_id, unread)
+            for name in seal.verify(path, tracker, marker.parent_run_id, unread):
+                out(f"{path}/{name}: cut short (its upload was interrupted); wrote back the "
+                    f"whole version this sweep recorded in {seal.kept_dir(path)}")  # fmt: skip
     elif resume:
         out(f"nothing to resume at {path}: starting the sweep")
     if restart and restorable(path):

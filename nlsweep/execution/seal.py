@@ -7,7 +7,7 @@ a bucket) could run code as the user who resumes. A sweep therefore records the 
 every file at the top of its experiment folder as Tune writes it, in places the storage's
 writers cannot change:
 
-- the MLflow parent run's tags `nlsweep.execution.seal.FILE` (the tracking store, not the storage),
+- the MLflow parent run's tags `nlsweep.seal.FILE` (the tracking store, not the storage),
 - a file in this user's state folder on the machine where Tune runs
   (`$NLSWEEP_STATE`, else `$XDG_STATE_HOME/nlsweep`, else `~/.local/state/nlsweep`), which
   also covers a sweep that stopped while the tracking store was away.
@@ -18,6 +18,12 @@ any moment leaves nothing in storage that was not recorded first. Before anythin
 earlier run is read, every file at the top of the folder must match one of the last
 `KEEP` versions recorded under its name; nlsweep's own files there are JSON, read as data.
 Trial checkpoints are loaded with `torch.load(weights_only=True)` and need no seal.
+
+Tune's upload of a file is not atomic: a driver killed while it copies one leaves that file
+cut short in storage. The local record therefore keeps the recorded versions' contents too
+(`seals/<experiment>/<sha256>`), and a file that is the beginning of one of them is written
+back whole (said on the console), never loaded as it is. On another machine, or with the
+state folder gone, such a file is refused like any other.
 What this cannot stop: a writer who changes a file between this check and Ray's read of it
 (seconds), and a store whose tracking database the same writer controls.
 """
@@ -65,6 +71,11 @@ def local_record_path(experiment: str) -> Path:
     return state_dir() / "seals" / f"{digest(experiment.encode())[:32]}.json"
 
 
+def kept_dir(experiment: str) -> Path:
+    """The contents of the recorded versions, one file per sha256."""
+    return local_record_path(experiment).with_suffix("")
+
+
 def read_local(experiment: str) -> dict[str, list[str]]:
     try:
         raw = json.loads(local_record_path(experiment).read_text())
@@ -96,10 +107,24 @@ def top_files(experiment: str) -> dict[str, bytes]:
     return out
 
 
-def verify(experiment: str, tracker, parent_id: str, unread: tuple[str, ...] = ()) -> None:
+def whole_version(experiment: str, name: str, data: bytes) -> bytes | None:
+    """The newest version of `name` kept on this machine that `data` is the beginning of
+    (an upload cut short), or None."""
+    for d in read_local(experiment).get(name, []):
+        try:
+            kept = (kept_dir(experiment) / d).read_bytes()
+        except OSError:
+            continue
+        if len(data) < len(kept) and kept.startswith(data) and digest(kept) == d:
+            return kept
+    return None
+
+
+def verify(experiment: str, tracker, parent_id: str, unread: tuple[str, ...] = ()) -> list[str]:
     """Raise ExperimentError (one line) unless every file Ray would deserialise at the top
     of `experiment` is a version this sweep recorded; `unread`: files the resume will not
-    load (it writes them anew), left unchecked."""
+    load (it writes them anew), left unchecked. A file cut short whose whole version this
+    machine kept is written back whole first; returns the names of those files."""
     try:
         files = {k: v for k, v in top_files(experiment).items() if k not in unread}
     except OSError as e:
@@ -116,14 +141,24 @@ def verify(experiment: str, tracker, parent_id: str, unread: tuple[str, ...] = (
             "nlsweep recorded them, or from another machine); resume runs no code from "
             "storage it cannot vouch for: use --restart"
         )
+    restored = []
     for name, data in sorted(files.items()):
-        if digest(data) not in known.get(name, []):
+        if digest(data) in known.get(name, []):
+            continue
+        whole = whole_version(experiment, name, data) if name in known else None
+        if whole is not None:
+            fs, root = filesystem(f"{experiment.rstrip('/')}/{name}")
+            with fs.open_output_stream(root) as f:  # cut short again: mended again
+                f.write(whole)
+            restored.append(name)
+        else:
             what = "truncated or replaced" if name in known else "not written by this sweep"
             raise ExperimentError(
                 f"{experiment}/{name}: {what} (sha256 {digest(data)[:12]}... matches no "
                 f"version recorded in MLflow run {parent_id[:8]} or {state_dir()}); resume "
                 "runs no code from storage it cannot vouch for: restore the file, or --restart"
             )
+    return restored
 
 
 class Seal:
@@ -150,17 +185,27 @@ class Seal:
     def add(self, files: dict[str, bytes]) -> None:
         """Record these contents (file name -> bytes) as versions this sweep wrote."""
         record = self._load()
+        kept = kept_dir(self.experiment)
+        kept.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             d = digest(data)
             old = record.get(name, [])
+            if not (kept / d).exists():  # before the record names it
+                tmp = kept / f"{d}.{os.getpid()}.part"
+                tmp.write_bytes(data)
+                tmp.replace(kept / d)
             if not old or old[0] != d:
                 record[name] = [d, *[x for x in old if x != d]][:KEEP]
                 self._tags_due.add(name)
         path = local_record_path(self.experiment)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
         tmp.write_text(json.dumps(record))
         tmp.replace(path)  # synchronous and local: recorded before Tune uploads the files
+        named = {d for digests in record.values() for d in digests}
+        for f in kept.iterdir():
+            if f.name not in named:  # a version no longer recorded, or a killed write
+                with contextlib.suppress(OSError):
+                    f.unlink()
         self._write_tags()
 
     def _write_tags(self) -> None:

@@ -270,14 +270,20 @@ def run_sweep(
                 from nlsweep.report.writer import write_report  # scipy, matplotlib: only now
 
                 report = write_report(
-                    spec.tracking_uri, spec.name, report_dir / f"{spec.name}.md", parent_id
+                    spec.tracking_uri,
+                    spec.name,
+                    report_dir / f"{spec.name}.md",
+                    parent_id,
+                    check=stops.check,
                 )
                 out(f"report: {report} (and in MLflow, parent run {parent_id[:8]}: report/)")
+                if stops.signal is not None:  # while it was stored: lost in a finalizer
+                    out(f"interrupted by {stops.name} while the report was stored in MLflow; "
+                        f"store it again with: {report_command(spec, parent_id)}")  # fmt: skip
+                    return stops.exit_code
         except KeyboardInterrupt:
-            again = shlex.join(["nlsweep", "report", os.path.abspath(spec.path), "--tracking-uri",
-                                spec.tracking_uri, "--run-id", parent_id])  # fmt: skip
             out(f"interrupted by {stops.name} after every trial had ended, before the report "
-                f"was written; write it with: {again}")  # fmt: skip
+                f"was written; write it with: {report_command(spec, parent_id)}")  # fmt: skip
             return stops.exit_code
         return 0 if not failed else 1
     finally:
@@ -287,6 +293,11 @@ def run_sweep(
         if cluster is not None and cluster.started_here:
             ray.shutdown()
         lock.release()
+
+
+def report_command(spec: Spec, parent_id: str) -> str:
+    return shlex.join(["nlsweep", "report", os.path.abspath(spec.path), "--tracking-uri",
+                       spec.tracking_uri, "--run-id", parent_id])  # fmt: skip
 
 
 def next_seeds(spec: Spec, parent_id: str, out) -> list[dict] | None:

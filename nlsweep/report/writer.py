@@ -27,6 +27,7 @@ the previous upload, so the tracking server shows the report beside the numbers.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from nlsweep.report.adaptive import progress_of
@@ -48,9 +49,15 @@ from nlsweep.tracking.store import TrackingError, publish_report
 
 
 def write_report(
-    tracking_uri: str, experiment: str, out: Path, parent_run_id: str | None = None
+    tracking_uri: str,
+    experiment: str,
+    out: Path,
+    parent_run_id: str | None = None,
+    check: Callable[[], None] | None = None,
 ) -> Path:
-    """Read the sweep from MLflow, write `out` (markdown), its figures and CSV; return `out`."""
+    """Read the sweep from MLflow, write `out` (markdown), its figures and CSV; return `out`.
+    `check` is called before the report is put in place: where it raises, the report is
+    neither written nor stored in MLflow."""
     sweep = read_sweep(tracking_uri, experiment, parent_run_id)
     ctx = read_context(sweep)
     trials = [read_trial(r, ctx) for r in sweep.trials]
@@ -80,6 +87,12 @@ def write_report(
     lines += ["", "## Sanity checks", "", *sanity_section(trials, ctx), ""]
     tmp = out.with_name(out.name + ".part")
     tmp.write_text("\n".join(lines))
+    if check is not None:
+        try:
+            check()
+        except BaseException:
+            tmp.unlink()
+            raise
     tmp.replace(out)  # a reader never sees half a report
     try:
         publish_report(tracking_uri, sweep.parent.run_id, out, fig_dir)

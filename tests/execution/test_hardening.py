@@ -360,6 +360,7 @@ def test_resume_runs_no_code_from_storage(write_spec, tmp_path, monkeypatch, cap
     import ray.cloudpickle as cloudpickle
     from ray.tune.utils.serialization import TuneFunctionEncoder
 
+    from nlsweep.execution.seal import kept_dir
     from nlsweep.tracking.store import Tracker
     from nlsweep.tracking.tags import TAG_ROLE
 
@@ -388,6 +389,16 @@ def test_resume_runs_no_code_from_storage(write_spec, tmp_path, monkeypatch, cap
         "tuner.pkl": (exp / "tuner.pkl").read_bytes()[:100],
         state.name: state.read_bytes()[:1000],
     }
+    for name, data in truncated.items():  # an upload cut short: written back whole
+        target = exp / name
+        original = target.read_bytes()
+        target.write_bytes(data)
+        assert main(["run", str(spec), "--resume"]) == 0, name
+        said = capsys.readouterr().out
+        assert f"{exp}/{name}: cut short (its upload was interrupted); wrote back " in said
+        assert target.read_bytes() == original and not flag.exists()
+    kept = kept_dir(str(exp))
+    kept.rename(kept.with_name("away"))  # a resume on another machine: no copy to write back
     for name, data in [*tampered.items(), *truncated.items()]:  # one file at a time
         target = exp / name
         original = target.read_bytes() if target.exists() else None
@@ -630,3 +641,47 @@ def test_seal_records_this_sweeps_tuner_state_over_an_earlier_one(tmp_path, monk
     record = read_local(str(exp))
     assert record["tuner.pkl"][0] == digest(b"this sweep")
     assert record["experiment_state-x.json"] == [digest(b"{}")]
+
+
+def test_a_file_cut_short_is_written_back_whole_from_this_machines_record(tmp_path, monkeypatch):
+    """Tune's upload is a plain copy: a driver killed during one leaves the file cut short
+    in storage. Resume writes back the whole version this machine kept, and only where the
+    file is the beginning of one; anything else, or no copy kept, is refused as before."""
+    from nlsweep.execution.experiment import ExperimentError
+    from nlsweep.execution.seal import KEEP, Seal, digest, kept_dir, verify
+
+    class Store:  # the tracking store, away: only the local record vouches
+        def tags(self, run_id):
+            raise OSError("away")
+
+    monkeypatch.setenv("NLSWEEP_STATE", str(tmp_path / "state"))
+    exp, staging = tmp_path / "ray" / "tiny", tmp_path / "staging"
+    exp.mkdir(parents=True), staging.mkdir()
+    seal = Seal(f"sqlite:///{tmp_path / 'm.db'}", "run", str(exp))
+    (exp / "tuner.pkl").write_bytes(b"tuner")
+    versions = [bytes([65 + i]) * (100 + i) for i in range(KEEP + 1)]
+    for v in versions:  # Tune's saves: staged, recorded, then uploaded
+        (staging / "searcher-state.pkl").write_bytes(v)
+        seal.add_folder(str(staging))
+        (exp / "searcher-state.pkl").write_bytes(v)
+    # only the recorded versions' contents are kept
+    assert sorted(p.name for p in kept_dir(str(exp)).iterdir()) == sorted(
+        digest(v) for v in [b"tuner", *versions[1:]]
+    )
+    state = exp / "searcher-state.pkl"
+    for cut in (b"", versions[-2][:57], versions[-1][:99]):
+        state.write_bytes(cut)
+        assert verify(str(exp), Store(), "run") == ["searcher-state.pkl"]
+        whole = versions[-1] if cut[:1] != b"C" else versions[-2]  # the one it began
+        assert state.read_bytes() == whole
+        assert verify(str(exp), Store(), "run") == []  # as recorded now
+    for bad in (versions[0][:50], versions[-1] + b"x", b"D" * 40 + b"E"):
+        state.write_bytes(bad)  # an unrecorded version's beginning, longer, or changed
+        with pytest.raises(ExperimentError, match="searcher-state.pkl: truncated or replaced"):
+            verify(str(exp), Store(), "run")
+        assert state.read_bytes() == bad  # untouched
+    state.write_bytes(versions[-1][:10])
+    for f in kept_dir(str(exp)).iterdir():  # another machine: digests, no contents
+        f.unlink()
+    with pytest.raises(ExperimentError, match="searcher-state.pkl: truncated or replaced"):
+        verify(str(exp), Store(), "run")

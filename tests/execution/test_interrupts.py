@@ -132,3 +132,32 @@ def test_a_trial_reads_each_request_once_and_at_most_every_second(monkeypatch):
     token[0] = b"9.0"  # a later request
     now[0] += 1.0
     assert asked()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (that print)
+def test_a_signal_whose_interrupt_a_finalizer_dropped_is_raised_by_check():
+    """A signal that lands while Python runs a finalizer (SQLAlchemy's, in MLflow reads):
+    the handler's KeyboardInterrupt is printed as "Exception ignored" and dropped, so the
+    phase would go on; the recorded signal still stops it at the next `check`."""
+    import weakref
+
+    stops = Interrupts()
+    stops.install()
+    try:
+
+        class Held:
+            pass
+
+        def finalizer(_):
+            os.kill(os.getpid(), signal.SIGHUP)
+            sum(range(10_000))  # the handler runs here, inside the finalizer
+
+        held = Held()
+        ref = weakref.ref(held, finalizer)
+        del held  # the finalizer runs; its KeyboardInterrupt does not reach this frame
+        assert ref() is None and stops.signal == signal.SIGHUP
+        with pytest.raises(KeyboardInterrupt):
+            stops.check()
+    finally:
+        stops.restore()
+    assert stops.exit_code == 129

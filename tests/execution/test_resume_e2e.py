@@ -197,11 +197,20 @@ def test_driver_sigkill_then_resume(tmp_path, straight):
     proc.wait(timeout=30)
     _, children = sweep.runs()
     assert any(r.info.status == "RUNNING" for r in children)  # the driver died mid-sweep
+    # Where the kill lands during Tune's upload of its state (a plain copy), storage keeps
+    # the file cut short: made certain here for the searcher's state and the experiment's.
+    exp = sweep.storage / "resumable"
+    searcher = sorted(exp.glob("basic-variant-state-*.json"))[-1]
+    searcher.write_bytes(b"")
+    state = sorted(exp.glob("experiment_state-*.json"))[-1]
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
     rc = sweep.run("--resume")
     log = sweep.log.read_text()
     assert rc == 0, log[-3000:]
     assert "resuming" in log
+    for cut in (searcher, state):
+        assert f"{cut}: cut short (its upload was interrupted); wrote back the whole " in log
     check_complete(sweep, straight)
     _, children = sweep.runs()
     assert any(TAG_RESUMED in r.data.tags for r in children)

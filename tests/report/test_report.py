@@ -154,6 +154,30 @@ def test_clean_sweep_says_what_was_checked(tmp_path):
     assert "Leaking" not in text
 
 
+def test_a_check_that_raises_leaves_no_report_here_or_in_mlflow(tmp_path):
+    """The sweep's check for a stop signal, made when the report is ready: where it raises,
+    neither the markdown (nor its .part) is on disk nor anything is stored in MLflow."""
+    from nlsweep.tracking.store import Tracker
+    from nlsweep.tracking.tags import TAG_ROLE
+
+    uri, _ = make_store(tmp_path)
+    out, calls = tmp_path / "reports" / "s.md", []
+
+    def check():
+        calls.append(sorted(p.name for p in out.parent.iterdir()))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_report(uri, "synthetic", out, check=check)
+    assert calls == [["s", "s.md.part"]]  # called once, with the whole report ready
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s"]
+    tracker = Tracker(uri)
+    parent = next(r for r in tracker.runs("synthetic") if r.data.tags.get(TAG_ROLE) == "sweep")
+    assert tracker.client.list_artifacts(parent.info.run_id) == []
+    assert write_report(uri, "synthetic", out, check=lambda: None) == out and out.is_file()
+    assert [a.path for a in tracker.client.list_artifacts(parent.info.run_id)] == ["report"]
+
+
 def test_sampled_search_report(tmp_path):
     uri, _ = make_store(tmp_path, algorithm="optuna")
     out = write_report(uri, "synthetic", tmp_path / "opt.md")
