@@ -20,7 +20,10 @@ j runs over the five memories k, v, eta, alpha, o)
     P_j  <- P_j  (a_t I - eta_t k_t k_t^T) - eta_t grad_P  l_j,t(W_j,c(t))
     W1_j <- a_t W1_j - eta_t grad_W1 l_j,t(W_j,c(t))
 With e = 2 (M_j(k) - vhat), z = W2 k: grad_W1 = e (x) s(z), grad_W2 = ((W1^T e) * s'(z)) (x) k,
-grad_P = e (x) k, closed forms tested against autograd in float64. Every gradient of a chunk
+grad_P = e (x) k, closed forms tested against autograd in float64. Each memory's write of a
+token, eta_t grad l_j,t (its weights together, Frobenius norm w_j,t), is scaled by
+c_j,t = 1 / max(1, w_j,t / memory_max_write) (a constant to backpropagation); the delta-rule
+term eta_t W k k^T is not a write and stays. Every gradient of a chunk
 is taken at the chunk's start, so a chunk's keys, values, gates, targets and gradients are one
 batched computation; the steps themselves are applied token by token (each preconditioner
 acts on the weight the token before left). With chunk 1 it is the paper's token recurrence.
@@ -68,6 +71,12 @@ class HopeSelfModConfig(AttentionConfig):
     """Hidden width of each memory's MLP (0: d_model)."""
     memory_eta_max: float = 0.1
     """Largest write rate eta_t."""
+    memory_max_write: float = 1.0
+    """Largest Frobenius norm of one token's write eta_t grad l_j,t to one memory (its
+    weights together); a larger write is scaled down to it and counted (memory/<i>/bounded).
+    0: none. Why: each memory's target is its own read of a value another memory made, so a
+    write grows the next write; carried along a stream (state.mode persistent) the value
+    memory went from norm 8 to 1e4 in one chunk and to inf in the next."""
     inner_updates: bool = True
     """false: no inner update at all (memories and CMS chain): the ablation."""
 
@@ -76,6 +85,9 @@ class HopeSelfModConfig(AttentionConfig):
         require(self.memory_chunk >= 1, "memory_chunk", f">= 1, got {self.memory_chunk}")
         require(self.memory_hidden >= 0, "memory_hidden", f">= 0, got {self.memory_hidden}")
         require(self.memory_eta_max > 0, "memory_eta_max", f"> 0, got {self.memory_eta_max}")
+        require(
+            self.memory_max_write >= 0, "memory_max_write", f">= 0, got {self.memory_max_write}"
+        )
 
 
 def memory_shapes(d: int, h: int) -> dict[str, list[tuple[int, int]]]:
@@ -109,8 +121,21 @@ def inner_grads(ws: list[torch.Tensor], k: torch.Tensor, target: torch.Tensor):
     return [outer(dz, k), outer(e, a)] + ([outer(e, k)] if len(ws) == 3 else [])
 
 
+def write_sizes(fs: dict, k: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """Each token's write to each memory, ||eta_t grad l_j,t|| over its weights together,
+    (B, n, memories in `fs`' order), from `factors`: ||x (x) y|| = ||x|| ||y||."""
+    k2 = k.pow(2).sum(-1)
+    sq = []
+    for n, (e, a, dz) in fs.items():
+        e2 = e.pow(2).sum(-1)
+        sq.append(e2 * a.pow(2).sum(-1) + dz.pow(2).sum(-1) * k2 + (e2 * k2 if n in SCALAR else 0))
+    return torch.stack(sq, -1).sqrt() * eta.unsqueeze(-1)
+
+
 class SelfModMemory(nn.Module):
     is_memory = True
+    write_units = len(NAMES)
+    """Writes per token that the bound counts: one per memory."""
 
     def __init__(self, d_model: int, cfg: HopeSelfModConfig):
         super().__init__()
@@ -131,6 +156,7 @@ class SelfModMemory(nn.Module):
         self.b_alpha = nn.Parameter(torch.tensor(4.0))
         self.write_scale = 1.0
         self.register_buffer("writes", torch.zeros((), dtype=torch.long))
+        self.register_buffer("bounded", torch.zeros((), dtype=torch.long))
         self.register_buffer("update_norm", torch.zeros(()))  # ||W1_o - W1_o,0|| after a batch
         self._last: dict[str, torch.Tensor] = {}
 
@@ -224,8 +250,9 @@ class SelfModMemory(nn.Module):
             k, v, eta, a = self._generate(xs, start)
             ys.append(apply(start["o"], q[:, t0:t1]))
             fs = {n: factors(start[n], k, apply(start[n], v)) for n in NAMES}
+            fs, size = self._bound(fs, k, eta)
             cur = self._steps(cur, fs, k, eta, a)
-            gates.append((eta, a, v))
+            gates.append((eta, a, v, size))
             pos = (pos + t1 - t0) % b
             if pos == 0:
                 start = dict(cur)
@@ -234,19 +261,40 @@ class SelfModMemory(nn.Module):
             with torch.no_grad():
                 moved = cur["o"][1] - self.init_weights["o_1"]
                 self.update_norm.copy_(moved.flatten(1).norm(dim=1).mean())
-                eta, a, v = (torch.cat(t, dim=1) for t in zip(*gates))
-                self._last = {k: kept(t) for k, t in zip(("eta", "a", "v", "w"),
-                                                         (eta, a, v, cur["o"][1]))}  # fmt: skip
+                eta, a, v, size = (torch.cat(t, dim=1) for t in zip(*gates))
+                cap = self.cfg.memory_max_write
+                if cap:
+                    self.bounded += (size > cap).sum()
+                named = {"eta": eta, "a": a, "v": v, "w": cur["o"][1], "size": size}
+                self._last = {k: kept(t) for k, t in named.items()}
         y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
         return self.out(y), self._state(cur, start, pos)
 
+    def _bound(self, fs: dict, k: torch.Tensor, eta: torch.Tensor):
+        """The factors with each token's write to each memory scaled down to at most
+        memory_max_write (e and dz carry every gradient's left factor), and the sizes
+        before the bound. The scale is a constant to backpropagation, as a clipped
+        gradient's is."""
+        with torch.no_grad():
+            size = write_sizes(fs, k, eta)
+        cap = self.cfg.memory_max_write
+        if not cap:
+            return fs, size
+        c = 1 / (size / cap).clamp(min=1)
+        return {
+            n: (e * c[..., j, None], a, dz * c[..., j, None])
+            for j, (n, (e, a, dz)) in enumerate(fs.items())
+        }, size
+
     @property
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """Of the last training batch: the write rates, the retention, the values' norm and
-        the read-out memory's W1 norm."""
+        """Of the last training batch: the write rates, the retention, the values' norm,
+        the read-out memory's W1 norm, the largest write before the bound and the share of
+        writes bounded."""
         if not self._last:
             return {}
-        last = self._last
+        last, cap = self._last, self.cfg.memory_max_write
+        over = last["size"] > cap if cap else torch.zeros_like(last["size"], dtype=torch.bool)
         return {
             "eta_mean": last["eta"].mean(),
             "eta_max": last["eta"].max(),
@@ -254,6 +302,8 @@ class SelfModMemory(nn.Module):
             "alpha_min": last["a"].min(),
             "value_norm": last["v"].norm(dim=-1).mean(),
             "weight_norm": last["w"].flatten(1).norm(dim=1).mean(),
+            "write_max": last["size"].max(),
+            "bound_rate": over.float().mean(),
         }
 
     def reference_forward(self, x: torch.Tensor, state=None):
@@ -266,13 +316,16 @@ class SelfModMemory(nn.Module):
             xt = x[:, t : t + 1]
             k, v, eta, a = self._generate(xt, start)
             ys.append(apply(start["o"], F.normalize(self.q(xt), dim=-1)))
-            new = {}
+            new, cap = {}, self.cfg.memory_max_write
             for n in NAMES:
                 at = [w.detach().requires_grad_(True) for w in start[n]]
                 target = apply(start[n], v).detach()
                 with torch.enable_grad():
                     loss = (apply(at, k.detach()) - target).pow(2).sum()
                     gs = torch.autograd.grad(loss, at)
+                size = eta.view(B) * sum(g.pow(2).sum((-1, -2)) for g in gs).sqrt()
+                if cap:
+                    gs = [g / (size / cap).clamp(min=1).view(B, 1, 1) for g in gs]
                 e_, a_ = eta.view(B, 1, 1), a.view(B, 1, 1)
                 kk = k[:, 0].unsqueeze(-1) * k[:, 0].unsqueeze(-2)  # k k^T (B, d, d)
                 eye = torch.eye(kk.shape[-1], dtype=x.dtype, device=x.device)

@@ -208,7 +208,7 @@ class MemoryLM(AttentionLM):
         for i, mem in enumerate(self.memories()):
             out[f"memory/{i}/writes"] = float(mem.writes.item())
             out[f"memory/{i}/update_norm"] = float(mem.update_norm.item())
-            if hasattr(mem, "bounded"):  # writes cut to max_write (Titans memory)
+            if hasattr(mem, "bounded"):  # writes cut to memory_max_write
                 out[f"memory/{i}/bounded"] = float(mem.bounded.item())
             for k, v in mem.diagnostics.items():
                 out[f"memory/{i}/{k}"] = float(v)
@@ -233,7 +233,7 @@ class MemoryLM(AttentionLM):
             bounded.append(count)
             # a memory whose writes are mostly cut is saturated: it stays finite, as the bound
             # is there for, but it no longer stores what it reads (its loss, not a NaN, shows it)
-            share = count / (writes * mem.heads) if count and writes else 0.0
+            share = count / (writes * mem.write_units) if count and writes else 0.0
             if share > 0.5:
                 out[f"memory.{i}.bounded"] = (
                     f"memory of layer {i}: {share:.0%} of its writes cut to memory_max_write "

@@ -139,6 +139,11 @@ def silu_grad(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 class NeuralMemory(nn.Module):
     is_memory = True  # what `MemoryLM.memories` collects
 
+    @property
+    def write_units(self) -> int:
+        """Writes per token that the bound counts: one per head."""
+        return self.heads
+
     def __init__(self, d_model: int, cfg: MemoryConfig):
         super().__init__()
         self.cfg = cfg
