@@ -365,6 +365,7 @@ def test_resume_runs_no_code_from_storage(write_spec, tmp_path, monkeypatch, cap
     from nlsweep.tracking.tags import TAG_ROLE
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NLSWEEP_STATE", str(tmp_path / "state"))
     spec = write_spec(spec_text({"space/train.seed": {"grid": [0]}}))
     assert main(["run", str(spec)]) == 0
     capsys.readouterr()
@@ -397,8 +398,7 @@ def test_resume_runs_no_code_from_storage(write_spec, tmp_path, monkeypatch, cap
         said = capsys.readouterr().out
         assert f"{exp}/{name}: cut short (its upload was interrupted); wrote back " in said
         assert target.read_bytes() == original and not flag.exists()
-    kept = kept_dir(str(exp))
-    kept.rename(kept.with_name("away"))  # a resume on another machine: no copy to write back
+    kept_dir(str(exp)).rename(tmp_path / "kept")  # a resume elsewhere: no copy to write back
     for name, data in [*tampered.items(), *truncated.items()]:  # one file at a time
         target = exp / name
         original = target.read_bytes() if target.exists() else None
