@@ -94,15 +94,17 @@ def test_chunking_is_a_different_rule_not_a_rounding():
     assert (y1 - y4).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("cap", [0.0, 1e-6], ids=["unbounded", "every-write-bounded"])
 @pytest.mark.parametrize("pieces", [[3, 13], [4, 12], [1, 5, 2, 8], [16]])
-def test_any_split_equals_one_pass(pieces):
-    mem = memory(4)
+def test_any_split_equals_one_pass(pieces, cap):
+    mem = memory(4, cap=cap)
     x = torch.randn(2, 16, 8, dtype=torch.double)
     assert_stream_splits(mem, x, pieces, loop_from=6)  # the loop continues mid-chunk too
 
 
-def test_rows_are_independent():
-    mem = memory(4)
+@pytest.mark.parametrize("cap", [0.0, 1e-6], ids=["unbounded", "every-write-bounded"])
+def test_rows_are_independent(cap):
+    mem = memory(4, cap=cap)
     x = torch.randn(3, 10, 8, dtype=torch.double)
     y, s = mem(x)
     x2 = x.clone()
