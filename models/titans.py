@@ -75,8 +75,8 @@ class TitansConfig(AttentionConfig, MemoryConfig):
             require(
                 self.memory_optimizer == "momentum",
                 "memory_optimizer",
-                "momentum with memory_use mac (deep_momentum reads its memory token by token, "
-                "and a MAC segment's reads go through the memory's chunk closed form)",
+                "momentum with memory_use mac (a MAC segment reads the memory through the "
+                "classic momentum's scan; deep_momentum's chunk form has no segment reads)",
             )
             require(
                 self.mac_segment >= 1,

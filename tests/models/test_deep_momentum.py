@@ -286,6 +286,75 @@ def test_memory_equals_its_definition_with_autograd():
     assert 0 < float(deep.deep_share) < 1
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize(
+    ("chunk", "forget_to", "cap"),
+    [(1, "zero", 0.5), (4, "init", 0.5), (3, "init", 1e-6), (16, "zero", 0)],
+)
+def test_closed_form_equals_the_token_loop(depth, heads, chunk, forget_to, cap):
+    """The segment's closed form (rank-one row sums, reads as products over the segment)
+    against the loop that forms every W_t and steps `deep_momentum_step` on it: read-outs,
+    state, deep share and every parameter's gradient, for a call from the stream's start
+    and one that starts inside a chunk with the state the first left; every write bounded
+    (cap 1e-6) and none (0)."""
+    deep, _ = memories(depth, heads, chunk, forget_to)
+    deep.cfg.memory_max_write = cap
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    later = torch.randn(2, 9, 8, dtype=torch.float64)
+    deep.train()
+    y, state = deep(x)
+    share = deep.deep_share.clone()
+    y2, state2 = deep(later, state)
+    got = torch.autograd.grad(y.pow(2).sum() + y2.sin().sum(), list(deep.parameters()))
+    y_ref, s_ref, share_ref = deep.reference_forward(x)
+    y2_ref, s2_ref, share2_ref = deep.reference_forward(later, s_ref)
+    want = torch.autograd.grad(y_ref.pow(2).sum() + y2_ref.sin().sum(), list(deep.parameters()))
+    assert_same((y, y2), (y_ref, y2_ref), atol=1e-12)
+    assert_same(state, s_ref, atol=1e-12)
+    assert_same(state2, s2_ref, atol=1e-12)
+    assert_same(got, want, atol=1e-10)
+    assert torch.allclose(share, share_ref) and torch.allclose(deep.deep_share, share2_ref)
+    assert 0 < float(share2_ref) < 1
+    if cap == 1e-6:
+        assert deep.bounded == 2 * (7 + 9) * heads  # every write bounded, in both calls
+
+
+def test_the_sigma_loop_s_written_out_backward_is_autograd_s():
+    """`_Sigmas`, whose backward is the loop run backwards by hand: against the same loop
+    under autograd (values and every input's gradient, float64), with weights above the
+    diagonal that it must ignore; and a second derivative is refused, not made up."""
+    from models.deep_memory import _Sigmas
+
+    torch.manual_seed(3)
+    R, n, h = 3, 6, 4
+    pre, q = (torch.randn(R, n, h, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    Gp, Gq = (torch.randn(R, n, n, dtype=torch.float64, requires_grad=True) for _ in range(2))
+
+    def loop(pre, q, Gp, Gq):
+        sigs, betas = [], []
+        for t in range(n):
+            p_t = pre[:, t] + sum((Gp[:, t, u, None] * betas[u] for u in range(t)), 0)
+            sigs.append(torch.tanh(p_t))
+            q_t = q[:, t] + sum((Gq[:, t, u, None] * sigs[u] for u in range(t)), 0)
+            betas.append(q_t * (1 - sigs[t] ** 2))
+        return torch.stack(sigs, 1), torch.stack(betas, 1)
+
+    w1, w2 = torch.randn(R, n, h, dtype=torch.float64), torch.randn(R, n, h, dtype=torch.float64)
+    Gl = [g.tril(-1) for g in (Gp, Gq)]  # the operator reads the strict lower triangles only
+    for fn, args in ((loop, (pre, q, *Gl)), (_Sigmas.apply, (pre, q, Gp, Gq))):
+        S, B = fn(*args)
+        grads = torch.autograd.grad((S * w1).sum() + (B * w2).sum(), (pre, q, Gp, Gq))
+        if fn is loop:
+            want = (S, B, *grads)
+    assert_same((S, B, *grads), want)
+    assert torch.autograd.gradcheck(_Sigmas.apply, (pre, q, Gp, Gq))
+    S, B = _Sigmas.apply(pre, q, Gp, Gq)
+    (g,) = torch.autograd.grad(S.sum(), pre, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
+
+
 def test_memory_stream_splits_and_rows():
     deep, _ = memories(depth=2, heads=2, chunk=3)
     x = torch.randn(2, 10, 8, dtype=torch.float64)
