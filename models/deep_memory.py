@@ -153,9 +153,11 @@ class DeepMomentumMemory(NeuralMemory):
         closed form: per segment of the chunk grid, sigma's loop (`momentum_reads`), then
         every read and the segment's last W, S as products over its tokens' 2n writes."""
         B, T, _ = x.shape
-        state = self.init_state(B) if state is None else state
         n = len(self.shapes)
-        ws, ss, cs, pos = self._split(B, state[: 3 * n + 1])
+        # no host read of the position when no state is carried (under torch.compile a
+        # read splits the graph)
+        ws, ss, cs, pos = self._split(B, None if state is None else state[: 3 * n + 1])
+        state = self.init_state(B) if state is None else state
         a1s, a2s = ([self._by_head(a) for a in state[3 * n + 1 + i * n :][:n]] for i in (0, 1))
         k, v, q, theta, eta, alpha = self._inputs(x)
         anchors = self._anchors(k.shape[0])

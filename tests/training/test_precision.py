@@ -91,6 +91,12 @@ TITANS = {  # the transformer's settings, one layer, 16 tokens: each compile tak
 }
 
 
+DEEP = {  # the Titans memory with deep momentum (its loop, `_Sigmas`, has its own backward)
+    **TITANS,
+    "model": {**TITANS["model"], "memory_optimizer": "deep_momentum", "memory_deep_hidden": 4},
+}
+
+
 SELFMOD = {
     **TITANS,
     "model": {**TITANS["model"], "kind": "hope_selfmod"},
@@ -100,8 +106,9 @@ SELFMOD = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "raw, mode", [(TITANS, "reset"), (TITANS, "persistent"), (SELFMOD, "reset")],
-    ids=["titans-reset", "titans-persistent", "hope_selfmod-reset"],
+    "raw, mode",
+    [(TITANS, "reset"), (TITANS, "persistent"), (SELFMOD, "reset"), (DEEP, "reset")],
+    ids=["titans-reset", "titans-persistent", "hope_selfmod-reset", "deep_momentum-reset"],
 )  # fmt: skip
 def test_a_compiled_memory_equals_eager(raw, mode):
     """The memory compiles with the rest of the forward (one graph when no state is carried:
