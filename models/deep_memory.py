@@ -41,14 +41,15 @@ from torch.autograd.function import once_differentiable
 
 from models.deep_momentum import deep_momentum_step, init_keys
 from models.titans_memory import MemoryConfig, NeuralMemory
-from models.titans_scan import chunk_cuts, decay
+from models.titans_scan import chunk_cuts, decay, ends, merge_groups, reads
 
 
-def momentum_reads(X, Y, a1, a2, a1_0, E, E0, rate):
+def momentum_reads(l1, Y, a1, a2, a1_0, E, E0, rate):
     """The momentum memories' deep reads d_t (R, n, c) of a segment's n tokens, and A1, A2
-    after it, from the gradients' factors X (R, n, rows), Y (R, n, cols), A1 (R, h, c), A2
-    (R, c, h), A1's anchor A1_0 (R, h, c), the momentum gates' decays E[t, u] (R, n, n) and
-    E0[t] (R, n) (`decay`, models/titans_scan.py) and the write rates r (R, n):
+    after it, from the gradients' factors (||x_t||_1 (R, n) and y_t, Y (R, n, cols)), A1
+    (R, h, c), A2 (R, c, h), A1's anchor A1_0 (R, h, c), the momentum gates' decays
+    E[t, u] (R, n, n) and E0[t] (R, n) (`decay`, models/titans_scan.py) and the write rates
+    r (R, n):
     `deep_momentum_step` on u_t = x_t (x) y_t with its row sums in closed form (the
     notation's rank-one identities), so that a token costs n x h, not rows x cols x h.
     A1 and A2 are sums of the segment's rank-one steps, decayed by the momentum gates:
@@ -62,7 +63,7 @@ def momentum_reads(X, Y, a1, a2, a1_0, E, E0, rate):
     R, n, c = Y.shape
     h = a1.shape[-2]
     yh = Y / Y.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # y_t / ||y_t||: each key row
-    yb = Y * (rate * X.abs().sum(-1) / h).unsqueeze(-1)
+    yb = Y * (rate * l1 / h).unsqueeze(-1)
     # at phi_(t-1): E[t-1, u] (zero at u >= t) and E0[t-1] (1 at t = 0)
     Ep, E0p = F.pad(E[:, :-1], (0, 0, 1, 0)), F.pad(E0[:, :-1], (1, 0), value=1.0)[..., None]
     base, start = torch.bmm(yh, a1_0.transpose(1, 2)), torch.bmm(yh, (a1 - a1_0).transpose(1, 2))
@@ -150,8 +151,9 @@ class DeepMomentumMemory(NeuralMemory):
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, d) -> memory read-out (B, T, d) and the state after T, in the notation's
-        closed form: per segment of the chunk grid, sigma's loop (`momentum_reads`), then
-        every read and the segment's last W, S as products over its tokens' 2n writes."""
+        closed form: per segment of the chunk grid, sigma's loop (`momentum_reads`) and the
+        segment's last W, S over its tokens' 2n writes; then every read of the call in one
+        pass (models/titans_scan.py's `ends` and `reads`, as the Titans memory's `scan`)."""
         B, T, _ = x.shape
         n = len(self.shapes)
         # no host read of the position when no state is carried (under torch.compile a
@@ -164,7 +166,7 @@ class DeepMomentumMemory(NeuralMemory):
         with torch.no_grad():
             k_norm = torch.linalg.vector_norm(k, dim=-1)
         keys0 = [getattr(self, f"deep_keys{j}").to(x.dtype) for j in range(n)]
-        ys, sizes, cuts = [], [], chunk_cuts(T, pos, self.cfg.memory_chunk)
+        segs, groups, sizes, cuts = [], [], [], chunk_cuts(T, pos, self.cfg.memory_chunk)
         for t0, t1 in zip(cuts, cuts[1:]):
             fs = self.factors(cs, k[:, t0:t1], v[:, t0:t1])  # all at the chunk's start
             size = self.write_size(fs, k_norm[:, t0:t1], theta[:, t0:t1])
@@ -176,27 +178,17 @@ class DeepMomentumMemory(NeuralMemory):
             P, A = PA[..., :-1], PA[..., -1]
             ds = self._deep_reads(fs, a1s, a2s, keys0, E, E0, rate)
             # token s's weight change: -r_s x_s (x) y_s through the momentum (coefficients
-            # K = P (-r)), then -sign(x_s) (x) d_s, its deep read, forgotten alone (F)
+            # P (-r)), then -sign(x_s) (x) d_s, its deep read, forgotten alone (F, rate -1)
+            # and never in S: titans_scan's `reads` and `ends` over the 2n writes
             writes = [(torch.cat([X, torch.sign(X)], 1), torch.cat([Y, -d], 1))
                       for (X, Y), d in zip(fs, ds)]  # fmt: skip
-            K = torch.cat([P * -rate.unsqueeze(1), Fk], -1)  # (R, n, 2n)
-            h = q[:, t0:t1]
-            for m, ((X, Y), w, s, w0) in enumerate(zip(writes, ws, ss, anchors)):
-                z = torch.bmm(torch.bmm(h, X.transpose(1, 2)) * K, Y)
-                z = z + A.unsqueeze(-1) * torch.bmm(h, s) + F0.unsqueeze(-1) * torch.bmm(h, w)
-                if w0 is not None:
-                    z = z + (1 - F0.unsqueeze(-1)) * self._times(h, w0)
-                h = F.silu(z) if m + 1 < n else z
-            ys.append(h)
-            last = torch.cat([K[:, -1], -E[:, -1] * rate], -1)  # (R, 2n): to W, then to S
-            a_, f0, e0 = (g[:, -1, None, None] for g in (A, F0, E0))
-            for j, (X, Y) in enumerate(writes):
-                m = t1 - t0
-                to_w = torch.bmm(X.transpose(1, 2), last[:, : 2 * m, None] * Y)
-                to_s = torch.bmm(X[:, :m].transpose(1, 2), last[:, 2 * m :, None] * Y[:, :m])
-                w = to_w + a_ * ss[j] + f0 * ws[j]
-                ws[j] = w if anchors[j] is None else w + (1 - f0) * anchors[j]
-                ss[j] = to_s + e0 * ss[j]
+            rates, Pw = torch.cat([rate, -torch.ones_like(rate)], -1), torch.cat([P, Fk], -1)
+            groups.append((len(segs), len(segs) + 1, (Pw[:, None], A[:, None], F0[:, None])))
+            segs.append((writes, rates, ws, ss))
+            in_s = torch.cat([E[:, -1], torch.zeros_like(rate)], -1)
+            pair = -torch.stack([Pw[:, -1], in_s], -1)  # (R, 2n, 2): to the last W, S
+            lasts = tuple(g[:, -1, None, None] for g in (A, F0, E0))
+            ws, ss = ends(ws, ss, writes, rates, (None, [(pair, lasts)]), 0, anchors)
             sizes.append(size)
             pos = (pos + t1 - t0) % self.cfg.memory_chunk
             if pos == 0:
@@ -204,7 +196,8 @@ class DeepMomentumMemory(NeuralMemory):
         self._record(B * T, sizes, ws, ss, (v, theta, eta, alpha))
         if self.training and self.write_scale:
             self._share(writes, ss)
-        y = self.out(self._from_heads(torch.cat(ys, dim=1)))
+        y = reads(segs, q, cuts, (merge_groups(groups), None), anchors)
+        y = self.out(self._from_heads(y))
         rows = lambda ts: (t.reshape(B, -1, t.shape[-1]) for t in ts)  # noqa: E731
         return y, (*self._state(ws, ss, cs, pos), *rows(a1s), *rows(a2s))
 
@@ -214,10 +207,11 @@ class DeepMomentumMemory(NeuralMemory):
         memory of hidden width d), as at these sizes each step's time is its kernels."""
         count = len(fs)
         if count == 1 or len({Y.shape[-1] for _, Y in fs}) > 1:
-            out = [momentum_reads(X, Y, a1s[j], a2s[j], keys0[j].expand_as(a1s[j]), E, E0, rate)
+            out = [momentum_reads(X.abs().sum(-1), Y, a1s[j], a2s[j],
+                                  keys0[j].expand_as(a1s[j]), E, E0, rate)
                    for j, (X, Y) in enumerate(fs)]  # fmt: skip
         else:
-            l1 = torch.cat([X.abs().sum(-1, keepdim=True) for X, _ in fs])  # only |x|_1 counts
+            l1 = torch.cat([X.abs().sum(-1) for X, _ in fs])
             a1_0 = torch.cat([k.expand_as(a) for k, a in zip(keys0, a1s)])
             d, a1, a2 = momentum_reads(l1, torch.cat([Y for _, Y in fs]), torch.cat(a1s),
                                        torch.cat(a2s), a1_0, E.repeat(count, 1, 1),
@@ -226,11 +220,6 @@ class DeepMomentumMemory(NeuralMemory):
         for j, (_, a1, a2) in enumerate(out):
             a1s[j], a2s[j] = a1, a2
         return [d for d, _, _ in out]
-
-    @staticmethod
-    def _times(h: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
-        """h W_0 for W_0 shared (r, c) or per row (rows, r, c)."""
-        return h @ w0 if w0.dim() == 2 else torch.bmm(h, w0)
 
     @torch.no_grad()
     def _share(self, writes, ss) -> None:

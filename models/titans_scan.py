@@ -165,7 +165,7 @@ def reads(segs, q: torch.Tensor, cuts: list[int], gates, anchors) -> torch.Tenso
         part = segs[i:j]
         c, n = j - i, (cuts[j] - cuts[i]) // (j - i)
         R = B * c  # a segment of a row is a row of the products, which are 3-D (`bmm`)
-        K = (P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)).view(R, n, n)
+        K = (P * -torch.stack([r for _, r, _, _ in part], dim=1).unsqueeze(2)).view(R, n, -1)
         A_, F0_ = A.reshape(R, n, 1), F0.reshape(R, n, 1)
         h = q[:, cuts[i] : cuts[j]].reshape(R, n, -1)
         for m, w0 in enumerate(anchors):
