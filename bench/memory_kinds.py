@@ -23,7 +23,8 @@ The speed table also has a row per mechanism of `VARIANTS` (memory_use mac and m
 persistent tokens, per-chunk gates, memory heads), each on top of its spec
 variant; the memory table has `--peak-kinds`.
 `--compile`: the speed table with every kind, the transformer included, under train.compile
-(compiled after untimed steps; the FLOPs are the same).
+(compiled after untimed steps; the FLOPs are the same), each kind with static shapes, as
+in a process of its own.
 A figure to read, not a test: nothing here asserts a speed.
 """
 
@@ -201,6 +202,14 @@ def main() -> None:
             configs[f"{k}, cms.inner_chunk {a.inner_chunk}"] = trial(k, n, a.inner_chunk)
     for raw in configs.values() if a.compile else ():
         raw["train"]["compile"] = True
+    if a.compile:
+        # Every kind's trainer lives in this one process, and their forwards share one code
+        # object and so one graph cache: each kind must get a static graph of its own, as in
+        # a trial's process, not a dynamic-shape recompile of the kind before it, nor (past
+        # the default limit of 8 graphs) none: the trainer refuses that rather than run
+        # eagerly (nlsweep/training/runtime.py, compile_forward).
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.config.recompile_limit = 64
     rates = interleaved_rates(configs, a.steps, a.rounds)
     flops = {k: step_flops(trial(k.split(",")[0], 1, a.inner_chunk if "," in k else 0))
              for k in rates}  # fmt: skip

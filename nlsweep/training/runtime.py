@@ -1,14 +1,16 @@
 """Where and how a trial runs: its device, a description of the hardware for reports, the
-global RNG states (python, numpy, torch, CUDA) as plain data that checkpoints exactly, and
-how a diverging trial stops.
+global RNG states (python, numpy, torch, CUDA) as plain data that checkpoints exactly, how
+a diverging trial stops, and how its forward compiles.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import random
 import resource
+import weakref
 
 import numpy as np
 import torch
@@ -67,6 +69,29 @@ def check_precision(precision: str, device: torch.device, model: torch.nn.Module
         return
     raise ConfigError("train.precision", "fp32 on this CPU: its oneDNN has no bf16 LSTM "
                       "kernel (no AVX-512 BF16 or AMX); bf16 needs one, or a GPU")  # fmt: skip
+
+
+# The trainers of this process whose forward is compiled and still alive.
+_COMPILED: weakref.WeakSet = weakref.WeakSet()
+
+
+def compile_forward(forward: torch.nn.Module, owner: object) -> torch.nn.Module:
+    """`torch.compile(forward)` for `owner`'s training, as a fresh process would compile it.
+    Every trainer's forward is one code object (`Forward.forward`), whose graphs dynamo
+    caches together, across trainers: in a Ray actor reused for trial after trial
+    (`reuse_actors`), each trial with new shapes recompiled the last one's graph with
+    dynamic shapes, and past `recompile_limit` (8) graphs the forward silently ran eagerly
+    (one logged warning; measured: the ninth compiled model of one process ran at its eager
+    speed). So dynamo is reset when no compiled trainer is alive (the trials before are
+    gone), and a process that keeps more compiled models than the limit allows (a notebook,
+    `bench/memory_kinds.py` raises the limit) gets an error, not an eager run."""
+    if _COMPILED:
+        gc.collect()  # a trainer of an ended trial may wait for the cycle collector
+    if not _COMPILED:
+        torch._dynamo.reset()
+    _COMPILED.add(owner)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(forward)
 
 
 def rng_state() -> dict:

@@ -35,6 +35,7 @@ from nlsweep.training.parallel import DataParallel, Forward
 from nlsweep.training.runtime import (
     Diverged,
     check_precision,
+    compile_forward,
     memory_peaks,
     pick_device,
     rng_state,
@@ -84,7 +85,7 @@ class Trainer:
             self.resets = DocumentResets(self.model, eod)
         self.forward = self.dp.wrap(Forward(self.model, self.resets))  # DDP with several workers
         if cfg.train.compile:
-            self.forward = torch.compile(self.forward)
+            self.forward = compile_forward(self.forward, self)
         self.state_dim = getattr(cls, "state_batch_dim", 0)  # where a state keeps its rows
         groups = self.model.level_parameters()
         check_ownership(self.model, groups)
@@ -142,6 +143,13 @@ class Trainer:
         with self.precision():
             try:
                 out = self.forward(x, self.state, mode, y if self.targets else None)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:
+                raise RuntimeError(
+                    f"train.compile: more graphs of the training forward than "
+                    f"torch._dynamo.config.recompile_limit "
+                    f"({torch._dynamo.config.recompile_limit}) allows in one process, which "
+                    f"holds other compiled trainers; raise it, or set train.compile: false"
+                ) from None
             except torch._dynamo.exc.TorchDynamoException as e:
                 first = str(e).strip().splitlines()[0][:200]
                 raise RuntimeError(

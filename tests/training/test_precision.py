@@ -158,6 +158,33 @@ def test_checkpoint_restores_exactly(train):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
+def test_each_compiled_trainer_compiles_as_in_a_fresh_process(monkeypatch):
+    """A Ray actor reused for trial after trial builds one trainer after another: each one's
+    shapes get a graph of their own (the cache is one per code object, shared by every
+    trainer: past recompile_limit the forward ran eagerly, silently). While another compiled
+    trainer is alive, going past the limit is a one-line error, not an eager run."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", False)
+    small = {**TRANSFORMER, "model": {**TRANSFORMER["model"], "d_model": 16, "n_layers": 1}}
+    wider = {**small, "model": {**small["model"], "d_model": 24}}
+    first = trainer(small, steps=2, compile=True)
+    first.train_step()
+    del first  # its trial ended
+    graphs = counters["stats"]["unique_graphs"]
+    second = trainer(wider, steps=2, compile=True)
+    second.train_step()
+    assert counters["stats"]["unique_graphs"] > graphs  # compiled, not run eagerly
+    third = trainer(small, steps=2, compile=True)  # beside the second: a graph too many
+    with pytest.raises(RuntimeError) as e:
+        third.train_step()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("train.compile:") and "recompile_limit (1)" in msg
+    assert second.train_step() > 0  # the trainer alive beside it trains on, compiled
+
+
 def test_a_model_that_cannot_compile_is_one_line(monkeypatch):
     t = trainer(TRANSFORMER, steps=2, compile=True)
 
