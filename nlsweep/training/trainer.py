@@ -147,8 +147,8 @@ class Trainer:
                 raise RuntimeError(
                     f"train.compile: more graphs of the training forward than "
                     f"torch._dynamo.config.recompile_limit "
-                    f"({torch._dynamo.config.recompile_limit}) allows in one process, which "
-                    f"holds other compiled trainers; raise it, or set train.compile: false"
+                    f"({torch._dynamo.config.recompile_limit}) allows in one process, where "
+                    f"every compiled trainer alive counts; raise it, or set train.compile: false"
                 ) from None
             except torch._dynamo.exc.TorchDynamoException as e:
                 first = str(e).strip().splitlines()[0][:200]
